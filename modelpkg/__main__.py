@@ -1,0 +1,5 @@
+"""``python -m modelpkg``: the same as the ``modelpkg`` command."""
+
+from modelpkg.cli import main
+
+main()
