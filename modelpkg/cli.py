@@ -1,0 +1,383 @@
+"""The ``modelpkg`` command line: a thin click layer over the library.
+
+Each command parses its options, builds what it needs (the store, a progress drawer), calls one library
+function and renders the result: data on stdout, messages on stderr, ``--json`` for scripts. Every
+``ModelpkgError`` becomes ``Error: <message>`` plus a hint and the error's exit code; never a traceback
+(``MODELPKG_DEBUG=1`` shows it).
+
+Commands that need heavy modules (requests, llama_cpp) live in their own modules and load only when
+called (``LAZY_COMMANDS``), so ``modelpkg list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from modelpkg import __version__, config
+from modelpkg.errors import ModelpkgError, UsageError
+
+# name -> "module:attribute"; a module that is not installed yet simply does not offer its commands
+LAZY_COMMANDS: dict[str, str] = {
+    "pull": "modelpkg.cli_registry:pull",
+    "push": "modelpkg.cli_registry:push",
+    "login": "modelpkg.cli_registry:login",
+    "logout": "modelpkg.cli_registry:logout",
+    "run": "modelpkg.cli_run:run",
+}
+
+
+class ModelpkgGroup(click.Group):
+    """A group that loads some commands lazily and turns ModelpkgError into one clean line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name, target in LAZY_COMMANDS.items() if _module_exists(target.split(":")[0])]
+        return sorted(set(super().list_commands(ctx)) | set(lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS and _module_exists(LAZY_COMMANDS[name].split(":")[0]):
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModelpkgError as e:
+            _report(e)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+            if config.debug():
+                traceback.print_exc()
+            click.echo(f"Error: internal error: {type(e).__name__}: {str(e)[:300]}", err=True)
+            click.echo("Hint: this is a bug in modelpkg; run with MODELPKG_DEBUG=1 and report the traceback", err=True)
+            ctx.exit(70)
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _report(e: ModelpkgError) -> None:
+    if config.debug():
+        traceback.print_exception(e)
+    click.echo(f"Error: {e.message}", err=True)
+    if e.hint:
+        click.echo(f"Hint: {e.hint}", err=True)
+
+
+def open_store():
+    from modelpkg.store import Store
+
+    return Store(config.home())
+
+
+def short(name: str) -> str:
+    """The display form of a full name from the store."""
+    try:
+        return config.reference(name).short(config.default_registry())
+    except ModelpkgError:
+        return name
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError as e:
+        raise UsageError(f"invalid duration {text!r}", "use a number of seconds or 30s, 15m, 1h, 7d") from e
+
+
+@click.group(cls=ModelpkgGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelpkg")
+def cli() -> None:
+    """Package, move and run local LLMs the way Docker does programs.
+
+    \b
+    A Modelfile (Ollama's syntax) becomes an OCI artifact in a local store;
+    push and pull move it to and from any OCI registry; run chats with it.
+
+    \b
+    Examples:
+      modelpkg create tiny -f Modelfile
+      modelpkg list
+      modelpkg push localhost:5000/acme/tiny:q4
+      modelpkg run tiny "Why is the sky blue?"
+
+    The store lives in MODELPKG_HOME (default: the user data folder).
+    """
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--file", "modelfile", type=click.Path(dir_okay=False, path_type=Path), default=Path("Modelfile"),
+              show_default=True, help="The Modelfile to build.")
+@click.option("--link", is_flag=True, help="Hard-link the GGUF into the store instead of copying it (same filesystem only; "
+              "editing the source file later would corrupt the stored model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def create(name: str, modelfile: Path, link: bool, as_json: bool) -> None:
+    """Create a model from a Modelfile.
+
+    \b
+    Examples:
+      modelpkg create gemma3-base -f Modelfile.examples/gemma3-base.Modelfile
+      modelpkg create mychat            # reads ./Modelfile
+    """
+    from modelpkg.cli_progress import for_terminal
+    from modelpkg.create import create as create_model
+    from modelpkg.errors import NotFoundError, StoreError
+
+    ref = config.reference(name)
+    try:
+        text = modelfile.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as e:
+        raise NotFoundError(f"Modelfile not found: {modelfile}", "pass one with -f PATH") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{modelfile} is not UTF-8 text") from e
+    except OSError as e:
+        raise StoreError(f"cannot read {modelfile}: {e.strerror}") from e
+    progress = for_terminal()
+    result = create_model(open_store(), ref, text, modelfile.resolve().parent, link=link, progress=progress,
+                          resolve_name=config.reference)
+    if as_json:
+        emit_json({"name": result.entry.name, "digest": str(result.entry.digest),
+                   "layers": [layer.to_json() for layer in result.layers]})
+    else:
+        click.echo(f"created {short(result.entry.name)} ({result.entry.digest.short})", err=True)
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_(as_json: bool) -> None:
+    """List the models in the store.
+
+    \b
+    Examples:
+      modelpkg list
+      modelpkg list --json | jq -r '.[].name'
+    """
+    from modelpkg.cli_progress import human_bytes
+    from modelpkg.models import list_models
+
+    models = list_models(open_store(), short)
+    if as_json:
+        emit_json([{"name": m.name, "id": m.digest.short, "digest": str(m.digest), "size": m.size,
+                    "modified": m.modified} for m in models])
+        return
+    rows = [("NAME", "ID", "SIZE", "MODIFIED")]
+    rows += [(m.name, m.digest.short, human_bytes(m.size), _ago(m.modified)) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo(f"{r[0]:<{widths[0]}}    {r[1]:<{widths[1]}}    {r[2]:<{widths[2]}}    {r[3]}".rstrip())
+
+
+def _ago(timestamp: float) -> str:
+    if not timestamp:
+        return "unknown"
+    seconds = max(time.time() - timestamp, 0)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--modelfile", "part", flag_value="modelfile", help="Print a Modelfile that recreates the model.")
+@click.option("--parameters", "part", flag_value="parameters", help="Print the parameters.")
+@click.option("--template", "part", flag_value="template", help="Print the prompt template.")
+@click.option("--system", "part", flag_value="system", help="Print the system prompt.")
+@click.option("--license", "part", flag_value="license", help="Print the license.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def show(name: str, part: str | None, as_json: bool) -> None:
+    """Show a model's details, or one part of it.
+
+    \b
+    Examples:
+      modelpkg show gemma3-base
+      modelpkg show gemma3-base --modelfile > Modelfile
+      modelpkg show gemma3-base --json | jq .parameters
+    """
+    from modelpkg import modelfile as mf
+    from modelpkg.models import describe, modelfile_for
+
+    ref = config.reference(name)
+    details = describe(open_store(), ref)
+    if as_json:
+        data = details.to_json()
+        data["name"] = short(details.name)
+        emit_json(data)
+    elif part == "modelfile":
+        click.echo(modelfile_for(details, short(details.name)), nl=False)
+    elif part == "parameters":
+        for key in sorted(details.parameters):
+            value = details.parameters[key]
+            for item in value if isinstance(value, list) else [value]:
+                click.echo(f"{key:<20} {mf.format_parameter_value(item)}")
+    elif part in ("template", "system"):
+        click.echo(getattr(details, part) or "")
+    elif part == "license":
+        click.echo("\n\n".join(details.licenses))
+    else:
+        _show_summary(details)
+
+
+def _show_summary(details) -> None:
+    from modelpkg import modelfile as mf
+
+    click.echo("  Model")
+    for label, value in (("architecture", details.architecture), ("parameters", details.parameters_size),
+                         ("context length", details.context_length), ("quantization", details.quantization)):
+        if value:
+            click.echo(f"    {label:<20}{value}")
+    if details.parameters:
+        click.echo("\n  Parameters")
+        for key in sorted(details.parameters):
+            value = details.parameters[key]
+            for item in value if isinstance(value, list) else [value]:
+                click.echo(f"    {key:<20}{mf.format_parameter_value(item)}")
+    for title, text in (("System", details.system), ("Template", details.template)):
+        if text:
+            click.echo(f"\n  {title}")
+            for line in text.splitlines()[:8]:
+                click.echo(f"    {line}")
+    if details.licenses:
+        click.echo("\n  License")
+        for line in details.licenses[0].splitlines()[:4]:
+            click.echo(f"    {line}")
+    click.echo()
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+def rm(names: tuple[str, ...]) -> None:
+    """Remove models, and the blobs no other model uses.
+
+    \b
+    Examples:
+      modelpkg rm gemma3-base
+      modelpkg rm a b c
+    """
+    from modelpkg.cli_progress import human_bytes
+    from modelpkg.models import remove
+
+    removed, plan = remove(open_store(), [config.reference(n) for n in names])
+    for entry in removed:
+        click.echo(f"deleted '{short(entry.name)}'", err=True)
+    if plan.bytes:
+        click.echo(f"freed {human_bytes(plan.bytes)}", err=True)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+def cp(source: str, destination: str) -> None:
+    """Copy a model to a new name (no data is copied; the blobs are shared).
+
+    \b
+    Examples:
+      modelpkg cp gemma3-base localhost:5000/acme/gemma3:base
+    """
+    from modelpkg.models import copy
+
+    entry = copy(open_store(), config.reference(source), config.reference(destination))
+    click.echo(f"copied '{source}' to '{short(entry.name)}'", err=True)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+@click.option("--grace", default="1h", show_default=True,
+              help="Keep unreferenced blobs younger than this (protects work in progress).")
+@click.option("--partial-grace", default="7d", show_default=True,
+              help="Keep interrupted downloads younger than this, so pulls can resume.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def gc(dry_run: bool, grace: str, partial_grace: str, as_json: bool) -> None:
+    """Delete blobs no model references, and stale partial files.
+
+    \b
+    Examples:
+      modelpkg gc --dry-run
+      modelpkg gc --grace 0
+    """
+    from modelpkg.cli_progress import human_bytes
+
+    plan = open_store().gc(parse_duration(grace), parse_duration(partial_grace), dry_run=dry_run)
+    if as_json:
+        emit_json({"dry_run": dry_run, "bytes": plan.bytes,
+                   "blobs": [{"digest": str(d), "size": s} for d, s in plan.blobs],
+                   "partials": [{"path": str(p), "size": s} for p, s in plan.partials]})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for digest, size in plan.blobs:
+        click.echo(f"{verb} blob {digest} ({human_bytes(size)})")
+    for path, size in plan.partials:
+        click.echo(f"{verb} partial file {path.name} ({human_bytes(size)})")
+    click.echo(f"{'would free' if dry_run else 'freed'} {human_bytes(plan.bytes)} "
+               f"({len(plan.blobs)} blobs, {len(plan.partials)} partial files)", err=True)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def verify(name: str | None, as_json: bool) -> None:
+    """Re-hash blobs and report any whose content does not match its digest.
+
+    With NAME, checks that model's manifest, config and layers; without, every blob in the store.
+
+    \b
+    Examples:
+      modelpkg verify
+      modelpkg verify gemma3-base
+    """
+    from modelpkg.cli_progress import for_terminal
+    from modelpkg.errors import IntegrityError
+
+    store = open_store()
+    digests = None
+    if name:
+        entry, manifest = store.manifest(config.reference(name))
+        digests = [entry.digest, *(d.digest for d in manifest.blobs())]
+    problems = store.verify(digests, progress=for_terminal())
+    if as_json:
+        emit_json({"ok": not problems, "problems": [{"digest": str(d), "problem": p} for d, p in problems]})
+    for digest, problem in problems:
+        if not as_json:
+            click.echo(f"{digest}: {problem}")
+    if problems:
+        raise IntegrityError(f"{len(problems)} blob(s) failed verification",
+                             "pull the affected models again (or rm them) to repair the store")
+    if not as_json:
+        click.echo("all blobs verified", err=True)
+
+
+def main() -> None:
+    cli.main(prog_name="modelpkg")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

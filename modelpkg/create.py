@@ -1,0 +1,209 @@
+"""``create``: turn a Modelfile into a model in the store.
+
+Parsing is pure (``modelpkg.modelfile``); this module resolves what the Modelfile names (FROM a GGUF
+file, a folder holding one, or a model already in the store; ADAPTER files), ingests files in one pass,
+and writes the manifest and its name last, so a failure at any point leaves the store as it was (blobs
+already written are unreferenced and go at the next gc).
+
+Orchestration: imports the core and the store adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelpkg import ggufmeta
+from modelpkg import mediatypes as mt
+from modelpkg import modelfile as mf
+from modelpkg.errors import InvalidInputError, ModelfileError, NotFoundError, TemplateError
+from modelpkg.manifest import (
+    Descriptor,
+    ModelLayers,
+    go_json,
+    model_layers,
+    modelpack_config,
+    modelpack_layer,
+    modelpack_manifest,
+)
+from modelpkg.progress import NullProgress, Progress
+from modelpkg.reference import Reference, parse_reference
+from modelpkg.store import Pins, RefEntry, Store
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    entry: RefEntry
+    layers: tuple[Descriptor, ...]
+
+
+def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: bool = False,
+           progress: Progress | None = None, resolve_name=parse_reference) -> CreateResult:
+    """Build the model that ``text`` (a Modelfile read from ``base_dir``) describes and name it ``ref``.
+
+    ``resolve_name`` parses a FROM model name into a Reference (the CLI passes one that knows the
+    configured default registry).
+    """
+    progress = progress or NullProgress()
+    parsed = mf.parse(text)
+    params = parsed.parameters()
+    template = parsed.template
+    if template is not None:
+        _check_template(template, parsed)
+    store.init()
+    with store.session() as pins:
+        base, info = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
+        layers = _layers(store, parsed, params, base, base_dir, pins, progress)
+        config_bytes = modelpack_config(
+            architecture=info.architecture, param_size=info.param_size, quantization=info.file_type,
+            name=ref.short(), diff_ids=[layer.digest for layer in layers],
+        )
+        config = Descriptor(mt.MODELPACK_CONFIG, store.put_bytes(config_bytes, pins), len(config_bytes))
+        manifest = modelpack_manifest(config, layers, {mt.MODELFILE: text, mt.FORMAT_VERSION: "1"})
+        progress.message("writing manifest")
+        entry = store.tag(ref, manifest.to_bytes(), mt.OCI_MANIFEST, pins)
+    return CreateResult(entry, tuple(layers))
+
+
+def _check_template(template: str, parsed: mf.Modelfile) -> None:
+    """A template that does not parse is an error now, at create time, not when the model runs."""
+    from modelpkg import template as gotemplate
+
+    try:
+        gotemplate.parse(template)
+    except TemplateError as e:
+        line = next((i.line for i in parsed.instructions if i.keyword == "template"), None)
+        raise ModelfileError(f"TEMPLATE does not parse: {e.message}", line) from e
+
+
+def expand_path(value: str, base_dir: Path) -> Path:
+    """FROM/ADAPTER paths: ``~`` expanded; relative to the Modelfile's folder, as Ollama resolves them."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base_dir / path
+
+
+def _find_gguf(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        if len(found) != 1:
+            raise InvalidInputError(
+                f"{path} holds {len(found)} .gguf files; FROM a folder needs exactly one",
+                "name the .gguf file in FROM",
+            )
+        return found[0]
+    return path
+
+
+def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins, link: bool,
+                  progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo]:
+    value = parsed.from_
+    line = next((i.line for i in parsed.instructions if i.keyword == "from"), None)
+    path = expand_path(value, base_dir)
+    if path.exists():
+        gguf = _find_gguf(path)
+        info = ggufmeta.read_info(gguf)
+        if info.model_type == "adapter":
+            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        model = _ingest(store, gguf, "model", pins, link, progress)
+        return ModelLayers(model=model), info
+    if _looks_like_path(value):
+        raise ModelfileError(f"FROM {value}: file not found ({path})", line)
+    try:
+        base_ref = resolve_name(value)
+    except InvalidInputError as e:
+        raise ModelfileError(f"FROM {value}: not a file, and not a valid model name ({e.message})", line) from e
+    try:
+        _, manifest = store.manifest(base_ref)
+    except NotFoundError as e:
+        raise ModelfileError(f"FROM {value}: no such file, and no model {base_ref.short()} in the store", line,
+                             "check the path (relative to the Modelfile's folder) or pull the model first") from e
+    base = model_layers(manifest)
+    if base.model is None:
+        raise ModelfileError(f"FROM {value}: that model has no GGUF weights layer", line)
+    for blob in manifest.layers:
+        pins.add(blob.digest)
+    return base, ggufmeta.read_info(store.blob_path(base.model.digest))
+
+
+def _looks_like_path(value: str) -> bool:
+    """A FROM value that can only mean a file: a missing one is reported as a missing file, not a model."""
+    return value.startswith((".", "/", "~")) or value.lower().endswith(".gguf")
+
+
+def _ingest(store: Store, path: Path, role: str, pins: Pins, link: bool, progress: Progress) -> Descriptor:
+    size = path.stat().st_size
+    task = f"{role}:{path.name}"
+    progress.start(task, size, f"copying {path.name}")
+    digest, size = store.ingest_file(path, pins, link=link, progress=progress, task=task)
+    progress.finish(task)
+    return modelpack_layer(role, digest, size)
+
+
+def _text_layer(store: Store, role: str, data: bytes, pins: Pins) -> Descriptor:
+    return modelpack_layer(role, store.put_bytes(data, pins), len(data))
+
+
+def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers, base_dir: Path, pins: Pins,
+            progress: Progress) -> list[Descriptor]:
+    """The new model's layers, in a fixed order: model, adapters, projectors, template, system, params,
+    messages, licenses. What the Modelfile sets replaces the base model's layer of that role."""
+    layers: list[Descriptor] = [_as_role(base.model, "model")]
+    adapter = parsed.adapter
+    if adapter is not None:
+        path = expand_path(adapter, base_dir)
+        line = next((i.line for i in parsed.instructions if i.keyword == "adapter"), None)
+        if not path.exists():
+            raise ModelfileError(f"ADAPTER {adapter}: file not found ({path})", line)
+        gguf = _find_gguf(path)
+        ggufmeta.check_magic(gguf)
+        layers.append(_ingest(store, gguf, "adapter", pins, False, progress))
+    else:
+        layers += [_as_role(a, "adapter") for a in base.adapters]
+    layers += [_as_role(p, "projector") for p in base.projectors]
+
+    template = parsed.template
+    if template is not None:
+        layers.append(_text_layer(store, "template", template.encode(), pins))
+    elif base.template is not None:
+        layers.append(_as_role(base.template, "template"))
+    system = parsed.system
+    if system is not None:
+        layers.append(_text_layer(store, "system", system.encode(), pins))
+    elif base.system is not None:
+        layers.append(_as_role(base.system, "system"))
+
+    merged = _merge_params(store, base.params, params)
+    if merged:
+        layers.append(_text_layer(store, "params", go_json(merged), pins))
+    messages = parsed.messages
+    if messages:
+        layers.append(_text_layer(store, "messages", go_json(messages), pins))
+    elif base.messages is not None:
+        layers.append(_as_role(base.messages, "messages"))
+    layers += [_as_role(lic, "license") for lic in base.licenses]
+    layers += [_text_layer(store, "license", text.encode(), pins) for text in parsed.licenses]
+    return layers
+
+
+def _as_role(layer: Descriptor | None, role: str) -> Descriptor:
+    """A base model's layer re-described in modelpkg's shape (same blob, whatever format it came from)."""
+    assert layer is not None
+    return modelpack_layer(role, layer.digest, layer.size)
+
+
+def _merge_params(store: Store, base: Descriptor | None, new: dict) -> dict:
+    """Ollama's rule (server/create.go setParameters): new keys override, a new stop list replaces the
+    old one, keys not set again are kept."""
+    merged: dict = {}
+    if base is not None:
+        try:
+            loaded = json.loads(store.read_blob(base.digest))
+        except ValueError as e:
+            raise InvalidInputError(f"the base model's parameters are not valid JSON: {e}") from e
+        if isinstance(loaded, dict):
+            merged.update(loaded)
+    merged.update(new)
+    return merged
+

@@ -1,0 +1,44 @@
+"""Media types and annotation keys, each spelled once.
+
+Sources: OCI image-spec (manifest.md, image-index.md, image-layout.md), CNCF ModelPack
+(docs/spec.md, docs/annotations.md), Ollama (manifest/layer.go media types), Docker distribution.
+
+Pure module: constants only.
+"""
+
+# OCI and Docker manifests and indexes
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+
+# CNCF ModelPack
+MODELPACK_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODELPACK_WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
+MODELPACK_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
+MODELPACK_DOC = "application/vnd.cncf.model.doc.v1.raw"
+
+# Ollama (manifest/layer.go); "prompt" is the legacy name of "template" and is still read
+OLLAMA_MODEL = "application/vnd.ollama.image.model"
+OLLAMA_ADAPTER = "application/vnd.ollama.image.adapter"
+OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
+OLLAMA_TEMPLATE = "application/vnd.ollama.image.template"
+OLLAMA_PROMPT = "application/vnd.ollama.image.prompt"
+OLLAMA_SYSTEM = "application/vnd.ollama.image.system"
+OLLAMA_PARAMS = "application/vnd.ollama.image.params"
+OLLAMA_MESSAGES = "application/vnd.ollama.image.messages"
+OLLAMA_LICENSE = "application/vnd.ollama.image.license"
+
+# Annotations
+TITLE = "org.opencontainers.image.title"
+REF_NAME = "org.opencontainers.image.ref.name"
+CREATED = "org.opencontainers.image.created"
+MODELPACK_FILEPATH = "org.cncf.model.filepath"
+ROLE = "dev.modelpkg.role"
+MODELFILE = "dev.modelpkg.modelfile"
+FORMAT_VERSION = "dev.modelpkg.format.version"
