@@ -58,7 +58,7 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: boo
         layers = _layers(store, parsed, params, base, base_dir, pins, progress)
         config_bytes = modelpack_config(
             architecture=info.architecture, param_size=info.param_size, quantization=info.file_type,
-            name=ref.short(), diff_ids=[layer.digest for layer in layers],
+            name=info.name, diff_ids=[layer.digest for layer in layers],
         )
         config = Descriptor(mt.MODELPACK_CONFIG, store.put_bytes(config_bytes, pins), len(config_bytes))
         manifest = modelpack_manifest(config, layers, {mt.MODELFILE: text, mt.FORMAT_VERSION: "1"})

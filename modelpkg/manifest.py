@@ -318,7 +318,7 @@ def modelpack_config(*, architecture: str, param_size: str, quantization: str, n
     config = {k: v for k, v in {"architecture": architecture, "format": "gguf", "paramSize": param_size,
                                 "quantization": quantization}.items() if v}
     return canonical_json({
-        "descriptor": {"name": name},
+        "descriptor": {"name": name} if name else {},
         "config": config,
         "modelfs": {"type": "layers", "diffIds": [str(d) for d in diff_ids]},
     })
