@@ -11,18 +11,28 @@ speak HTTP with the standard library and ``requests`` only.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
+import http.server
 import json
+import math
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
 
 REGISTRY_BIN_ENV = "MODELPKG_TEST_REGISTRY_BIN"
 STARTUP_TIMEOUT = 10.0
@@ -157,9 +167,8 @@ def start_registry(directory: Path, *, auth: str | None = None, username: str | 
         auth_section = {"htpasswd": {"realm": "modelpkg-test", "path": str(htpasswd)}}
     elif auth == "token":
         if token_server is None:
-            token_server = TokenServer()
-            if username is not None:
-                token_server.users[username] = password or secrets.token_urlsafe(12)
+            users = {username: password or secrets.token_urlsafe(12)} if username is not None else None
+            token_server = TokenServer(users=users)
         token_server.start()
         username, password = token_server.default_user, token_server.users[token_server.default_user]
         bundle = directory / "token-root.pem"
@@ -209,6 +218,314 @@ def _wait_until_up(server: RegistryServer, timeout: float) -> str | None:
         except requests.ConnectionError:
             time.sleep(0.05)
     return f"GET {server.url}/v2/ got no answer within {timeout:.0f} s"
+
+
+# --- token server (Docker token authentication spec, distribution docs/spec/auth/token.md) -------------
+
+DISTRIBUTION_LEEWAY = 60  # distribution 2.8 accepts a token until exp + 60 s (registry/auth/token/token.go)
+ALL_ACTIONS = frozenset({"pull", "push", "delete", "*"})
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _self_signed(common_name: str):
+    """An ES256 key and a self-signed CA certificate for it: the registry's ``rootcertbundle``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def parse_scope(scope: str) -> tuple[str, str, tuple[str, ...]]:
+    """``repository:acme/tiny:pull,push`` -> (type, name, actions); the name may itself hold a colon."""
+    kind, _, rest = scope.partition(":")
+    name, _, actions = rest.rpartition(":")
+    return kind, name, tuple(a for a in actions.split(",") if a)
+
+
+class TokenRequest:
+    """One request the token server received."""
+
+    def __init__(self, method: str, path: str, params: dict[str, list[str]], headers, user: str | None,
+                 status: int | None = None):
+        self.method, self.path, self.params, self.headers = method, path, params, headers
+        self.user, self.status = user, status
+
+    @property
+    def scopes(self) -> list[str]:
+        if self.method == "POST":
+            return [s for value in self.params.get("scope", []) for s in value.split()]
+        return self.params.get("scope", [])
+
+    def __repr__(self) -> str:
+        return f"TokenRequest({self.method} {self.path} user={self.user} scopes={self.scopes} -> {self.status})"
+
+
+class Issued(tuple):
+    """``(user, scopes)``: who got a token and the scopes granted (``type:name:actions`` strings)."""
+
+    def __new__(cls, user, scopes, token):
+        self = super().__new__(cls, (user, tuple(scopes)))
+        self.token = token
+        return self
+
+    user = property(lambda self: self[0])
+    scopes = property(lambda self: self[1])
+
+
+class TokenServer:
+    """An in-process Docker token server (GET realm, plus the OAuth2 POST form) signing ES256 JWTs.
+
+    Tokens carry the certificate in ``x5c``; distribution verifies it against ``rootcertbundle`` (cert_pem).
+    Policy: an authenticated user gets every requested action; anonymous gets ``pull`` on repositories
+    under ``public_namespace`` (None: nothing). Replace ``policy(user, type, name, actions)`` to change it.
+    ``expires_in`` is what clients are told; ``valid_for`` (if set) is how long the *registry* accepts the
+    token (exp is backdated by distribution's 60 s leeway), to test re-authentication after a 401.
+    """
+
+    def __init__(self, *, users: dict[str, str] | None = None, service: str = "modelpkg-test-registry",
+                 issuer: str = "modelpkg-test-token-server", public_namespace: str | None = "public/",
+                 expires_in: int = 300):
+        if users is None:
+            users = {f"user-{secrets.token_hex(3)}": secrets.token_urlsafe(12)}
+        self.users = dict(users)
+        self.default_user = next(iter(self.users))
+        self.service, self.issuer = service, issuer
+        self._key, self._cert = _self_signed(issuer)
+        self.cert_pem = self._cert.public_bytes(serialization.Encoding.PEM)
+        self._x5c = [base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()]
+        self._defaults = dict(public_namespace=public_namespace, expires_in=expires_in)
+        self._refresh_tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._httpd = None
+        self._thread = None
+        self.port = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget recorded requests and restore the default settings and policy."""
+        self.public_namespace = self._defaults["public_namespace"]
+        self.expires_in = self._defaults["expires_in"]
+        self.valid_for: float | None = None
+        self.oauth = True          # False: POST answers 404, as on servers with only the GET flow
+        self.fail_status: int | None = None
+        self.fail_count = 0        # the next fail_count requests answer fail_status
+        self.policy = self.default_policy
+        self.requests: list[TokenRequest] = []
+        self.issued: list[Issued] = []
+
+    # -- lifecycle --
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def realm(self) -> str:
+        return f"http://{self.host}/token"
+
+    def start(self) -> "TokenServer":
+        if self._httpd is None:
+            self._httpd = _ThreadingServer(("127.0.0.1", 0), _TokenHandler)
+            self._httpd.owner = self
+            self.port = self._httpd.server_address[1]
+            self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- tokens --
+    def default_policy(self, user: str | None, kind: str, name: str, actions: tuple[str, ...]) -> tuple[str, ...]:
+        if user is not None:
+            return tuple(a for a in actions if a in ALL_ACTIONS)
+        if kind == "repository" and self.public_namespace is not None and name.startswith(self.public_namespace):
+            return tuple(a for a in actions if a == "pull")
+        return ()
+
+    def mint(self, user: str | None, scopes: list[str], *, valid_for: float | None = None) -> str:
+        """A signed JWT granting exactly ``scopes`` (``type:name:actions``), as the registry expects it."""
+        now = time.time()
+        lifetime = self.expires_in if valid_for is None else valid_for - DISTRIBUTION_LEEWAY
+        access = []
+        for scope in scopes:
+            kind, name, actions = parse_scope(scope)
+            access.append({"type": kind, "name": name, "actions": list(actions)})
+        header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
+        # distribution 2.8 unmarshals "aud" into a plain string: a list would make the token malformed.
+        claims = {"iss": self.issuer, "sub": user or "", "aud": self.service, "exp": math.ceil(now + lifetime),
+                  "nbf": int(now) - 1, "iat": int(now), "jti": secrets.token_hex(8), "access": access}
+        signing_input = (_b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
+                         + _b64url(json.dumps(claims, separators=(",", ":")).encode()))
+        # JWS wants the raw r||s signature (RFC 7518 3.4), not cryptography's DER encoding.
+        r, s = decode_dss_signature(self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def _grant(self, user: str | None, requested: list[str]) -> list[str]:
+        granted = []
+        for scope in requested:
+            kind, name, actions = parse_scope(scope)
+            allowed = self.policy(user, kind, name, actions)
+            if allowed:
+                granted.append(f"{kind}:{name}:{','.join(allowed)}")
+        return granted
+
+    def _token_response(self, user: str | None, requested: list[str], *, refresh: bool) -> dict:
+        granted = self._grant(user, requested)
+        token = self.mint(user, granted, valid_for=self.valid_for)
+        with self._lock:
+            self.issued.append(Issued(user, granted, token))
+        body = {"token": token, "access_token": token, "expires_in": self.expires_in,
+                "issued_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if refresh and user is not None:
+            refresh_token = secrets.token_urlsafe(24)
+            with self._lock:
+                self._refresh_tokens[refresh_token] = user
+            body["refresh_token"] = refresh_token
+        return body
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            if self.fail_count > 0 and self.fail_status is not None:
+                self.fail_count -= 1
+                return self.fail_status
+        return None
+
+    def __repr__(self) -> str:
+        return f"TokenServer({self.realm}, service={self.service!r})"
+
+
+class _ThreadingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
+              content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+
+class _TokenHandler(_QuietHandler):
+    def _basic_user(self, server: TokenServer) -> tuple[str | None, bool]:
+        """(user, ok): no Basic header is anonymous and ok; a wrong password is not ok."""
+        header = self.headers.get("Authorization", "")
+        if not header.lower().startswith("basic "):
+            return None, True
+        try:
+            user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None, False
+        return (user, True) if server.users.get(user) == password else (user, False)
+
+    def do_GET(self):
+        server: TokenServer = self.server.owner
+        parsed = urllib.parse.urlsplit(self.path)
+        params = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
+        record = TokenRequest("GET", parsed.path, params, self.headers, None)
+        server.requests.append(record)
+        if self._injected_failure(server, record):
+            return
+        user, ok = self._basic_user(server)
+        record.user = user
+        self._answer(server, record, ok, refresh=params.get("offline_token", [""])[0] == "true")
+
+    def do_POST(self):
+        server: TokenServer = self.server.owner
+        parsed = urllib.parse.urlsplit(self.path)
+        params = urllib.parse.parse_qs(self._read_body().decode(), keep_blank_values=True)
+        record = TokenRequest("POST", parsed.path, params, self.headers, None)
+        server.requests.append(record)
+        if self._injected_failure(server, record):
+            return
+        if not server.oauth:
+            record.status = 404
+            return self._send(404, b'{"error":"not_found"}')
+        grant = params.get("grant_type", [""])[0]
+        user, ok = None, False
+        if grant == "password":
+            user = params.get("username", [""])[0]
+            ok = server.users.get(user) == params.get("password", [None])[0]
+        elif grant == "refresh_token":
+            user = server._refresh_tokens.get(params.get("refresh_token", [""])[0])
+            ok = user is not None
+        record.user = user
+        if not ok:
+            # RFC 6749 5.2: a bad grant is 400 invalid_grant on the OAuth2 form.
+            record.status = 400
+            return self._send(400, json.dumps({"error": "invalid_grant"}).encode())
+        self._answer(server, record, True,
+                     refresh=params.get("access_type", [""])[0] == "offline" or grant == "refresh_token")
+
+    def _injected_failure(self, server: TokenServer, record: TokenRequest) -> bool:
+        failure = server._take_failure()
+        if failure is None:
+            return False
+        record.status = failure
+        self._send(failure, json.dumps({"errors": [{"code": "UNKNOWN", "message": "injected"}]}).encode())
+        return True
+
+    def _answer(self, server: TokenServer, record: TokenRequest, ok: bool, *, refresh: bool) -> None:
+        # The status is recorded before the answer is sent, so a test that got the answer sees it.
+        if record.path != "/token":
+            record.status = 404
+            return self._send(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
+        if not ok:
+            record.status = 401
+            return self._send(401, json.dumps({"errors": [{"code": "UNAUTHORIZED",
+                                                           "message": "incorrect username or password"}]}).encode(),
+                              headers={"WWW-Authenticate": 'Basic realm="modelpkg-test-token-server"'})
+        body = json.dumps(server._token_response(record.user, record.scopes, refresh=refresh)).encode()
+        record.status = 200
+        self._send(200, body)
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """A registry with ``auth: token`` and its in-process TokenServer as ``.token_server``.
+
+    ``.username`` / ``.password`` are a user the token server knows. Prefer the ``token_server`` fixture
+    to change its settings: it resets them for each test.
+    """
+    require_registry_binary()
+    server = start_registry(tmp_path_factory.mktemp("token-registry"), auth="token")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token_server(token_registry):
+    """The token_registry's TokenServer with records cleared and default settings restored (per test)."""
+    token_registry.token_server.reset()
+    yield token_registry.token_server
+    token_registry.token_server.reset()
 
 
 # --- hand-made pushes (plain requests, for seeding registries and checking fixtures) -------------------
