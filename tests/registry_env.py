@@ -13,13 +13,16 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import http.client
 import http.server
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -336,7 +339,8 @@ class TokenServer:
             self._httpd = _ThreadingServer(("127.0.0.1", 0), _TokenHandler)
             self._httpd.owner = self
             self.port = self._httpd.server_address[1]
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True)
+            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="token-server",
+                                            daemon=True)
             self._thread.start()
         return self
 
@@ -407,6 +411,7 @@ class TokenServer:
 
 
 class _ThreadingServer(http.server.ThreadingHTTPServer):
+    # Served with serve_forever(0.05): shutdown() waits for one poll interval, 0.5 s by default.
     daemon_threads = True
     allow_reuse_address = True
 
@@ -526,6 +531,380 @@ def token_server(token_registry):
     token_registry.token_server.reset()
     yield token_registry.token_server
     token_registry.token_server.reset()
+
+
+# --- fault proxy ----------------------------------------------------------------------------------------
+
+# Fault kinds and their parameters with defaults. Body offsets count bytes of the response body.
+FAULT_KINDS: dict[str, dict] = {
+    "reset": {"after": 0},                # send `after` body bytes, then close with a TCP RST
+    "truncate": {"after": 0},             # full Content-Length, only `after` bytes, then a clean close (FIN)
+    "status": {"status": 500, "body": None, "headers": None},   # answer without asking upstream
+    "retry_after": {"seconds": 1},        # 429 Too Many Requests with Retry-After: seconds
+    "corrupt": {"offset": 0, "length": 1},  # XOR 0xFF over body[offset:offset+length]
+    "ignore_range": {},                   # drop Range/If-Range: upstream answers 200 with the whole body
+    "stall": {"after": 0, "seconds": 1.0},  # send `after` bytes, pause `seconds`, then the rest
+    "redirect_other_host": {"status": 307},  # redirect to proxy.other_host, which serves the same bytes
+}
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+               "trailers", "transfer-encoding", "upgrade", "expect", "host", "content-length"}
+_CHUNK = 64 * 1024
+
+
+class Fault:
+    """One injected fault: applies to the next ``count`` requests matching method + path regex (None: all)."""
+
+    def __init__(self, kind: str, method: str | None, path: str, count: int | None, params: dict):
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}: one of {', '.join(FAULT_KINDS)}")
+        unknown = set(params) - set(FAULT_KINDS[kind])
+        if unknown:
+            raise TypeError(f"fault {kind!r} takes {sorted(FAULT_KINDS[kind]) or 'no parameters'}, "
+                            f"not {sorted(unknown)}")
+        self.kind = kind
+        self.method = method.upper() if method else None
+        self.path = re.compile(path)
+        self.remaining = count
+        self.hits = 0
+        self.params = {**FAULT_KINDS[kind], **params}
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["params"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def matches(self, method: str, path: str) -> bool:
+        return ((self.method is None or self.method == method) and self.path.search(path) is not None
+                and (self.remaining is None or self.remaining > 0))
+
+    def __repr__(self) -> str:
+        return f"Fault({self.kind} {self.method or '*'} {self.path.pattern} remaining={self.remaining} " \
+               f"hits={self.hits} {self.params})"
+
+
+class ProxiedRequest:
+    """One request through the proxy: what was asked and what the client was sent."""
+
+    def __init__(self, method: str, path: str, query: str, headers, fault: str | None):
+        self.method, self.path, self.query, self.headers, self.fault = method, path, query, headers, fault
+        self.status: int | None = None
+        self.bytes_sent = 0   # response body bytes handed to the client socket
+
+    def __repr__(self) -> str:
+        fault = f" [{self.fault}]" if self.fault else ""
+        return f"<{self.method} {self.path} -> {self.status}, {self.bytes_sent} B{fault}>"
+
+
+class OtherHostRequest:
+    def __init__(self, method: str, path: str, headers):
+        self.method, self.path, self.headers = method, path, headers
+        self.authorization = headers.get("Authorization")
+
+    def __repr__(self) -> str:
+        return f"<{self.method} {self.path} authorization={'yes' if self.authorization else 'no'}>"
+
+
+class OtherHost:
+    """A second loopback server (127.0.0.2, or ``localhost`` by name) that serves redirected blobs, like a CDN."""
+
+    def __init__(self):
+        self.blobs: dict[str, tuple[bytes, str]] = {}
+        self.requests: list[OtherHostRequest] = []
+        try:
+            self._httpd = _ThreadingServer(("127.0.0.2", 0), _OtherHostHandler)
+            name = "127.0.0.2"
+        except OSError:  # not every loopback accepts 127.0.0.2; a different host *name* still differs
+            self._httpd = _ThreadingServer(("127.0.0.1", 0), _OtherHostHandler)
+            name = "localhost"
+        self._httpd.owner = self
+        self.host = f"{name}:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="other-host", daemon=True).start()
+
+    def put(self, data: bytes, content_type: str, name: str) -> str:
+        key = f"/cdn/{secrets.token_hex(8)}/{name}"
+        self.blobs[key] = (data, content_type)
+        return f"http://{self.host}{key}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class _OtherHostHandler(_QuietHandler):
+    def do_GET(self):
+        owner: OtherHost = self.server.owner
+        path = self.path.partition("?")[0]
+        owner.requests.append(OtherHostRequest(self.command, path, self.headers))
+        if path not in owner.blobs:
+            return self._send(404, b"not found", content_type="text/plain")
+        data, content_type = owner.blobs[path]
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        if match and int(match[1]) < len(data):
+            start = int(match[1])
+            end = min(int(match[2]), len(data) - 1) if match[2] else len(data) - 1
+            return self._send(206, data[start:end + 1], content_type=content_type,
+                              headers={"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        self._send(200, data, content_type=content_type)
+
+    do_HEAD = do_GET
+
+
+class FaultProxy:
+    """A threaded HTTP proxy on 127.0.0.1 in front of ``upstream`` (host:port) that injects faults.
+
+    ``add(kind, method, path_regex, count=1, **params)`` queues a fault (see FAULT_KINDS); ``requests``
+    records every request; ``other_host`` is where ``redirect_other_host`` sends clients.
+    """
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.faults: list[Fault] = []
+        self.requests: list[ProxiedRequest] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.other_host = OtherHost()
+        self._httpd = _ThreadingServer(("127.0.0.1", 0), _ProxyHandler)
+        self._httpd.owner = self
+        self.port = self._httpd.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fault-proxy", daemon=True).start()
+
+    def add(self, kind: str, method: str | None = "GET", path: str = "", *, count: int | None = 1,
+            **params) -> Fault:
+        """Inject ``kind`` into the next ``count`` requests (None: all) whose method and path match.
+
+        ``path`` is a regex searched in the URL path (no query), e.g. ``r"/blobs/sha256:"``; method None
+        matches any method. Faults are tried in the order added; the first that matches applies.
+        """
+        fault = Fault(kind, method, path, count, params)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        """Drop all faults and all records (of this proxy and of other_host)."""
+        with self._lock:
+            self.faults.clear()
+            self.requests.clear()
+            self.other_host.requests.clear()
+
+    def matching(self, method: str | None = None, path: str = "") -> list[ProxiedRequest]:
+        """Recorded requests with this method (None: any) whose path matches the regex."""
+        pattern = re.compile(path)
+        return [r for r in list(self.requests)
+                if (method is None or r.method == method.upper()) and pattern.search(r.path)]
+
+    def bytes_sent(self, method: str | None = None, path: str = "") -> int:
+        return sum(r.bytes_sent for r in self.matching(method, path))
+
+    def close(self) -> None:
+        self._closing.set()  # wakes stalled responses
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self.other_host.close()
+
+    def _take(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    fault.hits += 1
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                    return fault
+        return None
+
+    def __repr__(self) -> str:
+        return f"FaultProxy({self.url} -> {self.upstream}, {len(self.faults)} faults)"
+
+
+class _Abort(Exception):
+    """The handler cut the connection on purpose."""
+
+
+class _ProxyHandler(_QuietHandler):
+    def do_GET(self):
+        proxy: FaultProxy = self.server.owner
+        path, _, query = self.path.partition("?")
+        fault = proxy._take(self.command, path)
+        record = ProxiedRequest(self.command, path, query, self.headers, fault.kind if fault else None)
+        proxy.requests.append(record)
+        try:
+            if fault is not None and fault.kind in ("status", "retry_after"):
+                self._answer_fault(record, fault)
+            elif fault is not None and fault.kind == "redirect_other_host":
+                self._redirect(proxy, record, fault)
+            else:
+                self._forward(proxy, record, fault)
+        except _Abort:
+            self.close_connection = True
+        except (ConnectionError, socket.timeout):  # the client went away (or gave up on a stall)
+            self.close_connection = True
+
+    do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
+
+    # -- request side --
+    def _request_body(self):
+        """The request body as an iterator (chunked or Content-Length), or None; forwarded as it streams."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._chunked_body()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self._sized_body(length) if length else None
+
+    def _sized_body(self, length: int):
+        while length > 0:
+            data = self.rfile.read(min(length, _CHUNK))
+            if not data:
+                raise ConnectionError("client closed the request body early")
+            length -= len(data)
+            yield data
+
+    def _chunked_body(self):
+        while True:
+            size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailers, then the blank line
+                    pass
+                return
+            yield from self._sized_body(size)
+            self.rfile.readline(16)  # CRLF after the chunk
+
+    def _upstream_headers(self, fault: Fault | None) -> dict:
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            if name.lower() in _HOP_BY_HOP:
+                continue
+            if fault is not None and fault.kind == "ignore_range" and name.lower() in ("range", "if-range"):
+                continue
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value  # e.g. several Accept
+        if self.headers.get("Content-Length"):
+            headers["Content-Length"] = self.headers["Content-Length"]
+        return headers
+
+    def _forward(self, proxy: FaultProxy, record: ProxiedRequest, fault: Fault | None) -> None:
+        conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=self._request_body(), headers=self._upstream_headers(fault))
+            self._relay(proxy, record, conn.getresponse(), fault)
+        finally:
+            conn.close()
+
+    # -- response side --
+    def _relay(self, proxy: FaultProxy, record: ProxiedRequest, upstream, fault: Fault | None) -> None:
+        has_body = self.command != "HEAD" and upstream.status not in (204, 304) and upstream.status >= 200
+        length = upstream.getheader("Content-Length")
+        chunked = has_body and length is None
+        record.status = upstream.status
+        self.send_response_only(upstream.status, upstream.reason)
+        for name, value in upstream.getheaders():
+            if name.lower() in _HOP_BY_HOP - {"content-length"}:
+                continue
+            if name.lower() == "location" and value.startswith(f"http://{proxy.upstream}"):
+                value = f"http://{proxy.host}" + value[len(f"http://{proxy.upstream}"):]
+            self.send_header(name, value)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if not has_body:
+            return
+        self._stream_body(proxy, record, upstream, fault, chunked)
+
+    def _stream_body(self, proxy, record, upstream, fault, chunked: bool) -> None:
+        kind = fault.kind if fault is not None else None
+        cut = fault.after if kind in ("reset", "truncate") else None
+        stall_at = fault.after if kind == "stall" else None
+        sent = 0
+        while True:
+            if cut is not None and sent >= cut:
+                self._cut(kind)
+            data = upstream.read1(_CHUNK)
+            if not data:
+                break
+            if cut is not None:
+                data = data[:cut - sent]
+            if kind == "corrupt":
+                data = _flip(data, sent, fault.offset, fault.length)
+            if stall_at is not None and sent + len(data) >= stall_at:
+                head, data = data[:stall_at - sent], data[stall_at - sent:]
+                self._write(record, head, chunked)
+                sent += len(head)
+                stall_at = None
+                proxy._closing.wait(fault.seconds)
+            self._write(record, data, chunked)
+            sent += len(data)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, record: ProxiedRequest, data: bytes, chunked: bool) -> None:
+        if not data:
+            return
+        record.bytes_sent += len(data)  # counted first: a test that has the bytes must see them counted
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        self.wfile.flush()
+
+    def _cut(self, kind: str) -> None:
+        if kind == "reset":
+            # SO_LINGER 0: close() sends RST instead of FIN (bytes still in flight may be lost with it).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        raise _Abort(kind)
+
+    def _answer_fault(self, record: ProxiedRequest, fault: Fault) -> None:
+        for _ in self._request_body() or ():
+            pass  # read the request body so the connection stays usable
+        if fault.kind == "retry_after":
+            status, headers, code = 429, {"Retry-After": str(fault.seconds)}, "TOOMANYREQUESTS"
+        else:
+            status, headers, code = fault.status, dict(fault.headers or {}), "UNKNOWN"
+        body = fault.params.get("body")
+        if body is None:
+            body = json.dumps({"errors": [{"code": code, "message": f"injected fault: {status}"}]}).encode()
+        record.status = status
+        self._send(status, body, headers=headers)
+
+    def _redirect(self, proxy: FaultProxy, record: ProxiedRequest, fault: Fault) -> None:
+        # Fetch the whole object with the client's credentials, then point the client at other_host.
+        conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in self._upstream_headers(None).items() if k.lower() not in ("range", "if-range")}
+            conn.request("GET", self.path, headers=headers)
+            upstream = conn.getresponse()
+            if upstream.status != 200:
+                return self._relay(proxy, record, upstream, None)
+            data = upstream.read()
+            content_type = upstream.getheader("Content-Type", "application/octet-stream")
+        finally:
+            conn.close()
+        location = proxy.other_host.put(data, content_type, record.path.rsplit("/", 1)[-1])
+        record.status = fault.status
+        self._send(fault.status, b"", headers={"Location": location}, content_type="text/plain")
+
+
+def _flip(data: bytes, start: int, offset: int, length: int) -> bytes:
+    """``data`` is body[start:start+len(data)]; XOR 0xFF over the part inside [offset, offset+length)."""
+    lo, hi = max(offset - start, 0), min(offset + length - start, len(data))
+    if lo >= hi:
+        return data
+    return data[:lo] + bytes(b ^ 0xFF for b in data[lo:hi]) + data[hi:]
+
+
+@pytest.fixture
+def fault_proxy():
+    """A factory: ``fault_proxy(upstream)`` starts a FaultProxy in front of a host:port or a RegistryServer.
+
+    Closed at the end of the test.
+    """
+    proxies: list[FaultProxy] = []
+
+    def make(upstream) -> FaultProxy:
+        proxy = FaultProxy(getattr(upstream, "host", upstream))
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
 
 
 # --- hand-made pushes (plain requests, for seeding registries and checking fixtures) -------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -175,3 +177,147 @@ def test_skopeo_completes_the_token_flow(token_registry, token_server, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["Digest"] == digest
     assert any(user == token_registry.username for user, _ in token_server.issued[1:])
+
+
+# --- fault proxy ---
+
+BLOB = bytes(range(256)) * 64  # 16 KiB with a recognisable pattern
+
+
+@pytest.fixture(scope="module")
+def seeded(registry):
+    """An image pushed by hand to the anonymous registry: (manifest bytes, manifest digest, blob digest)."""
+    session = requests.Session()
+    manifest, digest = push_image(session, registry.url, "env/proxied", "v1", layers=[BLOB])
+    return manifest, digest, json.loads(manifest)["layers"][0]["digest"]
+
+
+def _blob_url(proxy, seeded):
+    return f"{proxy.url}/v2/env/proxied/blobs/{seeded[2]}"
+
+
+def test_proxy_passes_requests_through_unchanged(registry, fault_proxy, seeded):
+    manifest, digest, blob_digest = seeded
+    proxy = fault_proxy(registry)
+    got = requests.get(f"{proxy.url}/v2/env/proxied/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=5)
+    assert got.status_code == 200 and got.content == manifest
+    assert got.headers["Docker-Content-Digest"] == digest
+    assert requests.get(_blob_url(proxy, seeded), timeout=5).content == BLOB
+    ranged = requests.get(_blob_url(proxy, seeded), headers={"Range": "bytes=100-199"}, timeout=5)
+    assert ranged.status_code == 206 and ranged.content == BLOB[100:200]
+
+    assert [(r.method, r.status, r.fault) for r in proxy.requests] == [("GET", 200, None), ("GET", 200, None),
+                                                                       ("GET", 206, None)]
+    assert len(proxy.matching("GET", "/manifests/")) == 1
+    assert proxy.bytes_sent("GET", "/blobs/") == len(BLOB) + 100
+    assert proxy.requests[0].headers["Accept"] == OCI_MANIFEST
+
+
+def test_pushing_through_the_proxy_rewrites_locations_and_streams_bodies(registry, fault_proxy):
+    proxy = fault_proxy(registry.host)
+    session = requests.Session()
+    start = session.post(f"{proxy.url}/v2/env/pushed-via-proxy/blobs/uploads/", timeout=5)
+    assert start.headers["Location"].startswith(proxy.url)
+    data = b"streamed " * 10_000
+    # A generator body goes out chunked: the proxy must de-chunk and re-chunk it.
+    chunked = session.patch(start.headers["Location"], data=(data[i:i + 7000] for i in range(0, len(data), 7000)),
+                            headers={"Content-Type": "application/octet-stream"}, timeout=10)
+    assert chunked.status_code == 202, chunked.text
+    done = session.put(f"{chunked.headers['Location']}&digest=sha256:{hashlib.sha256(data).hexdigest()}",
+                       timeout=10)
+    assert done.status_code == 201, done.text
+    assert requests.get(f"{registry.url}/v2/env/pushed-via-proxy/blobs/sha256:{hashlib.sha256(data).hexdigest()}",
+                        timeout=5).content == data
+
+
+def test_reset_breaks_the_connection(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("reset", "GET", r"/blobs/", after=1000)
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(_blob_url(proxy, seeded), timeout=5).content
+    assert requests.get(_blob_url(proxy, seeded), timeout=5).content == BLOB  # count=1: only once
+    assert [r.fault for r in proxy.requests] == ["reset", None]
+
+
+def test_truncate_sends_fewer_bytes_than_content_length(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("truncate", "GET", r"/blobs/", after=5000)
+    # http.client hands back the partial body exactly (urllib3 drops the last short read when it raises).
+    conn = http.client.HTTPConnection(proxy.host, timeout=5)
+    conn.request("GET", f"/v2/env/proxied/blobs/{seeded[2]}")
+    response = conn.getresponse()
+    assert response.getheader("Content-Length") == str(len(BLOB))
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        response.read()
+    conn.close()
+    assert cut.value.partial == BLOB[:5000]
+    assert proxy.requests[0].bytes_sent == 5000
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):  # what a requests client sees
+        proxy.add("truncate", "GET", r"/blobs/", after=5000)
+        requests.get(_blob_url(proxy, seeded), timeout=5).content
+
+
+def test_status_and_retry_after_answer_without_upstream(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("status", "GET", r"/manifests/", count=2, status=503)
+    proxy.add("retry_after", None, r"/blobs/", seconds=1)
+    url = f"{proxy.url}/v2/env/proxied/manifests/v1"
+    statuses = [requests.get(url, headers={"Accept": OCI_MANIFEST}, timeout=5).status_code for _ in range(3)]
+    assert statuses == [503, 503, 200]
+    limited = requests.get(_blob_url(proxy, seeded), timeout=5)
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+    assert limited.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+def test_corrupt_flips_bytes_at_the_offset(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("corrupt", "GET", r"/blobs/", offset=10_000, length=3)
+    got = requests.get(_blob_url(proxy, seeded), timeout=5).content
+    assert len(got) == len(BLOB) and got != BLOB
+    assert got[:10_000] == BLOB[:10_000] and got[10_003:] == BLOB[10_003:]
+    assert bytes(b ^ 0xFF for b in got[10_000:10_003]) == BLOB[10_000:10_003]
+
+
+def test_ignore_range_returns_the_whole_body(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("ignore_range", "GET", r"/blobs/")
+    response = requests.get(_blob_url(proxy, seeded), headers={"Range": "bytes=100-"}, timeout=5)
+    assert response.status_code == 200 and response.content == BLOB
+
+
+def test_stall_pauses_mid_body(registry, fault_proxy, seeded):
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "GET", r"/blobs/", after=4096, seconds=0.6)
+    started = time.monotonic()
+    assert requests.get(_blob_url(proxy, seeded), timeout=5).content == BLOB
+    assert time.monotonic() - started >= 0.5
+    proxy.add("stall", "GET", r"/blobs/", after=4096, seconds=3)
+    with pytest.raises(requests.exceptions.ConnectionError):  # a read timeout mid-body
+        requests.get(_blob_url(proxy, seeded), timeout=(2, 0.3)).content
+
+
+def test_redirect_to_other_host_drops_authorization(basic_registry, fault_proxy):
+    session = requests.Session()
+    session.auth = basic_registry.credentials
+    digest = push_blob(session, basic_registry.url, "env/redirected", BLOB)
+    proxy = fault_proxy(basic_registry)
+    proxy.add("redirect_other_host", "GET", r"/blobs/sha256:")
+    response = session.get(f"{proxy.url}/v2/env/redirected/blobs/{digest}", timeout=5)
+    assert response.status_code == 200 and response.content == BLOB
+    assert response.history[0].status_code == 307
+    assert proxy.requests[0].headers["Authorization"].startswith("Basic ")
+    assert [r.authorization for r in proxy.other_host.requests] == [None]
+    assert proxy.other_host.host.split(":")[0] != "127.0.0.1"
+
+
+def test_faults_validate_their_parameters(registry, fault_proxy):
+    proxy = fault_proxy(registry)
+    with pytest.raises(ValueError):
+        proxy.add("explode")
+    with pytest.raises(TypeError):
+        proxy.add("reset", offset=3)
+    fault = proxy.add("status", None, count=None, status=500)
+    assert [requests.get(f"{proxy.url}/v2/", timeout=5).status_code for _ in range(3)] == [500] * 3
+    assert fault.hits == 3
+    proxy.clear()
+    assert requests.get(f"{proxy.url}/v2/", timeout=5).status_code == 200 and len(proxy.requests) == 1
