@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,14 +51,17 @@ def time_create(path: Path, work: Path) -> tuple[float, int]:
     modelfile = work / "Modelfile"
     modelfile.write_text(f"FROM {path}\n")
     env = {**os.environ, "MODELPKG_HOME": str(home)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(modelfile)], env=env,
-                   check=True, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(modelfile)], env=env,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
     elapsed = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"modelpkg create failed with exit code {proc.returncode}")
+    rss = usage.ru_maxrss
     shutil.rmtree(home)
-    return elapsed, max(rss, before)
+    return elapsed, rss
 
 
 def main() -> None:

@@ -90,41 +90,118 @@ def removing_on_error(path: Path) -> Iterator[Path]:
         raise
 
 
-def copy_and_hash(src: BinaryIO, dst: Path, *, progress: Progress | None = None, task: str = "",
-                  start_hasher=None, append: bool = False) -> tuple[Digest, int]:
-    """Copy ``src`` into the new file ``dst`` (fsynced), hashing the bytes on the way: one read of the source.
+def copy_and_hash(src: BinaryIO, dst: Path, *, progress: Progress | None = None, task: str = "") -> tuple[Digest, int]:
+    """Copy the stream ``src`` into the new file ``dst`` (fsynced), hashing the bytes on the way.
 
-    Hashing and writing overlap: hashlib releases the GIL, so a writer thread writes chunk N while the
-    caller's thread hashes chunk N+1 (two cores make this close to the cost of hashing alone).
+    Hashing and writing overlap: hashlib releases the GIL, so a writer thread writes chunk N while this
+    thread hashes chunk N+1.
     """
     progress = progress or NullProgress()
-    hasher = start_hasher or sha256()
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_EXCL)
     try:
-        fd = os.open(dst, flags, 0o644)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:
         raise os_error(e, dst, "creating") from e
+    try:
+        return _stream_into(src, fd, progress, task)
+    except OSError as e:
+        raise os_error(e, dst, "writing") from e
+    finally:
+        os.close(fd)
+
+
+SPAN = 64 * 1024 * 1024
+
+
+def copy_file_and_hash(src: Path, dst: Path, *, progress: Progress | None = None, task: str = "") -> tuple[Digest, int]:
+    """Copy the file ``src`` to the new file ``dst`` (fsynced) and return the digest of what was written.
+
+    The kernel copies (``copy_file_range``: no round trip through Python, several times faster than
+    write() here) and flushes one 64 MiB span ahead on a thread, while this thread hashes the previous
+    span read back from ``dst`` (fresh in the page cache). Hashing the destination, not the source, means the
+    digest always names the stored bytes, even if someone writes to the source meanwhile. Where the
+    kernel cannot copy between these files, falls back to the read-hash-write pipeline.
+    """
+    progress = progress or NullProgress()
+    try:
+        fi = os.open(src, os.O_RDONLY)
+    except FileNotFoundError:
+        raise  # the caller says which file the user named
+    except OSError as e:
+        raise os_error(e, src, "reading") from e
+    try:
+        fo = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        os.close(fi)
+        raise os_error(e, dst, "creating") from e
+    try:
+        result = _kernel_copy_and_hash(fi, fo, progress, task)
+        if result is None:
+            os.ftruncate(fo, 0)
+            os.lseek(fo, 0, os.SEEK_SET)
+            with open(fi, "rb", closefd=False) as f:
+                os.lseek(fi, 0, os.SEEK_SET)
+                return _stream_into(f, fo, progress, task)
+        os.ftruncate(fo, result[1])  # the source may have shrunk while it was copied
+        os.fsync(fo)
+        return result
+    except OSError as e:
+        raise os_error(e, dst, "writing") from e
+    finally:
+        os.close(fi)
+        os.close(fo)
+
+
+def _kernel_copy_and_hash(fi: int, fo: int, progress: Progress, task: str) -> tuple[Digest, int] | None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def copy_span(offset: int) -> int:
+        done = 0
+        while done < SPAN:
+            n = os.copy_file_range(fi, fo, SPAN - done, offset + done, offset + done)
+            if n == 0:
+                break
+            done += n
+        os.fdatasync(fo)  # flush each span while the next is hashed, so the final fsync has little left
+        return done
+
+    hasher = sha256()
+    view = memoryview(bytearray(CHUNK))
+    try:
+        length = copy_span(0)  # the first span on this thread: an error here means "not supported"
+    except OSError:
+        return None  # EXDEV, ENOSYS, EINVAL...: this pair of files cannot be copied by the kernel
+    start = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        while length:
+            following = pool.submit(copy_span, start + length) if length == SPAN else None
+            offset, end = start, start + length
+            while offset < end:
+                n = os.preadv(fo, [view[: min(CHUNK, end - offset)]], offset)
+                if n == 0:
+                    raise OSError(errno.EIO, "the copy is shorter than what was copied")
+                hasher.update(view[:n])
+                offset += n
+                progress.advance(task, n)
+            start = end
+            length = following.result() if following else 0
+    return Digest(hasher.hexdigest()), start
+
+
+def _stream_into(src: BinaryIO, fd: int, progress: Progress, task: str) -> tuple[Digest, int]:
+    hasher = sha256()
     total = 0
     writer = _Writer(fd)
     try:
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
+        while chunk := src.read(CHUNK):
             writer.put(chunk)
             hasher.update(chunk)
             total += len(chunk)
             progress.advance(task, len(chunk))
         writer.close()
         os.fsync(fd)
-    except OSError as e:
-        writer.abandon()
-        raise os_error(e, dst, "writing") from e
     except BaseException:
         writer.abandon()
         raise
-    finally:
-        os.close(fd)
     return Digest(hasher.hexdigest()), total
 
 

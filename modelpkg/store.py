@@ -198,8 +198,7 @@ class Store:
                 digest, size = fsutil.hash_file(tmp, progress, task)
             else:
                 try:
-                    with open(src, "rb") as f:
-                        digest, size = fsutil.copy_and_hash(f, tmp, progress=progress, task=task)
+                    digest, size = fsutil.copy_file_and_hash(src, tmp, progress=progress, task=task)
                 except FileNotFoundError as e:
                     raise NotFoundError(f"file not found: {src}") from e
             self.commit_temp(tmp, digest, pins)
