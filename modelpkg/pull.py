@@ -1,0 +1,227 @@
+"""``pull``: bring a model from a registry into the store, verified, resumable, and named last.
+
+The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md section 3.1):
+
+1. fetch the manifest (OCI or Docker, manifest or index; digest and size checked by the client); an index
+   picks the entry for this platform, or its only one;
+2. pin every digest, then download what the store lacks, a few blobs at a time; each blob streams into
+   ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
+   while it arrives and moved into place atomically. A per-digest file lock (``ingest/<hex>.lock``) keeps
+   two processes from downloading one blob at once: the second finds it present;
+3. write the manifest and its name last (``store.tag``): a failure at any step leaves the old name as it
+   was, and a blob already present is never fetched again (a pull of an unchanged model is one request).
+
+Where each blob came from is remembered (``ingest/origins/<host>.json``), so a later push to another
+repository on that registry can mount it instead of uploading it.
+
+Orchestration: imports the core, the store and ``modelpkg.registry``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from modelpkg import fsutil
+from modelpkg import mediatypes as mt
+from modelpkg.digest import Digest
+from modelpkg.errors import NotFoundError, RegistryError
+from modelpkg.manifest import Descriptor, Index, Manifest, parse_manifest
+from modelpkg.progress import NullProgress, Progress
+from modelpkg.reference import Reference
+from modelpkg.registry import credentials
+from modelpkg.registry.client import RegistryClient
+from modelpkg.store import Pins, RefEntry, Store
+
+WORKERS = 3
+MAX_ORIGINS = 8  # repositories remembered per blob
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+         "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def current_platform() -> tuple[str, str]:
+    """(os, architecture) in OCI terms, e.g. ("linux", "amd64")."""
+    system = _platform.system().lower() or "linux"
+    return system, _ARCH.get(_platform.machine().lower(), _platform.machine().lower())
+
+
+def client_for(ref: Reference, *, insecure: bool = False, ca_bundle: str | None = None) -> RegistryClient:
+    """A client for ``ref``'s registry with the credentials found for it (see ``registry.credentials``)."""
+    ca_bundle = ca_bundle or os.environ.get("MODELPKG_CA_BUNDLE") or None
+    return RegistryClient(ref.host, insecure=insecure, credentials=credentials.lookup(ref.host), ca_bundle=ca_bundle)
+
+
+def pull(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
+         client: RegistryClient | None = None, platform: tuple[str, str] | None = None,
+         workers: int = WORKERS) -> RefEntry:
+    """Pull ``ref`` (by tag or digest) into ``store`` and name it ``ref``; returns the new index entry."""
+    progress = progress or NullProgress()
+    own = client is None
+    client = client or client_for(ref, insecure=insecure)
+    try:
+        progress.message("pulling manifest")
+        data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
+        manifest = _parse(data, media_type, str(ref))
+        if isinstance(manifest, Index):
+            child = select_manifest(manifest, str(ref), platform or current_platform())
+            data, media_type, digest = client.get_manifest(ref.repository, str(child.digest),
+                                                           name=f"{ref.name}@{child.digest}")
+            manifest = _parse(data, media_type or child.media_type, str(ref))
+            if not isinstance(manifest, Manifest):
+                raise RegistryError(f"the index of {ref} points at another index; nested indexes are not supported")
+        media_type = manifest.media_type
+        store.init()
+        with store.session() as pins:
+            pins.add(digest)
+            blobs = _unique(manifest.blobs())
+            for blob in blobs:
+                pins.add(blob.digest)
+            _download_all(store, client, ref, blobs, pins, progress, workers)
+            progress.message("writing manifest")
+            entry = store.tag(ref, data, media_type, pins)
+        remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
+        progress.message("success")
+        return entry
+    finally:
+        if own:
+            client.close()
+
+
+def _parse(data: bytes, media_type: str, name: str) -> Manifest | Index:
+    known = media_type if media_type in (*mt.MANIFEST_TYPES, *mt.INDEX_TYPES) else None
+    try:
+        return parse_manifest(data, known)
+    except Exception as e:  # InvalidInputError: say whose manifest it was
+        message = getattr(e, "message", str(e))
+        raise RegistryError(f"{name}: {message}", "the registry sent a manifest modelpkg cannot read",
+                            code="MANIFEST_INVALID") from e
+
+
+def select_manifest(index: Index, name: str, want: tuple[str, str]) -> Descriptor:
+    """The index entry for platform ``want`` (os, architecture), or its only manifest."""
+    entries = [m for m in index.manifests if m.media_type in mt.MANIFEST_TYPES]
+    if len(entries) == 1:
+        return entries[0]
+    matching = [m for m in entries if m.platform and m.platform.get("os") == want[0]
+                and m.platform.get("architecture") == want[1]]
+    if not matching:
+        matching = [m for m in entries if not m.platform]  # platform-less artifacts (models) fit anywhere
+    if len(matching) >= 1:
+        return matching[0]
+    available = sorted({f"{m.platform.get('os')}/{m.platform.get('architecture')}" for m in entries if m.platform})
+    raise NotFoundError(f"no manifest for {want[0]}/{want[1]} in {name}",
+                        f"it has: {', '.join(available) or 'no manifests'}")
+
+
+def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
+    seen: dict[Digest, Descriptor] = {}
+    for blob in blobs:
+        seen.setdefault(blob.digest, blob)
+    return list(seen.values())
+
+
+def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: list[Descriptor], pins: Pins,
+                  progress: Progress, workers: int) -> None:
+    missing = []
+    for blob in blobs:
+        task = blob.digest.short
+        if store.has_blob(blob.digest, blob.size):
+            store.touch(blob.digest)
+            progress.start(task, blob.size, f"pulling {task}")
+            progress.advance(task, blob.size)
+            progress.finish(task, "exists")
+        else:
+            missing.append(blob)
+    if not missing:
+        return
+    for blob in missing:
+        progress.start(blob.digest.short, blob.size, f"pulling {blob.digest.short}")
+    if len(missing) == 1 or workers <= 1:
+        for blob in missing:
+            fetch_blob(store, client, ref.repository, blob, pins, progress)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="pull") as pool:
+        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress) for blob in missing]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+        for future in futures:
+            future.result()
+
+
+def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor, pins: Pins,
+               progress: Progress) -> None:
+    """Download one blob into the store unless it is there; one downloader per digest across processes."""
+    from filelock import FileLock
+
+    task = blob.digest.short
+    pins.add(blob.digest)
+    lock = FileLock(str(store.ingest_dir / f"{blob.digest.hex}.lock"))
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
+    try:
+        if store.has_blob(blob.digest, blob.size):
+            store.touch(blob.digest)  # another process finished it while we waited
+            progress.finish(task, "exists")
+            return
+        partial = store.partial_path(blob.digest)
+        client.download_blob(repo, blob, partial, progress, task)
+        progress.finish(task, "verified")
+        if store.blob_path(blob.digest).exists():
+            # a blob of the wrong size under this name is corrupt: the verified download replaces it
+            _remove(store.blob_path(blob.digest))
+        store.commit_temp(partial, blob.digest, pins)
+    finally:
+        lock.release()
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise fsutil.os_error(e, path, "replacing") from e
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where blobs came from: lets push mount instead of upload (ingest/origins/ is a folder, which gc skips)
+
+def _origins_path(store: Store, host: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
+    return store.ingest_dir / "origins" / f"{safe}.json"
+
+
+def known_origins(store: Store, host: str) -> dict[str, list[str]]:
+    """digest hex -> repositories on ``host`` known to hold it (most recent first)."""
+    try:
+        obj = json.loads(_origins_path(store, host).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def remember_origin(store: Store, host: str, repo: str, digests: list[Digest]) -> None:
+    """Record that ``repo`` on ``host`` holds ``digests``. Best effort: a failure only costs a mount later."""
+    from filelock import FileLock
+
+    path = _origins_path(store, host)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            origins = known_origins(store, host)
+            for digest in digests:
+                repos = [r for r in origins.get(digest.hex, []) if isinstance(r, str) and r != repo]
+                origins[digest.hex] = [repo, *repos][:MAX_ORIGINS]
+            fsutil.atomic_write(path, json.dumps(origins, sort_keys=True).encode(), path.parent)
+    except Exception:  # noqa: BLE001 - the map is an optimisation; never fail a pull or push over it
+        pass

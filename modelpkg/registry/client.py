@@ -1,0 +1,1072 @@
+"""An OCI distribution client over ``requests``: the transport, blob and manifest operations.
+
+Why not oras-py (which the tests use as an independent client): it reads a whole blob into memory on
+push (``put_upload`` does ``fd.read()``), never checks a pulled blob's or manifest's digest, has no resume
+(no ``Range``, no partial files), sets no timeouts (a dead connection hangs for ever), retries on HTTP 500
+only and ignores ``Retry-After``, and caches one token per client instead of one per scope, so a pull
+from one repository and a push or mount to another fight over it. This client streams both ways with a
+bounded memory footprint, verifies every byte, resumes, and keeps one token per scope.
+
+What it does at every request (OCI distribution-spec; Docker token spec):
+
+- a timeout, always (connect and between-bytes read);
+- bounded retries with exponential backoff and full jitter on connection errors, 5xx and 429 (honouring
+  ``Retry-After``); never on other 4xx, except one re-authentication on 401;
+- redirects followed by hand: ``Authorization`` goes only to the registry's own scheme and host, so a
+  blob served from S3/CDN presigned URLs never sees the registry token;
+- registry errors keep their spec code (``MANIFEST_UNKNOWN``, ``DENIED``, ...) on the raised
+  ``ModelpkgError`` (``.code``, ``.status``) and become one message naming the subject, with a hint;
+  URLs in messages carry no query string (upload states and signatures stay out of logs).
+
+Plain http is used only for loopback hosts or with ``insecure=True``; TLS is verified otherwise, against
+``ca_bundle`` when given.
+
+Adapter: HTTP. Imports the pure core, ``fsutil``, ``progress`` and the auth modules; never the store
+(callers pass paths).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import quote, urljoin, urlsplit
+
+import requests
+
+from modelpkg import fsutil
+from modelpkg import mediatypes as mt
+from modelpkg.digest import Digest, sha256
+from modelpkg.errors import (
+    AuthError,
+    IntegrityError,
+    InvalidInputError,
+    ModelpkgError,
+    NetworkError,
+    NotFoundError,
+    RegistryError,
+)
+from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor
+from modelpkg.progress import NullProgress, Progress
+from modelpkg.registry.auth import Authenticator, scope
+from modelpkg.registry.credentials import Credential
+
+DEFAULT_TIMEOUT = (15.0, 60.0)  # (connect, read): seconds to connect, and at most between two reads
+DEFAULT_RETRIES = 5
+MAX_RETRY_AFTER = 60.0
+MAX_BACKOFF = 20.0
+MAX_REDIRECTS = 10
+MAX_ERROR_BODY = 64 * 1024
+READ_SIZE = 4 * 1024 * 1024  # large reads: fewer Python round trips per GiB
+UPLOAD_CHUNK = 1024 * 1024
+DEFAULT_PATCH_CHUNK = 8 * 1024 * 1024
+PART_THRESHOLD = 256 * 1024 * 1024  # blobs from this size download as concurrent ranged parts
+PART_COUNT = 4
+USER_AGENT = "modelpkg/0.1 (+https://github.com/modelpkg)"
+MANIFEST_ACCEPT = ", ".join((mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST_LIST))
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``*.localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    if host.startswith("[") and "]" in host:
+        name = host[1:host.index("]")]
+    elif host.count(":") == 1:
+        name = host.split(":", 1)[0]
+    else:
+        name = host
+    name = name.lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a message: no query string, no user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _tag(error: ModelpkgError, code: str | None, status: int | None) -> ModelpkgError:
+    """Every registry-born error carries the spec code and HTTP status, whatever its class."""
+    error.code = code  # type: ignore[attr-defined]
+    error.status = status  # type: ignore[attr-defined]
+    return error
+
+
+class _Interrupted(Exception):
+    """A body stream broke off (reset, timeout, short read): resumable."""
+
+
+class _TooLong(Exception):
+    """The server sent more bytes than the descriptor's size."""
+
+
+class _CappedReader:
+    """``read()`` for ``fsutil.copy_and_hash``: network errors become ``_Interrupted``, excess bytes ``_TooLong``."""
+
+    def __init__(self, raw, limit: int):
+        self.raw = raw
+        self.remaining = limit
+
+    def read(self, n: int) -> bytes:
+        try:
+            chunk = self.raw.read(min(n, self.remaining + 1))
+        except Exception as e:  # noqa: BLE001 - urllib3/requests/socket errors mid-body are all "interrupted"
+            raise _Interrupted(str(e)) from e
+        if len(chunk) > self.remaining:
+            raise _TooLong()
+        self.remaining -= len(chunk)
+        return chunk
+
+
+class _FileBody:
+    """A request body streamed from a file region: ``len()`` gives requests its Content-Length, iteration
+    hands urllib3 1 MiB chunks (a file object would be sent in 16 KiB blocks)."""
+
+    def __init__(self, path: Path, start: int, length: int, progress: Progress, task: str):
+        self.path, self.start, self.length = path, start, length
+        self.progress, self.task = progress, task
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            left = self.length
+            while left > 0:
+                chunk = f.read(min(UPLOAD_CHUNK, left))
+                if not chunk:
+                    raise IntegrityError(f"{self.path} became shorter while it was being uploaded")
+                left -= len(chunk)
+                self.progress.advance(self.task, len(chunk))
+                yield chunk
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    digest: Digest
+    how: str  # "exists", "mounted", "uploaded"
+
+
+class RegistryClient:
+    """One registry host. Thread-safe: pull's workers share one client (and its token cache)."""
+
+    def __init__(self, host: str, *, insecure: bool = False, credentials: Credential | None = None,
+                 ca_bundle: str | os.PathLike | None = None, timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
+                 session: requests.Session | None = None, retries: int = DEFAULT_RETRIES, backoff: float = 0.5,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.host = host
+        self.insecure = insecure
+        self.scheme = "http" if insecure or is_loopback(host) else "https"
+        self.base = f"{self.scheme}://{host}/v2/"
+        self.timeout = timeout
+        self.verify: bool | str = str(ca_bundle) if ca_bundle else True
+        self.retries = retries
+        self.backoff = backoff
+        self._sleep = sleep
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
+        self.auth = Authenticator(host, credentials, self._auth_send, registry_secure=self.scheme == "https")
+        self._no_ranges = False
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------------------
+    # transport
+
+    def url(self, repo: str, *parts: str) -> str:
+        return self.base + repo + "/" + "/".join(quote(p, safe=":@") for p in parts)
+
+    def _raw_send(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None,
+                  stream: bool, params=None) -> requests.Response:
+        """One request, redirects followed by hand (OCI distribution-spec "API": MUST NOT forward
+        Authorization across host boundaries). Network failures become NetworkError."""
+        headers = {"User-Agent": USER_AGENT, **headers}
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.request(method, url, headers=headers, params=params,
+                                                data=body() if body else None, stream=stream,
+                                                timeout=self.timeout, verify=self.verify, allow_redirects=False)
+            except requests.exceptions.SSLError as e:
+                raise NetworkError(f"TLS verification failed for {urlsplit(url).netloc}",
+                                   "if it uses a private CA, pass --ca-bundle FILE; if it serves plain http, "
+                                   "use --insecure") from e
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as e:
+                raise _Retryable(f"cannot reach {urlsplit(url).netloc}: {_reason(e)}") from e
+            except requests.exceptions.InvalidURL as e:
+                raise InvalidInputError(f"invalid registry URL for {urlsplit(url).netloc}") from e
+            except requests.exceptions.RequestException as e:
+                raise NetworkError(f"request to {urlsplit(url).netloc} failed: {_reason(e)}") from e
+            if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+                self._note_warnings(response)
+                return response
+            target = urljoin(url, response.headers["Location"])
+            response.close()
+            scheme = urlsplit(target).scheme
+            if scheme not in ("http", "https"):
+                raise RegistryError(f"{self.host} redirected to a non-http URL", status=response.status_code)
+            if scheme == "http" and urlsplit(url).scheme == "https":
+                raise RegistryError(f"{self.host} redirected from https to plain http ({safe_url(target)})",
+                                    "refusing to downgrade the connection", status=response.status_code)
+            if _origin(target) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            if response.status_code == 303 or (response.status_code in (301, 302) and method not in ("GET", "HEAD")):
+                method, body = ("HEAD" if method == "HEAD" else "GET"), None
+            url, params = target, None
+        raise RegistryError(f"{self.host}: too many redirects")
+
+    def _auth_send(self, method: str, url: str, *, headers=None, data=None, params=None) -> requests.Response:
+        """For the authenticator: a token request with retries, the body read with a cap."""
+
+        def once():
+            response = self._raw_send(method, url, headers or {}, (lambda: data) if data is not None else None,
+                                      stream=True, params=params)
+            if response.status_code in _RETRY_STATUS:
+                raise _RetryableResponse(response)
+            return response
+
+        response = self._with_retries(once, f"the token service of {self.host}")
+        try:
+            response._content = response.raw.read(1024 * 1024 + 1, decode_content=True)
+        except Exception as e:  # noqa: BLE001
+            raise NetworkError(f"the token service of {self.host} broke off its answer") from e
+        finally:
+            response.close()
+        return response
+
+    def _with_retries(self, attempt: Callable[[], requests.Response], what: str) -> requests.Response:
+        last: Exception | None = None
+        for n in range(self.retries + 1):
+            try:
+                return attempt()
+            except _RetryableResponse as e:
+                last = e
+                response = e.response
+                if n == self.retries:
+                    return response
+                delay = self._retry_after(response) if response.status_code in (429, 503) else None
+                response.close()
+                self._sleep(delay if delay is not None else self._backoff(n))
+            except _Retryable as e:
+                last = e
+                if n == self.retries:
+                    break
+                self._sleep(self._backoff(n))
+        raise NetworkError(f"{last} (after {self.retries + 1} attempts)", "check the network and the registry, "
+                           "then run the command again: downloads resume where they stopped") from last
+
+    def _backoff(self, n: int) -> float:
+        return random.uniform(0, min(MAX_BACKOFF, self.backoff * (2 ** n)))  # "full jitter"
+
+    @staticmethod
+    def _retry_after(response: requests.Response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if not value:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = when.timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+        return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+    def _note_warnings(self, response: requests.Response) -> None:
+        # distribution-spec "Warnings": show, deduplicated, never act on them
+        for value in response.headers.get("Warning", "").split(",") if response.headers.get("Warning") else ():
+            text = value.strip()
+            if text.startswith("299") and text not in self.warnings:
+                with self._lock:
+                    self.warnings.append(text)
+
+    def request(self, method: str, url: str, *, scopes: tuple[str, ...] = (), headers: dict | None = None,
+                body: Callable[[], Any] | None = None, stream: bool = False, retry: bool = True
+                ) -> requests.Response:
+        """A registry request with auth, retries and redirects. Returns any final response; callers check
+        the status (``raise_for``)."""
+        headers = dict(headers or {})
+        reauthed = False
+        while True:
+            sent = self.auth.header(scopes) if _origin(url) == _origin(self.base) else None
+            if sent:
+                headers["Authorization"] = sent
+            else:
+                headers.pop("Authorization", None)
+
+            def once():
+                response = self._raw_send(method, url, headers, body, stream)
+                if retry and response.status_code in _RETRY_STATUS:
+                    raise _RetryableResponse(response)
+                return response
+
+            if retry:
+                response = self._with_retries(once, self.host)
+            else:
+                try:
+                    response = once()
+                except _Retryable as e:
+                    raise NetworkError(str(e), "check the network and the registry, then try again") from e
+            if response.status_code == 401 and not reauthed:
+                challenge = response.headers.get("WWW-Authenticate", "")
+                response.close()
+                reauthed = True
+                if self.auth.handle_401(challenge, scopes, sent):
+                    continue
+            return response
+
+    # ----------------------------------------------------------------------------------------------------
+    # errors
+
+    def raise_for(self, response: requests.Response, *, kind: str, name: str) -> None:
+        """Turn a failed response into one clear ``ModelpkgError`` naming ``kind`` ``name``."""
+        status = response.status_code
+        code, detail = None, ""
+        if response.request is not None and response.request.method != "HEAD":
+            code, detail = _error_body(response)
+        response.close()
+        host = self.host
+        if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
+            raise _tag(NotFoundError(f"{kind} not found: {name}",
+                                     "check the name and tag; 'modelpkg list' shows local models"), code, status)
+        if status == 401:
+            if self.auth.credential is None:
+                error = AuthError(f"authentication required for {name}", f"run 'modelpkg login {host}'")
+            elif self.auth.scheme == "bearer":
+                error = AuthError(f"access denied to {name}",
+                                  f"check that your account ({self.auth.credential.username or 'token'}) may use "
+                                  "this repository")
+            else:
+                error = AuthError(f"wrong username or password for {host}", f"run 'modelpkg login {host}'")
+            raise _tag(error, code or "UNAUTHORIZED", status)
+        if status == 403 or code == "DENIED":
+            raise _tag(AuthError(f"access denied to {name}",
+                                 f"check that your account may use this repository ('modelpkg login {host}')"),
+                       code or "DENIED", status)
+        if status == 429:
+            raise _tag(RegistryError(f"{host} is rate-limiting requests (too many requests)",
+                                     "wait a few minutes, or log in for a higher limit", code=code, status=status),
+                       code or "TOOMANYREQUESTS", status)
+        text = f": {detail[:200]}" if detail else ""
+        label = f"{code}" if code else f"HTTP {status}"
+        hint = "the registry may be overloaded; try again later" if status >= 500 else None
+        raise RegistryError(f"{host} refused {kind} {name} ({label}){text}", hint, code=code, status=status)
+
+    # ----------------------------------------------------------------------------------------------------
+    # ping and login
+
+    def ping(self) -> int:
+        """``GET /v2/``: the status the registry answers after auth (200 means usable)."""
+        response = self.request("GET", self.base)
+        status = response.status_code
+        response.close()
+        return status
+
+    def check_auth(self) -> str:
+        """Check the client's credentials against the registry; returns how ("token", "basic" or "none")."""
+        response = self.request("GET", self.base)
+        status = response.status_code
+        response.close()
+        if status == 200:
+            return self.auth.scheme or "none"
+        if status == 401:
+            if self.auth.credential is None:
+                raise AuthError(f"{self.host} requires a username and password", "pass --username")
+            raise AuthError(f"wrong username or password for {self.host}", "check them and try again")
+        if status == 404:
+            raise RegistryError(f"{self.host} does not answer /v2/: is it an OCI registry?", status=status)
+        self.raise_for(response, kind="registry", name=self.host)
+        return "none"
+
+    # ----------------------------------------------------------------------------------------------------
+    # manifests
+
+    def get_manifest(self, repo: str, reference: str, *, name: str | None = None) -> tuple[bytes, str, Digest]:
+        """Fetch a manifest or index: its exact bytes (at most MAX_MANIFEST_BYTES), media type and digest.
+
+        The digest is checked against the reference when it is one, else against ``Docker-Content-Digest``.
+        """
+        name = name or f"{self.host}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
+        response = self.request("GET", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull"),),
+                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+        if response.status_code != 200:
+            self.raise_for(response, kind="model", name=name)
+        try:
+            data = _read_capped(response, MAX_MANIFEST_BYTES)
+        finally:
+            response.close()
+        if data is None:
+            raise RegistryError(f"the manifest of {name} is larger than {MAX_MANIFEST_BYTES} bytes",
+                                "modelpkg refuses oversized manifests", code="MANIFEST_INVALID", status=200)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = Digest.of(data)
+        expected = None
+        if reference.startswith("sha256:"):
+            expected = reference
+        elif response.headers.get("Docker-Content-Digest", "").startswith("sha256:"):
+            expected = response.headers["Docker-Content-Digest"].strip()
+        if expected is not None and str(digest) != expected:
+            raise IntegrityError(f"the manifest of {name} does not match its digest (expected {expected}, got {digest})")
+        return data, media_type, digest
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str, *, name: str | None = None) -> Digest:
+        """Upload a manifest's exact bytes; checks the digest the registry reports."""
+        name = name or f"{self.host}/{repo}:{reference}"
+        digest = Digest.of(data)
+        response = self.request("PUT", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull", "push"),),
+                                headers={"Content-Type": media_type}, body=lambda: data)
+        if response.status_code not in (200, 201):
+            self.raise_for(response, kind="manifest for", name=name)
+        reported = response.headers.get("Docker-Content-Digest", "").strip()
+        response.close()
+        if reported and reported != str(digest):
+            raise IntegrityError(f"{self.host} stored the manifest of {name} as {reported}, not {digest}",
+                                 "the registry changed the manifest; it may not support this media type")
+        return digest
+
+    # ----------------------------------------------------------------------------------------------------
+    # blobs: existence
+
+    def head_blob(self, repo: str, digest: Digest, *, scopes: tuple[str, ...] | None = None) -> int | None:
+        """The blob's size if ``repo`` has it, else None."""
+        response = self.request("HEAD", self.url(repo, "blobs", str(digest)),
+                                scopes=scopes or (scope(repo, "pull"),))
+        if response.status_code == 404:
+            response.close()
+            return None
+        if response.status_code != 200:
+            self.raise_for(response, kind="blob", name=f"{self.host}/{repo}@{digest}")
+        response.close()
+        try:
+            return int(response.headers.get("Content-Length", "-1"))
+        except ValueError:
+            return -1
+
+    # ----------------------------------------------------------------------------------------------------
+    # blobs: download
+
+    def download_blob(self, repo: str, desc: Descriptor, dest_partial: Path, progress: Progress | None = None,
+                      task: str | None = None, *, parts: int = PART_COUNT) -> None:
+        """Download ``desc`` into ``dest_partial``, resuming what is there; verified and fsynced on return.
+
+        On return the file holds exactly the blob. A prefix already in ``dest_partial`` is re-hashed and the
+        rest asked for with ``Range``; only a 206 whose Content-Range starts there is appended to,
+        anything else starts over. A blob of ``PART_THRESHOLD`` bytes or more is fetched as ``parts``
+        concurrent ranged requests. Raises ``IntegrityError`` (and removes the file) when the bytes do not
+        match the digest twice in a row.
+        """
+        progress = progress or NullProgress()
+        task = task or desc.digest.short
+        name = f"{self.host}/{repo}@{desc.digest}"
+        url = self.url(repo, "blobs", str(desc.digest))
+        scopes = (scope(repo, "pull"),)
+        failures = 0
+        mismatches = 0
+        counted = [0]  # bytes reported to progress: set back to the kept prefix after an interruption
+        progress = _CountingProgress(progress, counted)
+        while True:
+            offset, hasher = _resume_state(dest_partial, desc.size)
+            if offset != counted[0]:
+                progress.advance(task, offset - counted[0])
+            try:
+                if offset < desc.size:
+                    remaining = desc.size - offset
+                    if parts > 1 and remaining >= PART_THRESHOLD and not self._no_ranges:
+                        self._download_parts(url, scopes, desc, dest_partial, offset, hasher, progress, task,
+                                             parts, name)
+                    else:
+                        self._download_stream(url, scopes, desc, dest_partial, offset, hasher, progress,
+                                              task, name)
+                actual = Digest(hasher.hexdigest())
+                if actual == desc.digest:
+                    return
+                _unlink(dest_partial)
+                mismatches += 1
+                if mismatches >= 2:
+                    raise IntegrityError(f"blob {desc.digest.short} of {name.split('@')[0]} does not match its "
+                                         f"digest (got {actual})",
+                                         "the registry or a proxy corrupts data; nothing was stored")
+            except _Interrupted as e:
+                failures += 1
+                if failures > self.retries:
+                    raise NetworkError(f"the download of blob {desc.digest.short} from {self.host} kept failing: {e}",
+                                       "run the command again: it resumes where it stopped") from e
+                self._sleep(self._backoff(failures - 1))
+
+    def _blob_get(self, url: str, scopes, headers: dict, name: str) -> requests.Response:
+        response = self.request("GET", url, scopes=scopes, headers=headers, stream=True)
+        if response.status_code not in (200, 206):
+            self.raise_for(response, kind="blob", name=name)
+        return response
+
+    def _download_stream(self, url, scopes, desc, dest, offset, hasher, progress, task, name) -> None:
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        response = self._blob_get(url, scopes, headers, name)
+        try:
+            if offset and not (response.status_code == 206 and _range_start(response) == offset):
+                # the registry ignored Range (or answered another range): start over from byte 0
+                _unlink(dest)
+                offset, hasher = 0, _restart(hasher)
+                if response.status_code == 206:
+                    response.close()
+                    response = self._blob_get(url, scopes, {"Accept-Encoding": "identity"}, name)
+            if offset == 0 and response.status_code == 206:
+                raise RegistryError(f"{self.host} answered a partial blob to a full request", status=206)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and offset + int(length) != desc.size:
+                raise IntegrityError(f"blob {desc.digest.short} from {self.host} has size {offset + int(length)}, "
+                                     f"the manifest says {desc.size}")
+            reader = _CappedReader(response.raw, desc.size - offset)
+            try:
+                _append_hashing(reader, dest, hasher, progress, task, fresh=offset == 0)
+            except _TooLong as e:
+                _unlink(dest)
+                raise IntegrityError(f"blob {desc.digest.short} from {self.host} is larger than the manifest says "
+                                     f"({desc.size} bytes)", "nothing was stored") from e
+            if reader.remaining:
+                raise _Interrupted(f"the connection closed {reader.remaining} bytes early")
+        finally:
+            response.close()
+
+    def _download_parts(self, url, scopes, desc, dest, offset, hasher, progress, task, parts, name) -> None:
+        _PartDownload(self, url, scopes, desc, dest, offset, hasher, progress, task, parts, name).run()
+
+    # ----------------------------------------------------------------------------------------------------
+    # blobs: upload
+
+    def mount_blob(self, repo: str, digest: Digest, from_repo: str) -> str | None:
+        """Try a cross-repository mount; returns None when mounted, else an upload URL to continue with."""
+        scopes = (scope(repo, "pull", "push"), scope(from_repo, "pull"))
+        target = self.url(repo, "blobs", "uploads", "") + f"?mount={digest}&from={quote(from_repo, safe='/')}"
+        response = self.request("POST", target, scopes=scopes, headers={"Content-Length": "0"})
+        if response.status_code == 201:
+            response.close()
+            return None
+        if response.status_code == 202 and response.headers.get("Location"):
+            response.close()
+            return urljoin(self.base, response.headers["Location"])
+        response.close()
+        return ""  # denied or not supported: the caller starts a normal upload
+
+    def _start_upload(self, repo: str, name: str) -> tuple[str, int]:
+        response = self.request("POST", self.url(repo, "blobs", "uploads", ""), scopes=(scope(repo, "pull", "push"),),
+                                headers={"Content-Length": "0"})
+        if response.status_code != 202 or not response.headers.get("Location"):
+            self.raise_for(response, kind="upload of", name=name)
+        response.close()
+        try:
+            min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0"))
+        except ValueError:
+            min_chunk = 0
+        return urljoin(self.base, response.headers["Location"]), min_chunk
+
+    def upload_blob(self, repo: str, desc: Descriptor, path: Path, progress: Progress | None = None,
+                    mount_from: str | None = None, *, task: str | None = None, chunked: bool = False,
+                    chunk_size: int = DEFAULT_PATCH_CHUNK) -> UploadResult:
+        """Upload the file ``path`` as ``desc`` (streamed, never read whole into memory).
+
+        With ``mount_from`` a cross-repository mount is tried first. The default is a monolithic
+        POST + PUT; ``chunked`` sends PATCHes of ``chunk_size`` (at least ``OCI-Chunk-Min-Length``),
+        recovering from 416 through the upload's status. A failed attempt starts a new upload session.
+        """
+        progress = progress or NullProgress()
+        task = task or desc.digest.short
+        name = f"{self.host}/{repo}@{desc.digest}"
+        location = None
+        if mount_from and mount_from != repo:
+            location = self.mount_blob(repo, desc.digest, mount_from)
+            if location is None:
+                progress.advance(task, desc.size)
+                return UploadResult(desc.digest, "mounted")
+        failures = 0
+        while True:
+            min_chunk = 0
+            if not location:
+                location, min_chunk = self._start_upload(repo, name)
+            sent_before = [0]
+            counting = _CountingProgress(progress, sent_before)
+            try:
+                if chunked:
+                    self._upload_chunked(repo, desc, path, location, max(chunk_size, min_chunk), counting, task, name)
+                else:
+                    self._upload_monolithic(repo, desc, path, location, counting, task, name)
+                return UploadResult(desc.digest, "uploaded")
+            except _Interrupted as e:
+                failures += 1
+                if sent_before[0]:
+                    progress.advance(task, -sent_before[0])
+                if failures > self.retries:
+                    raise NetworkError(f"the upload of blob {desc.digest.short} to {self.host} kept failing: {e}",
+                                       "check the network and run the command again") from e
+                self._cancel_upload(location)
+                location = None
+                self._sleep(self._backoff(failures - 1))
+
+    def _cancel_upload(self, location: str) -> None:
+        try:
+            self._raw_send("DELETE", location, self._auth_headers(location), None, stream=False).close()
+        except (ModelpkgError, _Retryable):
+            pass
+
+    def _auth_headers(self, url: str, scopes: tuple[str, ...] = ()) -> dict[str, str]:
+        if _origin(url) != _origin(self.base):
+            return {}
+        value = self.auth.header(scopes)
+        return {"Authorization": value} if value else {}
+
+    def _send_once(self, method: str, url: str, scopes, headers: dict, body=None) -> requests.Response:
+        """An upload step: auth and one re-auth, but no automatic retry (the body is one-shot)."""
+        try:
+            response = self.request(method, url, scopes=scopes, headers=headers, body=body, retry=False)
+        except NetworkError as e:
+            if isinstance(e.__cause__, _Retryable):
+                raise _Interrupted(str(e)) from e
+            raise
+        if response.status_code in _RETRY_STATUS:
+            response.close()
+            raise _Interrupted(f"{self.host} answered HTTP {response.status_code}")
+        return response
+
+    def _upload_monolithic(self, repo, desc, path, location, progress, task, name) -> None:
+        target = _with_query(location, "digest", str(desc.digest))
+        body = _FileBody(path, 0, desc.size, progress, task) if desc.size else b""
+        response = self._send_once("PUT", target, (scope(repo, "pull", "push"),),
+                                   {"Content-Type": "application/octet-stream"}, body=lambda: body)
+        self._finish_upload(response, desc, name)
+
+    def _finish_upload(self, response: requests.Response, desc: Descriptor, name: str) -> None:
+        if response.status_code not in (201, 204):
+            self.raise_for(response, kind="upload of", name=name)
+        reported = response.headers.get("Docker-Content-Digest", "").strip()
+        response.close()
+        if reported and reported != str(desc.digest):
+            raise IntegrityError(f"{self.host} stored blob {desc.digest.short} under another digest ({reported})")
+
+    def _upload_chunked(self, repo, desc, path, location, chunk_size, progress, task, name) -> None:
+        scopes = (scope(repo, "pull", "push"),)
+        offset = 0
+        stalls = 0
+        while offset < desc.size:
+            length = min(chunk_size, desc.size - offset)
+            body = _FileBody(path, offset, length, progress, task)
+            response = self._send_once("PATCH", location, scopes, {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + length - 1}",
+            }, body=lambda: body)
+            if response.status_code == 416:
+                # out of order: ask the upload where it is (distribution-spec "Resuming an upload")
+                response.close()
+                progress.advance(task, -length)
+                new_offset, location = self._upload_status(location, scopes, name)
+                stalls += 1
+                if stalls > self.retries:
+                    raise RegistryError(f"{self.host} keeps refusing chunks of {name} (416)", status=416)
+                progress.advance(task, new_offset - offset)
+                offset = new_offset
+                continue
+            if response.status_code != 202:
+                self.raise_for(response, kind="upload of", name=name)
+            location = urljoin(location, response.headers.get("Location") or location)
+            end = _range_end(response.headers.get("Range", ""))
+            response.close()
+            expected = offset + length
+            if end is not None and end + 1 != expected:
+                progress.advance(task, end + 1 - expected)
+                expected = end + 1
+            offset = expected
+        response = self._send_once("PUT", _with_query(location, "digest", str(desc.digest)), scopes,
+                                   {"Content-Type": "application/octet-stream", "Content-Length": "0"})
+        self._finish_upload(response, desc, name)
+
+    def _upload_status(self, location: str, scopes, name: str) -> tuple[int, str]:
+        response = self._send_once("GET", location, scopes, {})
+        if response.status_code not in (202, 204):
+            self.raise_for(response, kind="upload of", name=name)
+        end = _range_end(response.headers.get("Range", ""))
+        location = urljoin(location, response.headers.get("Location") or location)
+        response.close()
+        return (end + 1 if end is not None else 0), location
+
+
+class _Retryable(Exception):
+    """A connection-level failure worth retrying."""
+
+
+class _RetryableResponse(Exception):
+    def __init__(self, response: requests.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class _CountingProgress(Progress):
+    """Forwards advances and remembers how much was reported, so a failed attempt can be taken back."""
+
+    def __init__(self, inner: Progress, counter: list[int]):
+        self.inner, self.counter = inner, counter
+
+    def advance(self, task: str, amount: int) -> None:
+        self.counter[0] += amount
+        self.inner.advance(task, amount)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "nodename nor servname",
+                   "Temporary failure in name resolution", "Connection reset", "Connection aborted",
+                   "Read timed out", "RemoteDisconnected", "IncompleteRead", "Network is unreachable"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return type(e).__name__
+
+
+def _error_body(response: requests.Response) -> tuple[str | None, str]:
+    """The first error's spec code and message from a JSON error body read with a cap."""
+    import json
+
+    try:
+        if response._content is not False:  # already read (not streamed)
+            data = (response.content or b"")[:MAX_ERROR_BODY]
+        else:
+            data = _read_capped(response, MAX_ERROR_BODY) or b""
+    except Exception:  # noqa: BLE001 - an unreadable error body still leaves the status
+        return None, ""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+        first = obj["errors"][0]
+        code = str(first.get("code") or "")[:64] or None
+        message = str(first.get("message") or "")
+        return code, " ".join(message.split())[:200]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
+        return None, ""
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes | None:
+    """Read at most ``limit`` bytes of a streamed body; None when there are more."""
+    chunks, total = [], 0
+    while True:
+        chunk = response.raw.read(min(1024 * 1024, limit + 1 - total), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None
+    return b"".join(chunks)
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    """Append ``key=value`` to a URL that may already carry a query (e.g. distribution's ``_state``)."""
+    return f"{url}{'&' if '?' in url else '?'}{key}={quote(value, safe=':')}"
+
+
+def _range_start(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Range", "")
+    if not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _range_end(value: str) -> int | None:
+    """``Range: 0-1023`` (distribution's upload status; no ``bytes=`` prefix, but accept one)."""
+    value = value.strip().removeprefix("bytes=")
+    if "-" not in value:
+        return None
+    try:
+        return int(value.split("-", 1)[1])
+    except ValueError:
+        return None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise fsutil.os_error(e, path, "deleting") from e
+
+
+def _restart(_old) -> Any:
+    return sha256()
+
+
+def _append_hashing(reader: _CappedReader, dest: Path, hasher, progress: Progress, task: str, *, fresh: bool) -> None:
+    """Append the stream to ``dest`` while hashing it; fsync at the end (and on interruption, so a
+    resume finds what was written).
+
+    Hashing and writing overlap: a writer thread writes chunk N while this thread hashes chunk N+1
+    (hashlib and os.write both release the GIL). Only whole chunks that were also hashed are written.
+    """
+    import queue
+
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_TRUNC if fresh else os.O_APPEND)
+    if fresh:
+        _unlink(dest)
+    try:
+        fd = os.open(dest, flags, 0o644)
+    except OSError as e:
+        raise fsutil.os_error(e, dest, "creating") from e
+    slots: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[OSError] = []
+
+    def write() -> None:
+        while (chunk := slots.get()) is not None:
+            if failure:
+                continue
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                failure.append(e)
+
+    writer = threading.Thread(target=write, daemon=True, name="blob-writer")
+    writer.start()
+    try:
+        while not failure:
+            chunk = reader.read(READ_SIZE)
+            if not chunk:
+                break
+            hasher.update(chunk)
+            slots.put(chunk)
+            progress.advance(task, len(chunk))
+    finally:
+        slots.put(None)
+        writer.join()
+        try:
+            if not failure:
+                os.fsync(fd)
+        except OSError as e:
+            failure.append(e)
+        os.close(fd)
+        if failure:
+            raise fsutil.os_error(failure[0], dest, "writing")
+
+
+def _parts_marker(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".parts")
+
+
+def _resume_state(dest: Path, size: int):
+    """The verified-consistent prefix of an earlier download in ``dest``: its length and a hasher over it.
+
+    A download in ranged parts writes ahead of its hashed prefix; its marker file records how far the
+    prefix goes, and the file is cut back to it (the rest is fetched again).
+    """
+    marker = _parts_marker(dest)
+    try:
+        keep = int(marker.read_text().strip() or "0")
+    except FileNotFoundError:
+        keep = None
+    except (OSError, ValueError):
+        keep = 0
+    try:
+        current = dest.stat().st_size
+    except FileNotFoundError:
+        current = 0
+    if keep is not None:
+        try:
+            if current > keep:
+                os.truncate(dest, keep)
+                current = keep
+        except OSError as e:
+            raise fsutil.os_error(e, dest, "resuming") from e
+        _unlink(marker)
+    if current > size:
+        _unlink(dest)
+        current = 0
+    hasher = sha256()
+    if current:
+        try:
+            with open(dest, "rb") as f:
+                while chunk := f.read(READ_SIZE):
+                    hasher.update(chunk)
+        except OSError as e:
+            raise fsutil.os_error(e, dest, "reading") from e
+    return current, hasher
+
+
+class _PartDownload:
+    """One blob as ``parts`` concurrent ranged GETs written in place, hashed in order behind them.
+
+    Each part writes at its offset (``os.pwrite``); the caller's thread hashes the file from the resume
+    offset forward as far as the parts have written contiguously, so hashing overlaps the transfer. The
+    ``.parts`` marker holds the hashed length: that prefix is what a later resume keeps.
+    """
+
+    def __init__(self, client, url, scopes, desc, dest, offset, hasher, progress, task, parts, name):
+        self.client, self.url, self.scopes, self.desc, self.dest = client, url, scopes, desc, dest
+        self.offset, self.hasher, self.progress, self.task, self.name = offset, hasher, progress, task, name
+        remaining = desc.size - offset
+        step = -(-remaining // parts)
+        self.ranges = [(offset + i * step, min(offset + (i + 1) * step, desc.size)) for i in range(parts)
+                       if offset + i * step < desc.size]
+        self.done = [0] * len(self.ranges)
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.stop = False
+
+    def run(self) -> None:
+        marker = _parts_marker(self.dest)
+        fsutil.atomic_write(marker, str(self.offset).encode(), self.dest.parent)
+        flags = os.O_RDWR | os.O_CREAT
+        try:
+            fd = os.open(self.dest, flags, 0o644)
+        except OSError as e:
+            raise fsutil.os_error(e, self.dest, "creating") from e
+        hashed = self.offset
+        threads = [threading.Thread(target=self._part, args=(i, fd), daemon=True) for i in range(len(self.ranges))]
+        try:
+            for t in threads:
+                t.start()
+            last_mark = hashed
+            while hashed < self.desc.size:
+                with self.cond:
+                    while self.error is None and self._frontier() <= hashed:
+                        self.cond.wait(1.0)
+                    if self.error is not None:
+                        break
+                    frontier = self._frontier()
+                while hashed < frontier:
+                    chunk = os.pread(fd, min(READ_SIZE, frontier - hashed), hashed)
+                    if not chunk:
+                        raise IntegrityError(f"{self.dest} is shorter than what was written to it")
+                    self.hasher.update(chunk)
+                    hashed += len(chunk)
+                if hashed - last_mark >= 64 * 1024 * 1024:
+                    fsutil.atomic_write(marker, str(hashed).encode(), self.dest.parent)
+                    last_mark = hashed
+        except BaseException:
+            self.stop = True
+            raise
+        finally:
+            self.stop = self.stop or self.error is not None
+            for t in threads:
+                t.join()
+            try:
+                if self.error is None and hashed >= self.desc.size:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.error is None and hashed >= self.desc.size:
+                _unlink(marker)
+            else:
+                # keep only the hashed prefix: resume re-hashes it and asks for the rest
+                try:
+                    os.truncate(self.dest, hashed)
+                except OSError:
+                    pass
+                _unlink(marker)
+        if self.error is not None:
+            if isinstance(self.error, _RangesIgnored):
+                self.client._no_ranges = True
+                raise _Interrupted("the registry ignores Range; downloading in one stream")
+            raise self.error
+
+    def _frontier(self) -> int:
+        """How far from the first part the bytes are written without a gap."""
+        for (start, end), done in zip(self.ranges, self.done):
+            if start + done < end:
+                return start + done
+        return self.desc.size
+
+    def _part(self, i: int, fd: int) -> None:
+        start, end = self.ranges[i]
+        failures = 0
+        while not self.stop and start + self.done[i] < end:
+            try:
+                self._fetch(i, fd, start + self.done[i], end)
+            except _Interrupted as e:
+                failures += 1
+                if failures > self.client.retries:
+                    self._fail(NetworkError(f"the download of blob {self.desc.digest.short} from "
+                                            f"{self.client.host} kept failing: {e}",
+                                            "run the command again: it resumes where it stopped"))
+                    return
+                self.client._sleep(self.client._backoff(failures - 1))
+            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread
+                self._fail(e)
+                return
+
+    def _fail(self, e: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = e
+            self.stop = True
+            self.cond.notify_all()
+
+    def _fetch(self, i: int, fd: int, pos: int, end: int) -> None:
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={pos}-{end - 1}"}
+        response = self.client._blob_get(self.url, self.scopes, headers, self.name)
+        try:
+            if response.status_code != 206 or _range_start(response) != pos:
+                raise _RangesIgnored()
+            raw = response.raw
+            while pos < end and not self.stop:
+                try:
+                    chunk = raw.read(min(1024 * 1024, end - pos))
+                except Exception as e:  # noqa: BLE001
+                    raise _Interrupted(str(e)) from e
+                if not chunk:
+                    raise _Interrupted("the connection closed early")
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        written = os.pwrite(fd, view, pos)
+                    except OSError as e:
+                        raise fsutil.os_error(e, self.dest, "writing") from e
+                    view = view[written:]
+                    pos += written
+                with self.cond:
+                    self.done[i] += len(chunk)
+                    self.cond.notify_all()
+                self.progress.advance(self.task, len(chunk))
+        finally:
+            response.close()
+
+
+class _RangesIgnored(Exception):
+    pass
