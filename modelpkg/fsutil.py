@@ -32,7 +32,7 @@ def os_error(e: OSError, path: Path | str, action: str) -> StoreError:
         return StoreError(f"read-only file system: cannot write {path}", "point MODELPKG_HOME at a writable folder")
     if e.errno in (errno.EACCES, errno.EPERM):
         return StoreError(f"permission denied while {action} {path}", "check the folder's owner and permissions")
-    return StoreError(f"cannot {action.replace('ing', '')} {path}: {e.strerror or e}")
+    return StoreError(f"failed while {action} {path}: {e.strerror or e}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -50,7 +50,22 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_name(folder: Path, prefix: str = "tmp") -> Path:
+    """A unique name that records the owner's pid, so gc can tell a live writer's file from debris."""
     return folder / f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def owner_alive(name: str) -> bool:
+    """Is the process that made the temp file ``name`` (see ``temp_name``) still running?"""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
 
 
 def atomic_write(path: Path, data: bytes, temp_dir: Path | None = None, mode: int = 0o644) -> None:

@@ -375,11 +375,23 @@ class Store:
                 st = path.stat()
             except OSError:
                 continue
-            age = now - st.st_mtime
+            if self._in_use(path):
+                continue
             limit = partial_grace if path.name.endswith(".partial") else grace
-            if age >= limit and not Pins.is_live_lock(path):
+            if now - st.st_mtime >= limit:
                 partials.append((path, st.st_size))
         return GCPlan(tuple(sorted(blobs)), tuple(sorted(partials)))
+
+    @staticmethod
+    def _in_use(path: Path) -> bool:
+        """A working file a live operation owns: its temp file, or a download whose lock is held."""
+        name = path.name
+        if fsutil.owner_alive(name):
+            return True
+        if name.endswith(".partial") or name.endswith(".lock"):
+            lock = path.with_name(name.split(".")[0] + ".lock")
+            return Pins.held(lock)
+        return False
 
     def gc(self, grace: float = 3600.0, partial_grace: float = 7 * 86400.0, dry_run: bool = False) -> GCPlan:
         """Mark and sweep under the store lock. Names are never touched; only unreachable blobs go."""
@@ -470,15 +482,7 @@ class Pins:
         self._lock.release()
 
     @staticmethod
-    def is_live_lock(path: Path) -> bool:
-        """Is ``path`` a pin (or pin lock) of a live process?"""
-        if not path.name.startswith("pin-"):
-            return False
-        lock_path = path if path.name.endswith(".lock") else Path(str(path) + ".lock")
-        return Pins._held(lock_path)
-
-    @staticmethod
-    def _held(lock_path: Path) -> bool:
+    def held(lock_path: Path) -> bool:
         from filelock import FileLock, Timeout
 
         if not lock_path.exists():
@@ -499,7 +503,7 @@ class Pins:
             if not path.name.endswith(".json"):
                 continue
             lock_path = Path(str(path) + ".lock")
-            if not Pins._held(lock_path):
+            if not Pins.held(lock_path):
                 _unlink(path)
                 _unlink(lock_path)
                 continue

@@ -188,3 +188,13 @@ def test_create_killed_at_a_random_moment_leaves_old_or_new(home, tmp_path, seed
     assert subprocess.run(_create_cmd(home, "victim", modelfile), env=_env(home), timeout=120).returncode == 0
     store.gc(grace=0, partial_grace=0)
     assert not [p for p in store.ingest_dir.iterdir() if p.is_file()]
+
+
+def test_gc_keeps_a_live_writers_temp_file_and_removes_debris(home):
+    store = store_at(home)
+    mine = store.temp_path("ingest")
+    mine.write_bytes(b"being written")
+    dead = store.ingest_dir / "ingest-999999999-abcdef"
+    dead.write_bytes(b"left by a killed process")
+    removed = [p for p, _ in store.gc(grace=0).partials]
+    assert removed == [dead] and mine.exists()
