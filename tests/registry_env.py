@@ -4,6 +4,14 @@ Loaded as a pytest plugin (``pytest_plugins = ["registry_env"]`` in conftest.py)
 ``docker-registry serve`` (distribution 2.8) over loopback HTTP instead of mocking modelpkg's client; the
 fault proxy is the only fake, and it exists to inject faults a real registry will not produce on demand.
 
+Fixtures: ``registry`` (anonymous), ``basic_registry`` (htpasswd), ``token_registry`` (+ ``token_server``,
+reset per test) are session-scoped RegistryServers; ``fault_proxy(upstream)`` is a per-test factory::
+
+    proxy = fault_proxy(registry)                     # or a "host:port"
+    proxy.add("truncate", "GET", r"/blobs/sha256:", after=1000)   # next matching request only (count=1)
+    ...client pulls from proxy.host...
+    assert len(proxy.matching("GET", r"/manifests/")) == 1
+
 Must not import modelpkg: these fixtures are what modelpkg's registry client is tested against, so they
 speak HTTP with the standard library and ``requests`` only.
 """

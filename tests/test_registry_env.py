@@ -233,8 +233,9 @@ def test_pushing_through_the_proxy_rewrites_locations_and_streams_bodies(registr
 def test_reset_breaks_the_connection(registry, fault_proxy, seeded):
     proxy = fault_proxy(registry)
     proxy.add("reset", "GET", r"/blobs/", after=1000)
-    with pytest.raises(requests.exceptions.RequestException):
+    with pytest.raises(requests.exceptions.ChunkedEncodingError) as broken:
         requests.get(_blob_url(proxy, seeded), timeout=5).content
+    assert "reset by peer" in str(broken.value)  # an RST, not a clean close (that is "truncate")
     assert requests.get(_blob_url(proxy, seeded), timeout=5).content == BLOB  # count=1: only once
     assert [r.fault for r in proxy.requests] == ["reset", None]
 
