@@ -244,7 +244,10 @@ class Runner:
 
     @property
     def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
+        """The usable context. llama.cpp pads the context it allocates (to a multiple of 256), while
+        llama-cpp-python sizes its token buffer by the n_ctx it was given: the smaller one is the limit."""
+        llm = self._llm
+        return min(int(llm.n_ctx()), len(llm.input_ids))
 
     @property
     def chat_template(self) -> str | None:
