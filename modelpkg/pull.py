@@ -142,10 +142,10 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
         progress.start(blob.digest.short, blob.size, f"pulling {blob.digest.short}")
     if len(missing) == 1 or workers <= 1:
         for blob in missing:
-            fetch_blob(store, client, ref.repository, blob, pins, progress)
+            fetch_blob(store, client, ref.repository, blob, pins, progress, str(ref))
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="pull") as pool:
-        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress) for blob in missing]
+        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress, str(ref)) for blob in missing]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
@@ -157,7 +157,7 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
 
 
 def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor, pins: Pins,
-               progress: Progress) -> None:
+               progress: Progress, subject: str | None = None) -> None:
     """Download one blob into the store unless it is there; one downloader per digest across processes."""
     from filelock import FileLock
 
@@ -174,7 +174,7 @@ def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor
             progress.finish(task, "exists")
             return
         partial = store.partial_path(blob.digest)
-        client.download_blob(repo, blob, partial, progress, task)
+        client.download_blob(repo, blob, partial, progress, task, subject=subject)
         progress.finish(task, "verified")
         if store.blob_path(blob.digest).exists():
             # a blob of the wrong size under this name is corrupt: the verified download replaces it

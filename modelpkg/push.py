@@ -74,14 +74,14 @@ def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descr
                progress: Progress, chunked: bool) -> None:
     task = blob.digest.short
     push_scope = (scope(ref.repository, "pull", "push"),)
-    if client.head_blob(ref.repository, blob.digest, scopes=push_scope) is not None:
+    if client.head_blob(ref.repository, blob.digest, scopes=push_scope, subject=str(ref)) is not None:
         progress.advance(task, blob.size)
         progress.finish(task, "exists")
         return
     mount_from = next((r for r in origins if r != ref.repository), None)
     try:
         result = client.upload_blob(ref.repository, blob, store.blob_path(blob.digest), progress, mount_from,
-                                    task=task, chunked=chunked)
+                                    task=task, chunked=chunked, subject=str(ref))
     except RegistryError as e:
         if e.code in ("DIGEST_INVALID", "SIZE_INVALID"):
             raise IntegrityError(f"blob {blob.digest.short} in the store does not match its digest; the registry "

@@ -64,6 +64,25 @@ def scope(repository: str, *actions: str) -> str:
     return f"repository:{repository}:{','.join(actions)}"
 
 
+_ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2, "*": 3}
+
+
+def merge_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """One scope per resource with the union of its actions, sorted: the token cache's key.
+
+    ``repository:a:pull`` + ``repository:a:pull,push`` -> ``("repository:a:pull,push",)``.
+    """
+    actions: dict[tuple[str, str], set[str]] = {}
+    for item in scopes:
+        kind, sep, rest = item.partition(":")
+        name, sep2, acts = rest.rpartition(":")
+        if not sep or not sep2 or not name:
+            continue
+        actions.setdefault((kind, name), set()).update(a for a in acts.split(",") if a)
+    return tuple(sorted(f"{kind}:{name}:{','.join(sorted(acts, key=lambda a: (_ACTION_ORDER.get(a, 9), a)))}"
+                        for (kind, name), acts in actions.items()))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # RFC 7235 challenge parsing: quoted values may hold commas, and one header may hold several challenges.
 
@@ -217,7 +236,7 @@ class Authenticator:
             if self._scheme == "basic":
                 return self._basic()
             if self._scheme == "bearer":
-                return "Bearer " + self._token_for(tuple(sorted(set(scopes))), force=False)
+                return "Bearer " + self._token_for(merge_scopes(scopes), force=False)
         return None
 
     def handle_401(self, www_authenticate: str, scopes: Iterable[str], sent: str | None) -> bool:
@@ -229,10 +248,13 @@ class Authenticator:
             if bearer is not None and bearer.realm:
                 check_realm(bearer.realm, registry_secure=self._secure, resolve=self._resolve)
                 self._scheme, self._bearer = "bearer", bearer
-                key = tuple(sorted(set(scopes) | set(bearer.scopes)))
+                key = merge_scopes([*scopes, *bearer.scopes])
+                cached = self._tokens.get(key)
+                if cached is not None and cached.expires > self._clock() and sent != "Bearer " + cached.value:
+                    return True  # another thread fetched this token after our request left: just retry
                 self._token_for(key, force=True)
                 # later requests for these scopes find the token under their own key too
-                self._tokens[tuple(sorted(set(scopes)))] = self._tokens[key]
+                self._tokens[merge_scopes(scopes)] = self._tokens[key]
                 return True
             if basic is not None:
                 if self.credential is None or not self.credential.has_password:

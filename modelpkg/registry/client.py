@@ -126,16 +126,33 @@ class _CappedReader:
     def __init__(self, raw, limit: int):
         self.raw = raw
         self.remaining = limit
+        self._pending: Exception | None = None
 
     def read(self, n: int) -> bytes:
-        try:
-            chunk = self.raw.read(min(n, self.remaining + 1))
-        except Exception as e:  # noqa: BLE001 - urllib3/requests/socket errors mid-body are all "interrupted"
-            raise _Interrupted(str(e)) from e
-        if len(chunk) > self.remaining:
+        """Up to ``n`` bytes, gathered from ``read1`` calls: when the connection breaks, what arrived
+        before is returned first (and kept by the caller), and the error is raised on the next call."""
+        if self._pending is not None:
+            error, self._pending = self._pending, None
+            raise _Interrupted(str(error)) from error
+        want = min(n, self.remaining + 1)
+        parts, got = [], 0
+        while got < want:
+            try:
+                chunk = self.raw.read1(want - got)
+            except Exception as e:  # noqa: BLE001 - urllib3/requests/socket errors mid-body are all "interrupted"
+                if not parts:
+                    raise _Interrupted(str(e)) from e
+                self._pending = e
+                break
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) > self.remaining:
             raise _TooLong()
-        self.remaining -= len(chunk)
-        return chunk
+        self.remaining -= len(data)
+        return data
 
 
 class _FileBody:
@@ -193,6 +210,7 @@ class RegistryClient:
         self.session = session
         self.auth = Authenticator(host, credentials, self._auth_send, registry_secure=self.scheme == "https")
         self._no_ranges = False
+        self.part_threshold = PART_THRESHOLD  # blobs this large download as concurrent ranged parts
         self.warnings: list[str] = []
         self._lock = threading.Lock()
 
@@ -356,29 +374,31 @@ class RegistryClient:
     # ----------------------------------------------------------------------------------------------------
     # errors
 
-    def raise_for(self, response: requests.Response, *, kind: str, name: str) -> None:
-        """Turn a failed response into one clear ``ModelpkgError`` naming ``kind`` ``name``."""
+    def raise_for(self, response: requests.Response, *, kind: str, name: str, subject: str | None = None) -> None:
+        """Turn a failed response into one clear ``ModelpkgError`` naming ``kind`` ``name``; auth errors name
+        ``subject`` (the model being pulled or pushed) when given."""
         status = response.status_code
         code, detail = None, ""
         if response.request is not None and response.request.method != "HEAD":
             code, detail = _error_body(response)
         response.close()
         host = self.host
+        who = subject or name
         if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
             raise _tag(NotFoundError(f"{kind} not found: {name}",
                                      "check the name and tag; 'modelpkg list' shows local models"), code, status)
         if status == 401:
             if self.auth.credential is None:
-                error = AuthError(f"authentication required for {name}", f"run 'modelpkg login {host}'")
+                error = AuthError(f"authentication required for {who}", f"run 'modelpkg login {host}'")
             elif self.auth.scheme == "bearer":
-                error = AuthError(f"access denied to {name}",
+                error = AuthError(f"access denied to {who}",
                                   f"check that your account ({self.auth.credential.username or 'token'}) may use "
                                   "this repository")
             else:
                 error = AuthError(f"wrong username or password for {host}", f"run 'modelpkg login {host}'")
             raise _tag(error, code or "UNAUTHORIZED", status)
         if status == 403 or code == "DENIED":
-            raise _tag(AuthError(f"access denied to {name}",
+            raise _tag(AuthError(f"access denied to {who}",
                                  f"check that your account may use this repository ('modelpkg login {host}')"),
                        code or "DENIED", status)
         if status == 429:
@@ -465,7 +485,8 @@ class RegistryClient:
     # ----------------------------------------------------------------------------------------------------
     # blobs: existence
 
-    def head_blob(self, repo: str, digest: Digest, *, scopes: tuple[str, ...] | None = None) -> int | None:
+    def head_blob(self, repo: str, digest: Digest, *, scopes: tuple[str, ...] | None = None,
+                  subject: str | None = None) -> int | None:
         """The blob's size if ``repo`` has it, else None."""
         response = self.request("HEAD", self.url(repo, "blobs", str(digest)),
                                 scopes=scopes or (scope(repo, "pull"),))
@@ -473,7 +494,7 @@ class RegistryClient:
             response.close()
             return None
         if response.status_code != 200:
-            self.raise_for(response, kind="blob", name=f"{self.host}/{repo}@{digest}")
+            self.raise_for(response, kind="blob", name=f"{self.host}/{repo}@{digest}", subject=subject)
         response.close()
         try:
             return int(response.headers.get("Content-Length", "-1"))
@@ -484,7 +505,7 @@ class RegistryClient:
     # blobs: download
 
     def download_blob(self, repo: str, desc: Descriptor, dest_partial: Path, progress: Progress | None = None,
-                      task: str | None = None, *, parts: int = PART_COUNT) -> None:
+                      task: str | None = None, *, parts: int = PART_COUNT, subject: str | None = None) -> None:
         """Download ``desc`` into ``dest_partial``, resuming what is there; verified and fsynced on return.
 
         On return the file holds exactly the blob. A prefix already in ``dest_partial`` is re-hashed and the
@@ -509,12 +530,12 @@ class RegistryClient:
             try:
                 if offset < desc.size:
                     remaining = desc.size - offset
-                    if parts > 1 and remaining >= PART_THRESHOLD and not self._no_ranges:
-                        self._download_parts(url, scopes, desc, dest_partial, offset, hasher, progress, task,
-                                             parts, name)
+                    if parts > 1 and remaining >= self.part_threshold and not self._no_ranges:
+                        _PartDownload(self, url, scopes, desc, dest_partial, offset, hasher, progress, task,
+                                      parts, name, subject).run()
                     else:
-                        self._download_stream(url, scopes, desc, dest_partial, offset, hasher, progress,
-                                              task, name)
+                        hasher = self._download_stream(url, scopes, desc, dest_partial, offset, hasher,
+                                                       progress, task, name, subject)
                 actual = Digest(hasher.hexdigest())
                 if actual == desc.digest:
                     return
@@ -531,25 +552,28 @@ class RegistryClient:
                                        "run the command again: it resumes where it stopped") from e
                 self._sleep(self._backoff(failures - 1))
 
-    def _blob_get(self, url: str, scopes, headers: dict, name: str) -> requests.Response:
+    def _blob_get(self, url: str, scopes, headers: dict, name: str, subject: str | None = None) -> requests.Response:
         response = self.request("GET", url, scopes=scopes, headers=headers, stream=True)
         if response.status_code not in (200, 206):
-            self.raise_for(response, kind="blob", name=name)
+            self.raise_for(response, kind="blob", name=name, subject=subject)
         return response
 
-    def _download_stream(self, url, scopes, desc, dest, offset, hasher, progress, task, name) -> None:
+    def _download_stream(self, url, scopes, desc, dest, offset, hasher, progress, task, name, subject):
+        """Stream the blob from ``offset`` into ``dest``; returns the hasher over the whole file (a new one
+        when the registry ignored Range and the download started over)."""
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        response = self._blob_get(url, scopes, headers, name)
+        response = self._blob_get(url, scopes, headers, name, subject)
         try:
             if offset and not (response.status_code == 206 and _range_start(response) == offset):
                 # the registry ignored Range (or answered another range): start over from byte 0
                 _unlink(dest)
-                offset, hasher = 0, _restart(hasher)
+                progress.advance(task, -offset)
+                offset, hasher = 0, sha256()
                 if response.status_code == 206:
                     response.close()
-                    response = self._blob_get(url, scopes, {"Accept-Encoding": "identity"}, name)
+                    response = self._blob_get(url, scopes, {"Accept-Encoding": "identity"}, name, subject)
             if offset == 0 and response.status_code == 206:
                 raise RegistryError(f"{self.host} answered a partial blob to a full request", status=206)
             length = response.headers.get("Content-Length")
@@ -565,11 +589,9 @@ class RegistryClient:
                                      f"({desc.size} bytes)", "nothing was stored") from e
             if reader.remaining:
                 raise _Interrupted(f"the connection closed {reader.remaining} bytes early")
+            return hasher
         finally:
             response.close()
-
-    def _download_parts(self, url, scopes, desc, dest, offset, hasher, progress, task, parts, name) -> None:
-        _PartDownload(self, url, scopes, desc, dest, offset, hasher, progress, task, parts, name).run()
 
     # ----------------------------------------------------------------------------------------------------
     # blobs: upload
@@ -588,11 +610,11 @@ class RegistryClient:
         response.close()
         return ""  # denied or not supported: the caller starts a normal upload
 
-    def _start_upload(self, repo: str, name: str) -> tuple[str, int]:
+    def _start_upload(self, repo: str, name: str, subject: str | None = None) -> tuple[str, int]:
         response = self.request("POST", self.url(repo, "blobs", "uploads", ""), scopes=(scope(repo, "pull", "push"),),
                                 headers={"Content-Length": "0"})
         if response.status_code != 202 or not response.headers.get("Location"):
-            self.raise_for(response, kind="upload of", name=name)
+            self.raise_for(response, kind="upload of", name=name, subject=subject)
         response.close()
         try:
             min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0"))
@@ -602,7 +624,7 @@ class RegistryClient:
 
     def upload_blob(self, repo: str, desc: Descriptor, path: Path, progress: Progress | None = None,
                     mount_from: str | None = None, *, task: str | None = None, chunked: bool = False,
-                    chunk_size: int = DEFAULT_PATCH_CHUNK) -> UploadResult:
+                    chunk_size: int = DEFAULT_PATCH_CHUNK, subject: str | None = None) -> UploadResult:
         """Upload the file ``path`` as ``desc`` (streamed, never read whole into memory).
 
         With ``mount_from`` a cross-repository mount is tried first. The default is a monolithic
@@ -622,7 +644,7 @@ class RegistryClient:
         while True:
             min_chunk = 0
             if not location:
-                location, min_chunk = self._start_upload(repo, name)
+                location, min_chunk = self._start_upload(repo, name, subject)
             sent_before = [0]
             counting = _CountingProgress(progress, sent_before)
             try:
@@ -829,10 +851,6 @@ def _unlink(path: Path) -> None:
         raise fsutil.os_error(e, path, "deleting") from e
 
 
-def _restart(_old) -> Any:
-    return sha256()
-
-
 def _append_hashing(reader: _CappedReader, dest: Path, hasher, progress: Progress, task: str, *, fresh: bool) -> None:
     """Append the stream to ``dest`` while hashing it; fsync at the end (and on interruption, so a
     resume finds what was written).
@@ -937,8 +955,9 @@ class _PartDownload:
     ``.parts`` marker holds the hashed length: that prefix is what a later resume keeps.
     """
 
-    def __init__(self, client, url, scopes, desc, dest, offset, hasher, progress, task, parts, name):
+    def __init__(self, client, url, scopes, desc, dest, offset, hasher, progress, task, parts, name, subject):
         self.client, self.url, self.scopes, self.desc, self.dest = client, url, scopes, desc, dest
+        self.subject = subject
         self.offset, self.hasher, self.progress, self.task, self.name = offset, hasher, progress, task, name
         remaining = desc.size - offset
         step = -(-remaining // parts)
@@ -1040,7 +1059,7 @@ class _PartDownload:
 
     def _fetch(self, i: int, fd: int, pos: int, end: int) -> None:
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={pos}-{end - 1}"}
-        response = self.client._blob_get(self.url, self.scopes, headers, self.name)
+        response = self.client._blob_get(self.url, self.scopes, headers, self.name, self.subject)
         try:
             if response.status_code != 206 or _range_start(response) != pos:
                 raise _RangesIgnored()

@@ -1,0 +1,618 @@
+"""pull and push end to end against a real CNCF distribution registry (tests/registry_env.py).
+
+Models are created from tiny GGUF files with the real ``create``; commands run through click's CliRunner.
+The fault proxy is the only fake: it injects resets, truncations, bursts of 5xx, 429s, corruption and
+ignored ranges between modelpkg and the real registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from conftest import make_gguf
+from modelpkg import config
+from modelpkg.cli import cli
+from modelpkg.errors import AuthError, IntegrityError, NetworkError, NotFoundError
+from modelpkg.pull import pull
+from modelpkg.push import push
+from modelpkg.registry.client import RegistryClient
+from modelpkg.registry.credentials import Credential
+from modelpkg.store import Store
+
+pytestmark = [pytest.mark.registry, pytest.mark.timeout(120)]
+
+
+def run(*args, input=None):
+    result = CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+    return result
+
+
+def store() -> Store:
+    return Store(config.home())
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+
+
+def fresh(client_host: str, **kw) -> RegistryClient:
+    kw.setdefault("sleep", lambda s: None)
+    return RegistryClient(client_host, **kw)
+
+
+@pytest.fixture
+def big_model(home, tmp_path):
+    """A factory for a model whose GGUF is about 2 MiB (enough to cut a download in the middle)."""
+
+    def make(name: str, seed: int = 1):
+        folder = tmp_path / f"big-{seed}"
+        folder.mkdir(exist_ok=True)
+        gguf = make_gguf(folder / "big.gguf", tensor_values=1024 * 1024, seed=seed)
+        from modelpkg.create import create
+
+        ref = config.reference(name)
+        create(store(), ref, f"FROM {gguf}\n", folder, resolve_name=config.reference)
+        return ref
+
+    return make
+
+
+def model_blob(ref):
+    from modelpkg.manifest import model_layers
+
+    _, manifest = store().manifest(ref)
+    return model_layers(manifest).model
+
+
+def assert_store_sound(s: Store) -> None:
+    """Every blob in the store matches its name (no half or corrupt file under a digest)."""
+    assert s.verify() == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# round trip
+
+
+def test_round_trip_cli_push_rm_pull_show(registry, tiny_model):
+    name = f"{registry.host}/acme/tiny:q4"
+    tiny_model(name, "SYSTEM be brief\nPARAMETER temperature 0.5\n")
+    before = run("show", name, "--json")
+    assert before.exit_code == 0
+    pushed = run("push", name)
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "pushed" in pushed.stderr
+
+    entry, _ = store().manifest(config.reference(name))
+    raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{name}"],
+                         capture_output=True, check=True).stdout
+    assert raw == store().read_blob(entry.digest)  # the exact stored bytes were pushed
+
+    assert run("rm", name).exit_code == 0
+    assert run("show", name).exit_code == 4
+    pulled = run("pull", name)
+    assert pulled.exit_code == 0, pulled.stderr
+    after = run("show", name, "--json")
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert_store_sound(store())
+
+
+def test_push_json_events_and_pull_json_events(registry, tiny_model):
+    name = f"{registry.host}/acme/events:v1"
+    tiny_model(name)
+    pushed = run("push", "--json", name)
+    events = [json.loads(line) for line in pushed.stdout.splitlines()]
+    assert any(e.get("status", "").startswith("pushing ") for e in events)
+    assert events[-1]["status"] == "pushed"
+    run("rm", name)
+    pulled = run("pull", "--json", name)
+    events = [json.loads(line) for line in pulled.stdout.splitlines()]
+    labels = [e["status"] for e in events]
+    assert "pulling manifest" in labels and any(s.startswith("pulling ") and len(s) == 20 for s in labels)
+    assert events[-1] == {"status": "pulled", "name": name, "digest": events[-1]["digest"]}
+
+
+def test_noop_pull_sends_only_the_manifest_request(registry, fault_proxy, tiny_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/noop:v1"
+    ref = tiny_model(name)
+    push(store(), ref)
+    pull(store(), ref)
+    proxy.clear()
+    pull(store(), ref)
+    assert [(r.method, r.path) for r in proxy.requests] == [("GET", "/v2/acme/noop/manifests/v1")]
+
+
+def test_pull_by_digest(registry, tiny_model):
+    name = f"{registry.host}/acme/bydigest:v1"
+    ref = tiny_model(name)
+    digest = push(store(), ref)
+    run("rm", name)
+    by_digest = f"{registry.host}/acme/bydigest@{digest}"
+    result = run("pull", by_digest)
+    assert result.exit_code == 0, result.stderr
+    entry = store().resolve(config.reference(by_digest))
+    assert entry.digest == digest
+
+
+def test_pull_of_a_missing_model_is_one_clear_line(registry, home):
+    name = f"{registry.host}/acme/missing:q4"
+    result = run("pull", name)
+    assert result.exit_code == 4
+    assert error_lines(result) == [f"Error: model not found: {name}"]
+    assert "Traceback" not in result.output
+    with pytest.raises(NotFoundError) as info:
+        pull(store(), config.reference(name))
+    assert info.value.code == "MANIFEST_UNKNOWN" and info.value.status == 404
+
+
+def test_unknown_host_is_one_clear_line(home):
+    result = run("pull", "no-such-host.invalid/acme/x:1")
+    assert result.exit_code == 7
+    assert len(error_lines(result)) == 1
+    assert "no-such-host.invalid" in error_lines(result)[0]
+
+
+def test_index_selects_the_platform_entry(registry, tiny_model):
+    from modelpkg import mediatypes as mt
+
+    ref = tiny_model(f"{registry.host}/acme/indexed:v1")
+    digest = push(store(), ref)
+    entry = store().resolve(ref)
+    other_ref = tiny_model(f"{registry.host}/acme/indexed:v2", "SYSTEM another\n")
+    other_digest = push(store(), other_ref)
+    other = {"mediaType": mt.OCI_MANIFEST, "digest": str(other_digest), "size": store().resolve(other_ref).size,
+             "platform": {"os": "plan9", "architecture": "mips"}}
+    mine = {"mediaType": mt.OCI_MANIFEST, "digest": str(digest), "size": entry.size,
+            "platform": {"os": "linux", "architecture": "amd64"}}
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [other, mine]}).encode()
+    requests.put(f"{registry.url}/v2/acme/indexed/manifests/multi", data=index,
+                 headers={"Content-Type": mt.OCI_INDEX}, timeout=10).raise_for_status()
+    multi = config.reference(f"{registry.host}/acme/indexed:multi")
+    got = pull(store(), multi, platform=("linux", "amd64"))
+    assert got.digest == digest
+    with pytest.raises(NotFoundError, match="no manifest for windows/arm64"):
+        pull(store(), multi, platform=("windows", "arm64"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# push details
+
+
+def test_push_skips_blobs_the_registry_has_and_mounts_across_repositories(registry, fault_proxy, tiny_model):
+    proxy = fault_proxy(registry)
+    first = f"{proxy.host}/acme/mount-a:v1"
+    ref = tiny_model(first)
+    push(store(), ref)
+    proxy.clear()
+    push(store(), ref)  # everything is there: HEADs and the manifest only
+    assert {r.method for r in proxy.requests} == {"HEAD", "PUT"}
+    assert [r.path for r in proxy.requests if r.method == "PUT"] == ["/v2/acme/mount-a/manifests/v1"]
+
+    second = f"{proxy.host}/acme/mount-b:v1"
+    assert run("cp", first, second).exit_code == 0
+    proxy.clear()
+    push(store(), config.reference(second))
+    mounts = [r for r in proxy.requests if r.method == "POST"]
+    assert mounts and all("mount=" in r.query and "from=acme%2Fmount-a" in r.query.replace("/", "%2F")
+                          for r in mounts)
+    assert all(r.status == 201 for r in mounts)
+    assert not [r for r in proxy.requests if r.method == "PUT" and "/blobs/" in r.path]
+
+
+def test_chunked_push(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/chunked:v1"
+    big_model(name)
+    result = run("push", "--chunked", name)
+    assert result.exit_code == 0, result.stderr
+    assert proxy.matching("PATCH", "/blobs/uploads/")
+    run("rm", name)
+    assert run("pull", name).exit_code == 0
+    assert_store_sound(store())
+
+
+def test_push_of_an_unknown_model(home):
+    result = run("push", "localhost:5999/acme/nothing:v1")
+    assert result.exit_code == 4
+    assert error_lines(result) == ["Error: model not found: localhost:5999/acme/nothing:v1"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# faults: every pull ends complete and verified, or with one clear error; the store stays sound
+
+
+@pytest.mark.parametrize("fault,params", [
+    ("reset", {"after": 300_000}),
+    ("truncate", {"after": 500_000}),
+    ("status", {"status": 503}),
+    ("retry_after", {"seconds": 0}),
+    ("corrupt", {"offset": 1000, "length": 3}),
+    ("stall", {"after": 100_000, "seconds": 3}),
+])
+def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/fault-{fault.replace('_', '-')}:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    # twice in a row, except corruption: one corrupt copy is fetched again, two are an IntegrityError
+    proxy.add(fault, "GET", f"/blobs/{blob.digest}", count=1 if fault == "corrupt" else 2, **params)
+    client = fresh(proxy.host, timeout=(5, 1.0))
+    entry = pull(store(), ref, client=client)
+    assert store().has_blob(blob.digest, blob.size)
+    assert proxy.faults[0].hits >= 1
+    assert entry.digest == store().resolve(ref).digest
+    assert_store_sound(store())
+
+
+def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/ignore-range:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=700_000)
+    proxy.add("ignore_range", "GET", f"/blobs/{blob.digest}")
+    pull(store(), ref, client=fresh(proxy.host))
+    assert_store_sound(store())
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert len(gets) == 2 and gets[1].status == 200  # the 200 to a Range request restarted from byte 0
+
+
+def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/corrupt:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    proxy.add("corrupt", "GET", f"/blobs/{blob.digest}", count=None, offset=5, length=1)
+    with pytest.raises(IntegrityError, match=f"blob {blob.digest.short}"):
+        pull(store(), ref, client=fresh(proxy.host))
+    assert not store().has_blob(blob.digest)
+    assert not store().partial_path(blob.digest).exists()
+    with pytest.raises(NotFoundError):
+        store().resolve(ref)
+    assert_store_sound(store())
+
+
+def test_a_burst_of_errors_longer_than_the_retries_is_one_clear_error(registry, fault_proxy, tiny_model):
+    proxy = fault_proxy(registry)
+    ref = tiny_model(f"{proxy.host}/acme/burst:v1")
+    push(store(), ref)
+    proxy.add("status", "GET", "/manifests/", count=None, status=502)
+    with pytest.raises(Exception) as info:
+        pull(store(), ref, client=fresh(proxy.host, retries=2))
+    assert getattr(info.value, "status", None) == 502
+    assert len(proxy.matching("GET", "/manifests/")) == 3
+
+
+def test_429_honours_retry_after(registry, fault_proxy, tiny_model):
+    proxy = fault_proxy(registry)
+    ref = tiny_model(f"{proxy.host}/acme/ratelimited:v1")
+    push(store(), ref)
+    proxy.add("retry_after", "GET", "/manifests/", seconds=2)
+    slept = []
+    client = RegistryClient(proxy.host, sleep=slept.append)
+    pull(store(), ref, client=client)
+    assert slept == [2.0]
+
+
+def test_an_interrupted_pull_resumes_without_downloading_again(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/resume:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    cut = 1_000_000
+    proxy.add("reset", "GET", f"/blobs/{blob.digest}", count=None, after=cut)
+    with pytest.raises(NetworkError):
+        pull(store(), ref, client=fresh(proxy.host, retries=0))
+    partial = store().partial_path(blob.digest)
+    kept = partial.stat().st_size
+    assert 0 < kept <= cut
+    with pytest.raises(NotFoundError):
+        store().resolve(ref)
+    proxy.clear()
+    pull(store(), ref, client=fresh(proxy.host))
+    assert proxy.bytes_sent("GET", f"/blobs/{blob.digest}") == blob.size - kept
+    assert proxy.matching("GET", f"/blobs/{blob.digest}")[0].headers["Range"] == f"bytes={kept}-"
+    assert not partial.exists()
+    assert_store_sound(store())
+
+
+def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/parts:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    client = fresh(proxy.host)
+    client.part_threshold = 256 * 1024
+    proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=100_000)  # one part breaks and resumes
+    pull(store(), ref, client=client)
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert len(gets) >= 5 and all(g.headers.get("Range") for g in gets)
+    assert proxy.bytes_sent("GET", f"/blobs/{blob.digest}") < blob.size + 200_000
+    assert_store_sound(store())
+
+
+def test_two_concurrent_pulls_download_each_blob_once(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/concurrent:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    proxy.clear()
+    proxy.add("stall", "GET", f"/blobs/{blob.digest}", after=10, seconds=0.5)
+    errors = []
+
+    def one():
+        try:
+            pull(Store(config.home()), ref, client=fresh(proxy.host))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(proxy.matching("GET", f"/blobs/{blob.digest}")) == 1
+    assert_store_sound(store())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# auth: basic
+
+
+def test_basic_auth_with_env_credentials(basic_registry, tiny_model, monkeypatch):
+    name = f"{basic_registry.host}/acme/basic:v1"
+    tiny_model(name)
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER", basic_registry.username)
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", basic_registry.password)
+    assert run("push", name).exit_code == 0
+    run("rm", name)
+    result = run("pull", name)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_basic_auth_wrong_password_and_no_credentials(basic_registry, tiny_model, monkeypatch):
+    name = f"{basic_registry.host}/acme/basic-wrong:v1"
+    tiny_model(name)
+    anonymous = run("push", name)
+    assert anonymous.exit_code == 6
+    assert error_lines(anonymous) == [f"Error: authentication required for {name}"]
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER", basic_registry.username)
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", "not-the-password")
+    wrong = run("push", name)
+    assert wrong.exit_code == 6
+    assert error_lines(wrong) == [f"Error: wrong username or password for {basic_registry.host}"]
+    assert "not-the-password" not in wrong.output
+
+
+def test_login_checks_saves_0600_and_logout(basic_registry, tiny_model, home):
+    host = basic_registry.host
+    bad = run("login", host, "-u", basic_registry.username, "--password-stdin", input="nope\n")
+    assert bad.exit_code == 6 and "nope" not in bad.output
+    assert error_lines(bad) == [f"Error: wrong username or password for {host}"]
+    ok = run("login", host, "-u", basic_registry.username, "--password-stdin", input=basic_registry.password + "\n")
+    assert ok.exit_code == 0, ok.stderr
+    assert basic_registry.password not in ok.output
+    path = config.config_dir() / "auth.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    name = f"{host}/acme/login:v1"
+    tiny_model(name)
+    assert run("push", name).exit_code == 0
+    assert run("logout", host).exit_code == 0
+    assert run("push", name).exit_code == 6
+    again = run("logout", host)
+    assert again.exit_code == 4 and error_lines(again) == [f"Error: not logged in to {host}"]
+
+
+def test_docker_config_auths_and_credential_helper(basic_registry, tiny_model, tmp_path, monkeypatch):
+    host = basic_registry.host
+    name = f"{host}/acme/docker-config:v1"
+    tiny_model(name)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    token = base64.b64encode(f"{basic_registry.username}:{basic_registry.password}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {f"http://{host}": {"auth": token}}}))
+    assert run("push", name).exit_code == 0
+
+    # the same through a docker-credential-test helper found on PATH
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "helper.log"
+    helper = bin_dir / "docker-credential-test"
+    helper.write_text(f"""#!/bin/sh
+read server
+echo "$1 $server" >> {log}
+if [ "$server" = "{host}" ]; then
+  printf '{{"ServerURL":"%s","Username":"{basic_registry.username}","Secret":"{basic_registry.password}"}}' "$server"
+else
+  echo "credentials not found in native keychain"; exit 1
+fi
+""")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    (docker / "config.json").write_text(json.dumps({"auths": {host: {}}, "credHelpers": {host: "test"}}))
+    run("rm", name)
+    result = run("pull", name)
+    assert result.exit_code == 0, result.stderr
+    assert log.read_text().split() == ["get", host]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# auth: bearer tokens
+
+
+def test_token_auth_caches_one_token_per_scope(token_registry, token_server, tiny_model, monkeypatch):
+    host = token_registry.host
+    name = f"{host}/acme/token:v1"
+    ref = tiny_model(name)
+    cred = Credential(token_registry.username, token_registry.password)
+    client = RegistryClient(host, credentials=cred)
+    push(store(), ref, client=client)
+    push_scope = f"repository:acme/token:pull,push"
+    assert [i.scopes for i in token_server.issued] == [(push_scope,)]
+    run("rm", name)
+    pull(store(), ref, client=client)  # a new scope: one more token, then every blob uses it
+    assert [i.scopes for i in token_server.issued] == [(push_scope,), ("repository:acme/token:pull",)]
+    assert all(i.user == token_registry.username for i in token_server.issued)
+    pull(store(), ref, client=client)
+    assert len(token_server.issued) == 2
+
+
+def test_token_auth_refreshes_after_expiry(token_registry, token_server, tiny_model):
+    host = token_registry.host
+    ref = tiny_model(f"{host}/acme/token-expiry:v1")
+    now = [1000.0]
+    cred = Credential(token_registry.username, token_registry.password)
+    client = RegistryClient(host, credentials=cred)
+    client.auth._clock = lambda: now[0]
+    token_server.expires_in = 60
+    push(store(), ref, client=client)
+    assert len(token_server.issued) == 1
+    now[0] += 120  # past expires_in: the next request fetches a new token before sending
+    push(store(), ref, client=client)
+    assert len(token_server.issued) == 2
+
+
+def test_token_auth_denied_and_anonymous(token_registry, token_server, tiny_model):
+    host = token_registry.host
+    name = f"{host}/acme/token-denied:v1"
+    tiny_model(name)
+    result = run("push", name)  # anonymous: the policy grants nothing outside public/
+    assert result.exit_code == 6
+    assert error_lines(result) == [f"Error: authentication required for {name}"]
+    missing = run("pull", f"{host}/public/absent:v1")  # anonymous pull of a public name works up to the 404
+    assert error_lines(missing) == [f"Error: model not found: {host}/public/absent:v1"]
+
+
+def test_token_auth_with_an_identity_token(token_registry, token_server, tiny_model):
+    host = token_registry.host
+    ref = tiny_model(f"{host}/acme/identity:v1")
+    # get a refresh token the way `docker login` does with an OAuth2 password grant
+    answer = requests.post(token_server.realm, data={
+        "grant_type": "password", "username": token_registry.username, "password": token_registry.password,
+        "service": token_server.service, "client_id": "test", "access_type": "offline"}, timeout=10).json()
+    client = RegistryClient(host, credentials=Credential(identity_token=answer["refresh_token"]))
+    token_server.reset()
+    push(store(), ref, client=client)
+    assert [r.method for r in token_server.requests] == ["POST"]
+    assert token_server.requests[0].params["grant_type"] == ["refresh_token"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transport safety
+
+
+def test_redirect_to_another_host_drops_authorization(basic_registry, fault_proxy, tiny_model, monkeypatch):
+    proxy = fault_proxy(basic_registry)
+    name = f"{proxy.host}/acme/redirect:v1"
+    ref = tiny_model(name)
+    cred = Credential(basic_registry.username, basic_registry.password)
+    push(store(), ref, client=RegistryClient(proxy.host, credentials=cred))
+    blob = model_blob(ref)
+    run("rm", name)
+    proxy.add("redirect_other_host", "GET", f"/blobs/{blob.digest}")
+    pull(store(), ref, client=RegistryClient(proxy.host, credentials=cred))
+    assert store().has_blob(blob.digest, blob.size)
+    cdn = proxy.other_host.requests
+    assert len(cdn) == 1 and cdn[0].authorization is None
+    assert proxy.matching("GET", "/manifests/")[-1].headers.get("Authorization", "").startswith("Basic ")
+
+
+def _lan_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_plain_http_is_refused_for_a_non_loopback_host_without_insecure(home):
+    address = _lan_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((address, 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = f"{address}:{server.server_address[1]}/acme/plain:v1"
+        refused = run("pull", name)
+        assert refused.exit_code == 7
+        assert len(error_lines(refused)) == 1 and "TLS" in error_lines(refused)[0]
+        assert "--insecure" in refused.stderr
+        allowed = run("pull", "--insecure", name)
+        assert error_lines(allowed) == [f"Error: model not found: {name}"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# interoperability with oras-py, an independent client
+
+
+def test_oras_pulls_what_modelpkg_pushed(registry, tiny_model, tiny_gguf, tmp_path, monkeypatch):
+    oras = pytest.importorskip("oras.provider")
+    name = f"{registry.host}/acme/oras-out:v1"
+    tiny_model(name, "SYSTEM hello\n")
+    push(store(), config.reference(name))
+    out = tmp_path / "oras-out"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    files = oras.Registry(hostname=registry.host, insecure=True).pull(target=name, outdir=str(out))
+    by_name = {Path(f).name: Path(f).read_bytes() for f in files}
+    assert by_name["model.gguf"] == tiny_gguf.read_bytes()
+    assert by_name["system.txt"] == b"hello"
+
+
+def test_modelpkg_pulls_what_oras_pushed(registry, tiny_gguf, home, tmp_path, monkeypatch):
+    oras = pytest.importorskip("oras.provider")
+    monkeypatch.chdir(tiny_gguf.parent)
+    name = f"{registry.host}/acme/oras-in:v1"
+    oras.Registry(hostname=registry.host, insecure=True).push(
+        target=name, files=[f"{tiny_gguf.name}:application/octet-stream"], disable_path_validation=True)
+    ref = config.reference(name)
+    pull(store(), ref)
+    layer = model_blob(ref)
+    assert layer is not None and layer.title == tiny_gguf.name
+    assert store().blob_path(layer.digest).read_bytes() == tiny_gguf.read_bytes()
+    assert hashlib.sha256(tiny_gguf.read_bytes()).hexdigest() == layer.digest.hex
