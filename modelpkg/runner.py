@@ -312,7 +312,7 @@ class Runner:
         room = self.n_ctx - len(tokens)
         limit = sampling.max_tokens if 0 < sampling.max_tokens < room else room
         result.prompt_eval_count = len(tokens) - self._cached_prefix(tokens)
-        stops = _StopMatcher(sampling.stop)
+        stops = StopMatcher(sampling.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         is_end = self._end_of_generation()
         pieces: list[str] = []
@@ -388,7 +388,7 @@ class Runner:
         self.close()
 
 
-class _StopMatcher:
+class StopMatcher:
     """Cuts the stream at the first stop string, holding back text that may be the start of one."""
 
     def __init__(self, stops: Sequence[str]):
