@@ -747,7 +747,9 @@ class RegistryClient:
         end = _range_end(response.headers.get("Range", ""))
         location = urljoin(location, response.headers.get("Location") or location)
         response.close()
-        return (end + 1 if end is not None else 0), location
+        # distribution answers "0-0" both for an empty upload and for one byte; chunks are never one
+        # byte long, so it means empty
+        return (end + 1 if end else 0), location
 
 
 class _Retryable(Exception):

@@ -1,0 +1,172 @@
+"""Benchmark: `modelpkg pull` / `push` of a 1 GiB model against curl moving the same blob, on loopback.
+
+Targets (issue 3), measured in the same run against a local CNCF distribution `docker-registry`:
+
+- pull (manifest, download, sha256 verification, fsync and atomic commit into an empty store)
+  <= 1.15x `curl -o` of the same blob;
+- push (HEAD, POST, streamed PUT, manifest) to an empty registry <= 1.15x a streamed `curl -T` POST + PUT;
+- peak RSS of each modelpkg run < 100 MB (os.wait4 on the child: its own peak);
+- a no-op pull (everything present: one manifest request) < 0.5 s.
+
+Every run is a child process (`python -m modelpkg ...`, curl), timed from spawn to exit; best of N,
+alternating modelpkg and curl. Pushes go to a fresh repository on a fresh registry each time, so no blob is
+already there. The model is a GGUF of random weights (incompressible, like real quantised weights).
+
+    .venv/bin/python bench/bench_transfer.py [--size-mib 1024] [--runs 3]
+
+Prints a table and writes bench/results/transfer-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def child(args: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Run a command; (seconds, peak RSS in bytes of the command alone).
+
+    The RSS comes from ``/usr/bin/time -f %M``: rusage of a child forked straight from this (large)
+    process would count the parent's pages it had before exec.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        lines = [line for line in rss.read().split() if line.isdigit()]
+    return elapsed, int(lines[-1]) * 1024
+
+
+def modelpkg(home: Path, *args: str) -> tuple[float, int]:
+    env = {**os.environ, "MODELPKG_HOME": str(home), "MODELPKG_CONFIG_DIR": str(home / "config")}
+    return child([sys.executable, "-m", "modelpkg", *args], env)
+
+
+def curl_push(url: str, repo: str, path: Path, digest: str) -> tuple[float, int]:
+    """POST then a streamed PUT with curl -T (a shell runs both; the timing covers both, RSS is curl's)."""
+    script = (f'loc=$(curl -sf -X POST -D - -o /dev/null {url}/v2/{repo}/blobs/uploads/ '
+              f'| tr -d "\\r" | sed -n "s/^[Ll]ocation: //p") && '
+              f'exec curl -sf -o /dev/null -T {path} -H "Content-Type: application/octet-stream" '
+              f'"$loc&digest={digest}"')
+    return child(["sh", "-c", script])
+
+
+def best(samples: list[tuple[float, int]]) -> dict:
+    times = [t for t, _ in samples]
+    return {"best_s": min(times), "runs_s": times, "peak_rss_mb": max(r for _, r in samples) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="a folder on the disk to measure (default: a temp dir)")
+    options = parser.parse_args()
+
+    from registry_env import start_registry
+
+    work = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir=options.work))
+    registries = []
+    try:
+        gguf_dir = work / "src"
+        gguf_dir.mkdir()
+        gguf = gguf_dir / "model.gguf"
+        # in a child: the writer's arrays would otherwise stay in this process
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from bench_create import "
+                        "make_gguf; from pathlib import Path; make_gguf(Path(sys.argv[2]), int(sys.argv[3]))",
+                        str(ROOT / "bench"), str(gguf), str(options.size_mib)], check=True)
+        size = gguf.stat().st_size
+        h = hashlib.sha256()
+        with open(gguf, "rb") as f:
+            while chunk := f.read(4 << 20):
+                h.update(chunk)
+        digest = f"sha256:{h.hexdigest()}"
+        (gguf_dir / "Modelfile").write_text(f"FROM {gguf}\n")
+
+        def registry():
+            server = start_registry(work / f"registry-{len(registries)}")
+            registries.append(server)
+            return server
+
+        # the model, created once in a source store
+        source = work / "source-home"
+        name0 = "127.0.0.1:1/bench/model:v1"
+        modelpkg(source, "create", name0, "-f", str(gguf_dir / "Modelfile"))
+
+        pushes, curl_pushes, pulls, curl_pulls, noops = [], [], [], [], []
+        serving = registry()
+        for run in range(options.runs):
+            # push: a fresh registry for modelpkg and another for curl, so neither finds the blob there
+            target = registry()
+            name = f"{target.host}/bench/model:v1"
+            modelpkg(source, "cp", name0, name)
+            pushes.append(modelpkg(source, "push", name))
+            curl_target = registry()
+            curl_pushes.append(curl_push(curl_target.url, "bench/curl", gguf, digest))
+            for server in (target, curl_target):
+                server.stop()
+                shutil.rmtree(server.storage, ignore_errors=True)
+
+            # pull: from the serving registry into an empty store, and curl -o of the same blob
+            name = f"{serving.host}/bench/model:v1"
+            if run == 0:
+                modelpkg(source, "cp", name0, name)
+                modelpkg(source, "push", name)
+                child(["curl", "-sf", "-o", "/dev/null", f"{serving.url}/v2/bench/model/blobs/{digest}"])  # warm
+            home = work / f"pull-home-{run}"
+            pulls.append(modelpkg(home, "pull", name))
+            noops.append(modelpkg(home, "pull", name))
+            out = work / "curl.out"
+            curl_pulls.append(child(["curl", "-sf", "-o", str(out), f"{serving.url}/v2/bench/model/blobs/{digest}"]))
+            out.unlink()
+            shutil.rmtree(home)
+
+        results = {
+            "size_bytes": size,
+            "runs": options.runs,
+            "pull": best(pulls), "curl_get": best(curl_pulls),
+            "push": best(pushes), "curl_put": best(curl_pushes),
+            "noop_pull": best(noops),
+        }
+        results["pull_ratio"] = results["pull"]["best_s"] / results["curl_get"]["best_s"]
+        results["push_ratio"] = results["push"]["best_s"] / results["curl_put"]["best_s"]
+        rows = [
+            ("pull (modelpkg)", results["pull"], f"{results['pull_ratio']:.2f}x curl (target <= 1.15x)"),
+            ("curl -o", results["curl_get"], ""),
+            ("push (modelpkg)", results["push"], f"{results['push_ratio']:.2f}x curl (target <= 1.15x)"),
+            ("curl -T (POST+PUT)", results["curl_put"], ""),
+            ("no-op pull", results["noop_pull"], "target < 0.5 s"),
+        ]
+        print(f"{size / 2**20:.0f} MiB blob, best of {options.runs} runs")
+        print(f"{'what':<20} {'best s':>8} {'MB/s':>8} {'peak RSS MB':>12}  note")
+        for label, r, note in rows:
+            speed = f"{size / r['best_s'] / 1e6:8.0f}" if label != "no-op pull" else f"{'':>8}"
+            print(f"{label:<20} {r['best_s']:8.2f} {speed} {r['peak_rss_mb']:12.1f}  {note}")
+        out_dir = ROOT / "bench" / "results"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"transfer-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(results, indent=2))
+        print(f"wrote {path}")
+    finally:
+        for server in registries:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
