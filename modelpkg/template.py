@@ -19,13 +19,20 @@ over lists, maps in sorted key order, and integers), ``with``/``else with``, par
 chains, literals (interpreted and raw strings, chars, numbers, ``true``/``false``/``nil``), and the functions
 ``and or not eq ne lt le gt ge len index slice print printf println html js urlquery`` (Go's builtins, with
 ``and``/``or`` short-circuiting and returning an operand) plus Ollama's ``json currentDate yesterdayDate
-toTypeScriptType`` (a simple version). Values print as Go's ``fmt`` prints them (``[a b]``,
-``map[k:v]``, ``true``, ``1e+06``) and ``printf`` follows Go's verbs, flags, width and precision.
+toTypeScriptType``. Values print as Go's ``fmt`` prints them (``[a b]``, ``map[k:v]``, ``true``, ``1e+06``)
+and ``printf`` follows Go's verbs, flags, width and precision.
+
+``render`` hands messages and tools to templates as the structs Ollama builds for them (at the commit in
+shared/reference/ollama-behaviour.md): ``.Role``, ``.Content``, ``.ToolCalls``... on messages; tools, tool
+call arguments and parameter properties print as JSON (their Go ``String`` methods), a tool's ``.Function``
+prints as a Go struct, and ``json`` of a message uses Go field names.
 
 Refused with a TemplateError: ``define``, ``template``, ``block`` and ``call`` (no recursion, no function
-values), complex numbers, unknown functions. Deliberate differences from Go: a missing map key, a missing
-message field, or a field of a missing value gives nil, and ``{{ }}`` prints nil as nothing (Go would print
-``<no value>``); this is what ``missingkey=zero`` is meant to give templates.
+values), complex numbers, unknown functions. Deliberate differences from Go and Ollama: a missing map key, an
+unknown field of a message, or a field of a missing value gives nil, and ``{{ }}`` prints nil as nothing (Go
+prints ``<no value>`` for a missing key of a ``map[string]any`` even with ``missingkey=zero``); pointers
+print as ``&{...}``, never as addresses; where Ollama's cut after ``.Response`` would panic (the cut inside
+a branch that has an else), the else branch is dropped.
 
 Limits, so a hostile template cannot hang or eat memory: the source size, the nesting depth of control
 structures and parentheses, the total range iterations and evaluation steps, the text functions may build,
@@ -58,11 +65,13 @@ MAX_SOURCE = 1 << 20  # characters of template source
 MAX_OUTPUT = 1 << 20  # characters a render may produce (1 MiB of text)
 MAX_WORK = 16 << 20  # characters all function results together may build in one render
 MAX_RANGE_ITERATIONS = 100_000  # range iterations in one render, all ranges together
-MAX_STEPS = 2_000_000  # nodes and commands evaluated in one render
+MAX_STEPS = 1_000_000  # nodes and commands evaluated in one render (a 1000-message chat takes ~30k)
 MAX_NESTING = 50  # nested control structures and parentheses
 MAX_VALUE_DEPTH = 100  # nesting of a data value that printing or json will follow
 
 _LIMIT_HINT = "the template loops or builds text without bound; check its range and printf actions"
+_PARSE_HINT = "fix the TEMPLATE at that line and column; it uses Go text/template syntax"
+_EXEC_HINT = "the template failed on this data; check the action at that line and column"
 
 # ------------------------------------------------------------------------------------------------------
 # Nodes (the parse tree). Positions are offsets into the source, turned into line:column for errors.
@@ -575,6 +584,8 @@ def _go_float(text: str) -> float | None:
             value = float(body)
     except (ValueError, OverflowError):
         return None
+    if math.isinf(value):
+        return None  # strconv.ParseFloat reports a range error
     return -value if text.startswith("-") else value
 
 
@@ -586,10 +597,12 @@ def _number_value(text: str) -> int | float | None:
         raise _BadLiteral(f"complex number {text} is not supported")
     integer = _go_int(text)
     is_hex_int = text.lstrip("+-")[:2] in ("0x", "0X") and not any(c in "pP" for c in text)
+    if integer is not None and not (_INT64[0] <= integer < 1 << 64):
+        integer = None  # beyond int64 and uint64: Go parses it as a float, refused below
     if integer is not None:
         if any(c in ".eEpP" for c in text) and not is_hex_int:
             return float(integer)
-        return integer if _INT64[0] <= integer <= _INT64[1] else None
+        return integer if integer <= _INT64[1] else None  # a uint64: "overflows int" when used
     value = _go_float(text)
     if value is None:
         raise _BadLiteral(f"illegal number syntax: {_go_quote(text)}")
@@ -631,7 +644,7 @@ class _Parser:
     def _tok(self) -> _Token:
         tok = self.toks[self.i] if self.i < len(self.toks) else self.toks[-1]
         if tok.kind == "error":
-            raise _error(self.src, tok.pos, tok.val)
+            raise _error(self.src, tok.pos, tok.val, _PARSE_HINT)
         return tok
 
     def next(self) -> _Token:
@@ -652,7 +665,7 @@ class _Parser:
         return self.next()
 
     def fail(self, pos: int, message: str, hint: str | None = None) -> TemplateError:
-        return _error(self.src, pos, message, hint)
+        return _error(self.src, pos, message, hint or _PARSE_HINT)
 
     def unexpected(self, tok: _Token, context: str) -> TemplateError:
         return self.fail(tok.pos, f"unexpected {_describe(tok)} in {context}")
@@ -1809,7 +1822,6 @@ _BUILTINS: dict[str, tuple[int, int | None, Any]] = {
 }
 # builtins whose Go parameters are reflect.Value, which a literal nil cannot be assigned to
 _NO_NIL = frozenset({"and", "or", "not", "eq", "ne", "lt", "le", "gt", "ge", "len", "index", "slice"})
-assert set(_BUILTINS) == _FUNCTIONS
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1844,7 +1856,7 @@ class _Exec:
         return "".join(self.out[start:])
 
     def fail(self, pos: int, message: str, hint: str | None = None) -> TemplateError:
-        return _error(self.src, pos, message, hint)
+        return _error(self.src, pos, message, hint or _EXEC_HINT)
 
     def tick(self, pos: int) -> None:
         self.steps += 1
@@ -2102,7 +2114,8 @@ _SCHEMAS: dict[str, tuple[tuple[str, str, str, bool, Any], ...]] = {
                          ("Arguments", "arguments", "Arguments", False, "args")),
     "Tool": (("Type", "type", "type", False, "str"), ("Items", "items", "items", True, "any"),
              ("Function", "function", "function", False, "ToolFunction")),
-    "ToolFunction": (("Name", "name", "name", False, "str"), ("Description", "description", "description", False, "str"),
+    "ToolFunction": (("Name", "name", "name", False, "str"),
+                     ("Description", "description", "description", False, "str"),
                      ("Parameters", "parameters", "parameters", False, "ToolFunctionParameters")),
     "ToolFunctionParameters": (("Type", "type", "type", False, "str"), ("Defs", "$defs", "$defs", True, "any"),
                                ("Items", "items", "items", True, "any"),

@@ -94,6 +94,9 @@ def _msg(role, content):
     # the cut looks at actions only (not if pipelines) and drops everything after the first .Response action
     ("{{ .Prompt }}{{ if .Response }}={{ .Response }}!{{ end }}END",
      [_msg("user", "u1"), _msg("assistant", "a1"), _msg("user", "u2")], "u1=a1!ENDu2"),
+    # where Ollama's cut would panic (an else after the cut), the else branch is dropped
+    ("{{ .Prompt }}{{ if .Response }}={{ .Response }}{{ else }}?{{ end }}!",
+     [_msg("user", "u1"), _msg("assistant", "a1"), _msg("user", "u2")], "u1=a1!u2"),
     # Ollama's own mistral example, legacy form without .Response
     ("[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] ",
      [_msg("system", "Be brief."), _msg("user", "Hi"), _msg("assistant", "Hello"), _msg("user", "Name?")],
@@ -141,7 +144,8 @@ MESSAGES_MARK = "{{- range .Messages }}{{ end }}"  # makes a template take the .
 
 
 def test_tools_in_templates():
-    source = MESSAGES_MARK + ("{{ range .Tools }}{{ .Function.Name }}({{ range $k, $v := .Function.Parameters.Properties }}"
+    source = MESSAGES_MARK + ("{{ range .Tools }}{{ .Function.Name }}("
+                              "{{ range $k, $v := .Function.Parameters.Properties }}"
                               "{{ $k }}: {{ toTypeScriptType $v }}, {{ end }}){{ end }}")
     assert render(source, [_msg("user", "hi")], tools=[TOOL]) == \
         "get_weather(city: string, days: number | null, unit: string | null, )"
@@ -176,6 +180,13 @@ def test_messages_marshal_with_go_field_names():
     got = render("{{ range .Messages }}{{ json . }}{{ end }}", [_msg("user", "hi")])
     assert got == ('{"Role":"user","Content":"hi","Thinking":"","Images":null,"ToolCalls":null,'
                    '"ToolName":"","ToolCallID":""}')
+
+
+def test_message_fields_default_to_zero_values():
+    source = "{{ range .Messages }}[{{ .Thinking }}|{{ .ToolCalls }}|{{ .Images }}|{{ len .ToolCalls }}|{{ .Nope }}]{{ end }}"
+    assert render(source, [_msg("user", "hi")]) == "[|[]|[]|0|]"
+    thinking = {"role": "assistant", "content": "a", "thinking": "hmm"}
+    assert render("{{ range .Messages }}{{ .Thinking }}{{ end }}", [thinking]) == "hmm"
 
 
 @pytest.mark.parametrize("think, expected", [
@@ -219,7 +230,7 @@ DATA = {"Name": "Ada", "L": [1, 2, 3], "S": ["a", "b"], "M": {"z": 1, "a": 2}, "
     # trim markers remove all adjacent whitespace, comments vanish
     ("a \n\t {{- .Name -}} \n\n b", "aAdab"),
     ("a  {{- /* a comment */ -}}  b{{/* another */}}", "ab"),
-    ("{{- 3 }} {{ -3 }}", "3 -3"),
+    ("{{- 3 }} {{ -3 }} {{-3}} {{ 3 -}}\n x", "3 -3 -3 3x"),  # a trim marker needs the space
     # how Go prints values
     ("{{ .L }} {{ .M }} {{ .T }} {{ .F }} {{ 1e6 }} {{ 1.0 }} {{ 'a' }}", "[1 2 3] map[a:2 z:1] true 2.5 1e+06 1 97"),
     ("{{ .Missing }}|{{ .Missing.Deeper }}|{{ .Nested.Nope }}", "||"),
@@ -240,7 +251,8 @@ DATA = {"Name": "Ada", "L": [1, 2, 3], "S": ["a", "b"], "M": {"z": 1, "a": 2}, "
      "[2 3] [1 2] el 3 6 2"),
     ('{{ index .M "nope" }}|{{ index .L }}', "|[1 2 3]"),
     # comparisons
-    ('{{ eq 1 1 }} {{ eq .Name "Bob" "Ada" }} {{ ne 1 2 }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt "b" "a" }} {{ ge 1.5 2.5 }}',
+    ('{{ eq 1 1 }} {{ eq .Name "Bob" "Ada" }} {{ ne 1 2 }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt "b" "a" }} '
+     '{{ ge 1.5 2.5 }}',
      "true true true true true true false"),
     ('{{ eq .Missing "x" }} {{ eq .Missing .AlsoMissing }}', "false true"),
     # and / or return an operand and stop early; not is truthiness
@@ -260,6 +272,17 @@ DATA = {"Name": "Ada", "L": [1, 2, 3], "S": ["a", "b"], "M": {"z": 1, "a": 2}, "
 ])
 def test_language(source, expected):
     assert parse(source).execute(DATA) == expected
+
+
+@pytest.mark.parametrize("call, expected", [
+    ("and 1 2", "2"), ("or 0 3", "3"), ("not 1", "false"), ("eq 1 1", "true"), ("ne 1 1", "false"),
+    ("lt 1 2", "true"), ("le 2 1", "false"), ("gt 2 1", "true"), ("ge 1 2", "false"), ("len .S", "2"),
+    ("index .S 1", "b"), ("slice .S 1", "[b]"), ("print .S", "[a b]"), ('printf "%03d" 7', "007"),
+    ("println 1", "1\n"), ('html "<"', "&lt;"), ('js "<"', "\\u003C"), ('urlquery "a b"', "a+b"),
+    ("json .S", '["a","b"]'), ("toTypeScriptType .S", "any"),
+])
+def test_every_function(call, expected):
+    assert parse("{{ " + call + " }}").execute({"S": ["a", "b"]}) == expected
 
 
 def test_current_date_reads_the_clock_when_called():
@@ -297,6 +320,11 @@ def test_parse_is_cached_and_keeps_its_source():
     ("{{ call .F }}", 'template line 1, column 4: function "call" is not supported'),
     ("{{ 1+2i }}", "template line 1, column 4: complex number 1+2i is not supported"),
     ('{{ "\\q" }}', 'template line 1, column 4: invalid syntax: "\\"\\\\q\\""'),
+    ("{{ 99999999999999999999 }}", 'template line 1, column 4: integer overflow: "99999999999999999999"'),
+    ("{{ 1e400 }}", 'template line 1, column 4: illegal number syntax: "1e400"'),
+    ("{{ range $i, $e, $f := .L }}{{ end }}", "template line 1, column 16: too many declarations in range"),
+    ("{{ range .L }}{{ else if .A }}{{ end }}", "template line 1, column 23: unexpected <if> in input"),
+    ("x {{-  /* two spaces */ -}}", 'template line 1, column 8: unexpected "/" in command'),
 ])
 def test_parse_errors_name_the_position(source, message):
     with pytest.raises(TemplateError) as info:
@@ -371,7 +399,8 @@ TOKENS = ["{{", "}}", "{{-", "-}}", " ", "\n", ".", ".Messages", ".Role", ".Cont
 
 def _check(source: str) -> None:
     try:
-        parse(source)
+        template = parse(source)
+        assert parse(str(template)) == template
         render(source, FUZZ_CONVERSATION, tools=[TOOL], think=True)
     except TemplateError:
         pass
@@ -408,3 +437,31 @@ def _mutated_templates(draw):
 @given(_mutated_templates())
 def test_fuzz_mutated_real_templates(source):
     _check(source)
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=4))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+                      max_leaves=12)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=40), st.lists(VALUES, max_size=4))
+def test_fuzz_printf_formats_and_values(fmt, args):
+    source = "{{ printf .F " + " ".join(f"(index .A {i})" for i in range(len(args))) + " }}"
+    try:
+        assert isinstance(parse(source).execute({"F": fmt, "A": args}), str)
+    except TemplateError:
+        pass
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(VALUES)
+def test_fuzz_printing_any_value(value):
+    source = ("{{ . }}|{{ json . }}|{{ print . . }}|{{ html . }}|{{ js . }}|{{ urlquery . }}"
+              '|{{ printf "%v %+v %#v %q %x %d" . . . . . . }}|{{ if . }}t{{ end }}{{ with . }}w{{ end }}'
+              "|{{ range $k, $v := . }}{{ $k }}{{ $v }}{{ end }}|{{ len . }}")
+    try:
+        assert isinstance(parse(source).execute(value), str)
+    except TemplateError:
+        pass
