@@ -330,12 +330,19 @@ class Session:
         messages = [dict(m) for m in messages]
         while True:
             prompt = self._render(messages, runner)
-            if len(messages) <= 1 or len(runner.tokenize(prompt.text, prompt.add_bos)) + reserve < runner.n_ctx:
+            if len(messages) <= 1 or self._fits(prompt, runner, reserve):
                 return prompt
             droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
             if not droppable:
                 return prompt
             del messages[droppable[0]]
+
+    @staticmethod
+    def _fits(prompt: Prompt, runner: Runner, reserve: int) -> bool:
+        # a token is at least one byte (BOS aside), so a short prompt fits without tokenizing it
+        if len(prompt.text.encode()) + 1 + reserve < runner.n_ctx:
+            return True
+        return len(runner.tokenize(prompt.text, prompt.add_bos)) + reserve < runner.n_ctx
 
     def _render(self, messages: list[dict[str, Any]], runner: Runner) -> Prompt:
         kind = prompt_kind(self.details.template, runner.chat_template)
