@@ -12,6 +12,7 @@ CLI layer: imports click, ``modelpkg.cli`` helpers, ``chat`` and the runner's op
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -80,6 +81,8 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
         if value is not None:
             overrides[key] = value
     interactive = batch is None and not prompt and _is_terminal(sys.stdin)
+    if interactive and fmt == "json":
+        raise UsageError("--format json answers one prompt", "pass the prompt as an argument or on stdin")
     text = None if batch is not None or interactive else _prompt_text(prompt)
     details = open_model(open_store(), config.reference(name), progress=for_terminal(), insecure=insecure)
     session = Session(details, overrides, system=system)
@@ -92,6 +95,9 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
             Repl(session, display, verbose).run()
         else:
             one_shot(session, text, display, fmt == "json", verbose)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         session.close()
 
