@@ -499,6 +499,21 @@ def test_token_auth_refreshes_after_expiry(token_registry, token_server, tiny_mo
     assert len(token_server.issued) == 2
 
 
+def test_a_token_the_registry_no_longer_accepts_is_renewed_once(token_registry, token_server, tiny_model):
+    import time
+
+    ref = tiny_model(f"{token_registry.host}/acme/token-renew:v1")
+    client = RegistryClient(token_registry.host, credentials=Credential(token_registry.username,
+                                                                        token_registry.password))
+    token_server.valid_for = 61  # the registry accepts each token for about a second; clients are told 300 s
+    push(store(), ref, client=client)
+    issued = len(token_server.issued)
+    time.sleep(2.5)
+    run("rm", str(ref))
+    pull(store(), ref, client=client)  # the cached token is refused: one 401, one new token, then success
+    assert len(token_server.issued) > issued
+
+
 def test_token_auth_denied_and_anonymous(token_registry, token_server, tiny_model):
     host = token_registry.host
     name = f"{host}/acme/token-denied:v1"
@@ -584,6 +599,54 @@ def test_plain_http_is_refused_for_a_non_loopback_host_without_insecure(home):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _self_signed_for_loopback(folder: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelpkg-test-registry")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_registry_is_verified_against_the_ca_bundle(tmp_path, tiny_model, monkeypatch):
+    from registry_env import start_registry
+
+    cert, key = _self_signed_for_loopback(tmp_path)
+    server = start_registry(tmp_path / "tls-registry",
+                            config={"http": {"tls": {"certificate": str(cert), "key": str(key)}}})
+    try:
+        name = f"{server.host}/acme/tls:v1"
+        tiny_model(name)
+        (tmp_path / "other").mkdir()
+        other_ca, _ = _self_signed_for_loopback(tmp_path / "other")  # a CA that did not sign the registry's cert
+        wrong = run("push", "--ca-bundle", str(other_ca), name)
+        assert wrong.exit_code == 7 and "TLS" in error_lines(wrong)[0]
+        monkeypatch.setenv("MODELPKG_CA_BUNDLE", str(cert))
+        assert run("push", name).exit_code == 0
+        run("rm", name)
+        result = run("pull", name)
+        assert result.exit_code == 0, result.stderr
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -195,7 +195,9 @@ class RegistryClient:
                  sleep: Callable[[float], None] = time.sleep):
         self.host = host
         self.insecure = insecure
-        self.scheme = "http" if insecure or is_loopback(host) else "https"
+        # plain http for loopback (as Docker treats localhost) or when asked; a CA bundle says the registry
+        # speaks TLS, so it is used even on loopback
+        self.scheme = "http" if insecure or (is_loopback(host) and not ca_bundle) else "https"
         self.base = f"{self.scheme}://{host}/v2/"
         self.timeout = timeout
         self.verify: bool | str = str(ca_bundle) if ca_bundle else True
