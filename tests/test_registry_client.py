@@ -79,6 +79,9 @@ def test_scheme_follows_loopback_and_insecure():
     assert RegistryClient("localhost:5000").base == "http://localhost:5000/v2/"
     assert RegistryClient("ghcr.io").base == "https://ghcr.io/v2/"
     assert RegistryClient("10.0.0.5:5000", insecure=True).base == "http://10.0.0.5:5000/v2/"
+    assert RegistryClient("docker.io").base == "https://registry-1.docker.io/v2/"
+    assert RegistryClient("localhost:5443", ca_bundle="/etc/ssl/certs/ca-certificates.crt").base == \
+        "https://localhost:5443/v2/"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,9 +228,6 @@ def test_denied_is_an_auth_error_naming_the_model(server):
 
 # ---------------------------------------------------------------------------------------------------------
 # against the real registry
-
-
-pytestmark_registry = pytest.mark.registry
 
 
 def _blob(registry, data: bytes):

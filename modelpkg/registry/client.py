@@ -198,7 +198,9 @@ class RegistryClient:
         # plain http for loopback (as Docker treats localhost) or when asked; a CA bundle says the registry
         # speaks TLS, so it is used even on loopback
         self.scheme = "http" if insecure or (is_loopback(host) and not ca_bundle) else "https"
-        self.base = f"{self.scheme}://{host}/v2/"
+        # Docker Hub's API lives on registry-1.docker.io (distribution/reference normalize.go)
+        endpoint = "registry-1.docker.io" if host in ("docker.io", "index.docker.io") else host
+        self.base = f"{self.scheme}://{endpoint}/v2/"
         self.timeout = timeout
         self.verify: bool | str = str(ca_bundle) if ca_bundle else True
         self.retries = retries
