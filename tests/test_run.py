@@ -360,6 +360,47 @@ def test_repl_ctrl_d_leaves_and_model_history_is_shown(env):
             term.process.kill()
 
 
+def _lora(path: Path, scale: float) -> Path:
+    """A rank-4 LoRA adapter for Gemma 3 270M's attention queries, written the way llama.cpp's
+    convert_lora_to_gguf.py lays one out; ``scale`` 0 makes it a no-op (B = 0)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 4.0)
+    rng = np.random.default_rng(0)
+    for block in range(18):
+        writer.add_tensor(f"blk.{block}.attn_q.weight.lora_a", rng.standard_normal((4, 640)).astype(np.float32))
+        writer.add_tensor(f"blk.{block}.attn_q.weight.lora_b",
+                          (scale * rng.standard_normal((1024, 4))).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.model
+def test_adapter_is_applied_as_a_lora(env, tmp_path, gemma_gguf):
+    os.symlink(gemma_gguf, tmp_path / "gemma3-270m-q4_k_m.gguf")
+    answers = {}
+    for name, scale in (("noop", 0.0), ("strong", 0.5)):
+        _lora(tmp_path / f"{name}.gguf", scale)
+        modelfile = tmp_path / f"{name}.Modelfile"
+        modelfile.write_text(f"FROM ./gemma3-270m-q4_k_m.gguf\nADAPTER ./{name}.gguf\n"
+                             "PARAMETER temperature 0\nPARAMETER seed 42\nPARAMETER num_predict 16\n")
+        created = CliRunner().invoke(cli, ["create", f"lora-{name}", "-f", str(modelfile)], env=env)
+        assert created.exit_code == 0, created.output
+        result = invoke(env, f"lora-{name}", PRIMARY)
+        assert result.exit_code == 0, result.output
+        answers[name] = result.stdout
+    base = invoke(env, "gemma3-base", PRIMARY, "--num-predict", "16").stdout
+    assert answers["noop"] == base  # B = 0: the adapter changes nothing, so it loaded on the right model
+    assert answers["strong"] != base  # and a real one changes the answer: it is applied
+
+
 # ------------------------------------------------------------------------------------------------------
 # failures: clear errors, no tracebacks (a tiny synthetic GGUF is enough: it is refused before or at load)
 
