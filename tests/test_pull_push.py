@@ -354,6 +354,28 @@ def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
     assert_store_sound(store())
 
 
+def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/parts-resume:v1"
+    ref = big_model(name)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    client = fresh(proxy.host, retries=0)
+    client.part_threshold = 256 * 1024
+    proxy.add("reset", "GET", f"/blobs/{blob.digest}", count=None, after=300_000)  # every part breaks
+    with pytest.raises(NetworkError):
+        pull(store(), ref, client=client)
+    partial = store().partial_path(blob.digest)
+    kept = partial.stat().st_size
+    assert 0 < kept <= 300_000  # the first part's bytes, hashed in order; the other parts' bytes are cut off
+    assert not partial.with_name(partial.name + ".parts").exists()
+    proxy.clear()
+    pull(store(), ref, client=fresh(proxy.host))
+    assert proxy.bytes_sent("GET", f"/blobs/{blob.digest}") == blob.size - kept
+    assert_store_sound(store())
+
+
 def test_two_concurrent_pulls_download_each_blob_once(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
     name = f"{proxy.host}/acme/concurrent:v1"

@@ -1026,7 +1026,8 @@ class _PartDownload:
         self.done = [0] * len(self.ranges)
         self.cond = threading.Condition()
         self.error: BaseException | None = None
-        self.stop = False
+        self.stop = False  # set when this thread gives up (interrupt): parts end promptly
+        self.finished = 0
 
     def run(self) -> None:
         marker = _parts_marker(self.dest)
@@ -1043,12 +1044,13 @@ class _PartDownload:
                 t.start()
             last_mark = hashed
             while hashed < self.desc.size:
+                # a failed part does not stop the others: what they fetch is kept if the gap closes
                 with self.cond:
-                    while self.error is None and self._frontier() <= hashed:
+                    while self._frontier() <= hashed and self.finished < len(threads):
                         self.cond.wait(1.0)
-                    if self.error is not None:
-                        break
                     frontier = self._frontier()
+                if frontier <= hashed:
+                    break  # every part has ended and a failed one left a gap
                 while hashed < frontier:
                     chunk = os.pread(fd, min(READ_SIZE, frontier - hashed), hashed)
                     if not chunk:
@@ -1062,7 +1064,6 @@ class _PartDownload:
             self.stop = True
             raise
         finally:
-            self.stop = self.stop or self.error is not None
             for t in threads:
                 t.join()
             try:
@@ -1093,6 +1094,14 @@ class _PartDownload:
         return self.desc.size
 
     def _part(self, i: int, fd: int) -> None:
+        try:
+            self._part_loop(i, fd)
+        finally:
+            with self.cond:
+                self.finished += 1
+                self.cond.notify_all()
+
+    def _part_loop(self, i: int, fd: int) -> None:
         start, end = self.ranges[i]
         failures = 0
         while not self.stop and start + self.done[i] < end:
@@ -1112,9 +1121,10 @@ class _PartDownload:
 
     def _fail(self, e: BaseException) -> None:
         with self.cond:
-            if self.error is None:
-                self.error = e
-            self.stop = True
+            if self.error is None or isinstance(self.error, NetworkError) and not isinstance(e, NetworkError):
+                self.error = e  # the most telling error wins: a disk or integrity error over a network one
+            if not isinstance(e, NetworkError):
+                self.stop = True  # a full disk or a broken registry fails every part alike
             self.cond.notify_all()
 
     def _fetch(self, i: int, fd: int, pos: int, end: int) -> None:
@@ -1126,7 +1136,7 @@ class _PartDownload:
             raw = response.raw
             while pos < end and not self.stop:
                 try:
-                    chunk = raw.read(min(1024 * 1024, end - pos))
+                    chunk = raw.read1(min(1024 * 1024, end - pos))  # what has arrived: kept if the next read fails
                 except Exception as e:  # noqa: BLE001
                     raise _Interrupted(str(e)) from e
                 if not chunk:
