@@ -369,7 +369,7 @@ def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry
     partial = store().partial_path(blob.digest)
     kept = partial.stat().st_size
     assert 0 < kept <= 300_000  # the first part's bytes, hashed in order; the other parts' bytes are cut off
-    assert not partial.with_name(partial.name + ".parts").exists()
+    assert not partial.with_name(partial.name + ".parts.partial").exists()
     proxy.clear()
     pull(store(), ref, client=fresh(proxy.host))
     assert proxy.bytes_sent("GET", f"/blobs/{blob.digest}") == blob.size - kept

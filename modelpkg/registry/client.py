@@ -965,7 +965,8 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def _parts_marker(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".parts")
+    # ends in ".partial" so the store's gc keeps it as long as the partial file it describes
+    return dest.with_name(dest.name + ".parts.partial")
 
 
 def _resume_state(dest: Path, size: int):
@@ -1012,7 +1013,7 @@ class _PartDownload:
 
     Each part writes at its offset (``os.pwrite``); the caller's thread hashes the file from the resume
     offset forward as far as the parts have written contiguously, so hashing overlaps the transfer. The
-    ``.parts`` marker holds the hashed length: that prefix is what a later resume keeps.
+    ``.parts.partial`` marker holds the hashed length: that prefix is what a later resume keeps.
     """
 
     def __init__(self, client, url, scopes, desc, dest, offset, hasher, progress, task, parts, name, subject):
