@@ -10,7 +10,8 @@ and turns each request into a prompt, the way Ollama's server does (reference/ol
   Ollama sends such models to llama-server's Jinja too). With neither -- a base model such as Gemma 3
   270M -- Ollama's default template ``{{ .Prompt }}`` applies: the prompt is sent as it is, the SYSTEM
   prompt is not added (that template does not mention it), and in a conversation earlier turns are
-  concatenated (prompt, answer, prompt, ...), as Ollama's per-turn execution of that template gives.
+  concatenated (prompt, answer, prompt, ...), as Ollama's per-turn execution of that template gives
+  (``completion_prompt``).
 - **Conversation.** The model's MESSAGE history, then this session's turns; the system prompt (the
   model's SYSTEM, or the one set with ``--system`` / ``/set system``) goes first unless the conversation
   already starts with a system message (``routes.go`` ChatHandler). When the prompt does not fit the
@@ -20,8 +21,8 @@ and turns each request into a prompt, the way Ollama's server does (reference/ol
   parameter`` or a batch line's ``options``: later wins; a ``stop`` list replaces, it does not append.
   Changing a load-time parameter (num_ctx, num_batch, ...) reloads the model, as Ollama restarts its runner.
 
-Orchestration: imports the core (errors, modelfile, template), the store, ``models`` and the runner adapter;
-``llama_cpp`` only through the runner.
+Orchestration: imports the core (errors, modelfile; template when a model has one), the store, ``models``
+and the runner adapter; ``llama_cpp`` only through the runner.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from modelpkg import fsutil
 from modelpkg import modelfile as mf
-from modelpkg import template as gotemplate
 from modelpkg.digest import Digest
 from modelpkg.errors import (
     IntegrityError,
@@ -229,6 +229,34 @@ def prompt_kind(template: str | None, gguf_template: str | None) -> str:
     return COMPLETION
 
 
+def completion_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What Ollama's default template ``{{ .Prompt }}`` renders for ``messages``: executed once per turn it
+    gives each prompt followed by its answer (``{{ .Response }}`` is appended to a template that lacks it),
+    system messages print nothing, consecutive messages of one role are joined by a blank line (``collate``),
+    and nothing follows the last turn's answer (usually empty). The same text as
+    ``template.render(DEFAULT_TEMPLATE, messages)`` (a property test checks it), without loading the
+    template engine for a base model."""
+    collated: list[list[str]] = []
+    for m in messages:
+        role, content = str(m.get("role", "")), str(m.get("content", ""))
+        if collated and collated[-1][0] == role and role != "tool":
+            collated[-1][1] += "\n\n" + content
+        else:
+            collated.append([role, content])
+    out: list[str] = []
+    prompt = response = ""
+    for role, content in collated:  # template.go Execute's loop over a legacy template's turns
+        if role == "system" and (prompt or response) or role == "user" and response:
+            out.append(prompt + response)
+            prompt = response = ""
+        if role == "user":
+            prompt = content
+        elif role == "assistant":
+            response = content
+    # the last turn's template is cut right after {{ .Response }}: an answer begun by the caller is continued
+    return "".join(out) + prompt + response
+
+
 @dataclass(frozen=True)
 class Prompt:
     """What is sent to the model: the text, whether BOS is prepended, and the messages it was made from."""
@@ -350,8 +378,11 @@ class Session:
             # llama-cpp-python's chat handlers tokenize the rendered text without adding BOS: the Jinja
             # template writes {{ bos_token }} itself when the model wants one
             return Prompt(runner.format_chat(messages), False, tuple(messages), kind)
-        source = self.details.template if kind == GO_TEMPLATE else DEFAULT_TEMPLATE
-        return Prompt(gotemplate.render(source, messages), True, tuple(messages), kind)
+        if kind == COMPLETION:
+            return Prompt(completion_prompt(messages), True, tuple(messages), kind)
+        from modelpkg import template as gotemplate  # imported when used: it takes ~60 ms
+
+        return Prompt(gotemplate.render(self.details.template, messages), True, tuple(messages), kind)
 
     # ----- generation
 

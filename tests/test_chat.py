@@ -15,6 +15,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelpkg import chat
 from modelpkg import template as gotemplate
@@ -322,3 +324,20 @@ def test_gguf_jinja_template_is_used_when_there_is_no_template(tmp_path, gemma_g
         assert session.template_text() == GEMMA_JINJA
     finally:
         session.close()
+
+
+_MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+                                            "content": st.text("ab \n", max_size=4)}), max_size=8)
+
+
+@given(_MESSAGES)
+def test_plain_completion_prompt_is_ollamas_default_template(messages):
+    """A base model's prompt is what Ollama's default template {{ .Prompt }} renders, turn by turn."""
+    assert chat.completion_prompt(messages) == gotemplate.render(chat.DEFAULT_TEMPLATE, messages)
+
+
+def test_plain_completion_prompt_examples():
+    assert chat.completion_prompt([{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]) == "Hi"
+    assert chat.completion_prompt([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                   {"role": "user", "content": "c"}]) == "abc"
+    assert chat.completion_prompt([{"role": "user", "content": "a"}, {"role": "user", "content": "c"}]) == "a\n\nc"
