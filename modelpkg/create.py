@@ -127,8 +127,7 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins
     base = model_layers(manifest)
     if base.model is None:
         raise ModelfileError(f"FROM {value}: that model has no GGUF weights layer", line)
-    for blob in manifest.layers:
-        pins.add(blob.digest)
+    pins.add(*(blob.digest for blob in manifest.layers))
     return base, ggufmeta.read_info(store.blob_path(base.model.digest))
 
 

@@ -76,10 +76,8 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
         media_type = manifest.media_type
         store.init()
         with store.session() as pins:
-            pins.add(digest)
             blobs = _unique(manifest.blobs())
-            for blob in blobs:
-                pins.add(blob.digest)
+            pins.add(digest, *(blob.digest for blob in blobs))
             _download_all(store, client, ref, blobs, pins, progress, workers)
             progress.message("writing manifest")
             entry = store.tag(ref, data, media_type, pins)

@@ -37,11 +37,10 @@ def push(store: Store, ref: Reference, *, progress: Progress | None = None, inse
     client = client or client_for(ref, insecure=insecure)
     try:
         with store.session() as pins:
-            pins.add(entry.digest)
-            data = store.read_blob(entry.digest)  # the exact bytes, checked against their digest
             blobs = _unique(manifest.blobs())
+            pins.add(entry.digest, *(blob.digest for blob in blobs))
+            data = store.read_blob(entry.digest)  # the exact bytes, checked against their digest
             for blob in blobs:
-                pins.add(blob.digest)
                 if not store.has_blob(blob.digest, blob.size):
                     raise NotFoundError(f"blob {blob.digest.short} of {ref} is missing from the store",
                                         "run 'modelpkg verify', then pull or create the model again")

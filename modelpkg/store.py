@@ -205,16 +205,16 @@ class Store:
         return digest, size
 
     def commit_temp(self, tmp: Path, digest: Digest, pins: Pins) -> None:
-        """Move a verified temp file into place under its digest (or drop it if the blob is there)."""
+        """Move a verified temp file into place under its digest.
+
+        The verified file always wins: if a blob of that name is already there it is replaced (atomically;
+        readers holding the old file open keep reading it), so a damaged blob is repaired, never kept.
+        """
         pins.add(digest)
         target = self.blob_path(digest)
         try:
-            if target.exists():
-                os.unlink(tmp)
-                self.touch(digest)
-            else:
-                os.replace(tmp, target)
-                fsutil.fsync_dir(self.blobs_dir)
+            os.replace(tmp, target)
+            fsutil.fsync_dir(self.blobs_dir)
         except OSError as e:
             raise fsutil.os_error(e, target, "storing") from e
 
@@ -377,7 +377,9 @@ class Store:
                 continue
             if self._in_use(path):
                 continue
-            limit = partial_grace if path.name.endswith(".partial") else grace
+            # downloads (and their locks) keep the long grace: a pull may resume them days later
+            long_lived = path.name.endswith((".partial", ".lock"))
+            limit = partial_grace if long_lived else grace
             if now - st.st_mtime >= limit:
                 partials.append((path, st.st_size))
         return GCPlan(tuple(sorted(blobs)), tuple(sorted(partials)))
@@ -468,11 +470,13 @@ class Pins:
         self._lock = FileLock(str(self.path) + ".lock")
         self._lock.acquire()
 
-    def add(self, digest: Digest) -> None:
-        if digest in self.digests:
+    def add(self, *digests: Digest) -> None:
+        """Pin ``digests`` (one pin-file write for all of them, under the store lock)."""
+        new = set(digests) - self.digests
+        if not new:
             return
         with self.store.lock():
-            self.digests.add(digest)
+            self.digests |= new
             fsutil.atomic_write(self.path, json.dumps(sorted(d.hex for d in self.digests)).encode(),
                                 self.store.ingest_dir)
 

@@ -198,3 +198,16 @@ def test_gc_keeps_a_live_writers_temp_file_and_removes_debris(home):
     dead.write_bytes(b"left by a killed process")
     removed = [p for p, _ in store.gc(grace=0).partials]
     assert removed == [dead] and mine.exists()
+
+
+def test_ingesting_the_same_content_again_repairs_a_damaged_blob(home, tiny_model, tiny_gguf):
+    store = store_at(home)
+    ref = tiny_model("tiny")
+    _, manifest = store.manifest(ref)
+    weights = store.blob_path(manifest.layers[0].digest)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert store.verify() != []
+    tiny_model("tiny")  # the verified new copy replaces the damaged one
+    assert store.verify() == []
