@@ -25,6 +25,7 @@ from modelpkg import config
 from modelpkg.chat import (
     COMPLETION,
     GGUF_TEMPLATE,
+    GO_TEMPLATE,
     Session,
     open_model,
     parse_assignments,
@@ -543,7 +544,7 @@ class Repl:
 
 
 _PROMPT_PATHS = {
-    "template": "the model's TEMPLATE (Go template)",
+    GO_TEMPLATE: "the model's TEMPLATE (Go template)",
     GGUF_TEMPLATE: "the GGUF's own chat template (Jinja)",
     COMPLETION: "none: plain completion, the prompt is sent as it is",
 }
