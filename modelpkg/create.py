@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelpkg import ggufmeta
@@ -56,6 +56,7 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: boo
     store.init()
     with store.session() as pins:
         base, info = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
+        base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size, info.context_length))
         layers = _layers(store, parsed, params, base, base_dir, pins, progress)
         config_bytes = modelpack_config(
             architecture=info.architecture, param_size=info.param_size, quantization=info.file_type,
@@ -153,7 +154,8 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
             progress: Progress) -> list[Descriptor]:
     """The new model's layers, in a fixed order: model, adapters, projectors, template, system, params,
     messages, licenses. What the Modelfile sets replaces the base model's layer of that role."""
-    layers: list[Descriptor] = [_as_role(base.model, "model")]
+    assert base.model is not None
+    layers: list[Descriptor] = [base.model]
     adapter = parsed.adapter
     if adapter is not None:
         path = expand_path(adapter, base_dir)

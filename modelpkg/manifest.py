@@ -302,14 +302,16 @@ def model_layers(manifest: Manifest) -> ModelLayers:
 # Building modelpkg's own manifests (ModelPack shape).
 
 
-def modelpack_layer(role: str, digest: Digest, size: int) -> Descriptor:
-    """A layer descriptor for ``role`` in modelpkg's ModelPack shape, with title, filepath and role."""
+def modelpack_layer(role: str, digest: Digest, size: int, context_length: int | None = None) -> Descriptor:
+    """A layer descriptor for ``role`` in modelpkg's ModelPack shape, with title, filepath and role.
+
+    The weights layer also records the GGUF's context length (ModelPack's config has no field for it), so
+    ``show`` and ``run`` need not open the GGUF to learn it."""
     media_type, filename = _MODELPACK_LAYER[role]
-    return Descriptor(media_type, digest, size, {
-        mt.TITLE: filename,
-        mt.MODELPACK_FILEPATH: filename,
-        mt.ROLE: role,
-    })
+    annotations = {mt.TITLE: filename, mt.MODELPACK_FILEPATH: filename, mt.ROLE: role}
+    if context_length:
+        annotations[mt.CONTEXT_LENGTH] = str(context_length)
+    return Descriptor(media_type, digest, size, annotations)
 
 
 def modelpack_config(*, architecture: str, param_size: str, quantization: str, name: str,

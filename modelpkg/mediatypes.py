@@ -40,5 +40,6 @@ REF_NAME = "org.opencontainers.image.ref.name"
 CREATED = "org.opencontainers.image.created"
 MODELPACK_FILEPATH = "org.cncf.model.filepath"
 ROLE = "dev.modelpkg.role"
+CONTEXT_LENGTH = "dev.modelpkg.context_length"  # on the weights layer: the GGUF's trained context
 MODELFILE = "dev.modelpkg.modelfile"
 FORMAT_VERSION = "dev.modelpkg.format.version"

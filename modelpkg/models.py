@@ -99,9 +99,9 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
     params = _json_blob(store, layers.params, "parameters") if layers.params else {}
     messages = _json_blob(store, layers.messages, "messages") if layers.messages else []
     info = _config_info(config)
-    context = info.get("context_length")
-    if layers.model is not None and store.has_blob(layers.model.digest):
-        context = context or _gguf_context(store.blob_path(layers.model.digest))
+    context = info.get("context_length") or _annotated_int(layers.model, mt.CONTEXT_LENGTH)
+    if not context and layers.model is not None and store.has_blob(layers.model.digest):
+        context = _gguf_context(store.blob_path(layers.model.digest))  # e.g. a model pulled from elsewhere
     return ModelDetails(
         name=entry.name,
         digest=entry.digest,
@@ -147,6 +147,11 @@ def _config_info(config: Any) -> dict[str, Any]:
                 "quantization": inner.get("quantization", "")}
     return {"architecture": config.get("model_family", ""), "param_size": config.get("model_type", ""),
             "quantization": config.get("file_type", ""), "context_length": config.get("context_length")}
+
+
+def _annotated_int(layer: Descriptor | None, key: str) -> int | None:
+    value = layer.annotations.get(key, "") if layer is not None else ""
+    return int(value) if value.isdigit() else None
 
 
 def _gguf_context(path: Path) -> int | None:

@@ -57,6 +57,8 @@ def test_create_list_show_rm(run, modelfile):
     assert shown["license"] == "MIT"
     assert shown["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert shown["config"]["config"]["format"] == "gguf"
+    assert shown["context_length"] == 256  # recorded on the weights layer at create time
+    assert shown["layers"][0]["annotations"]["dev.modelpkg.context_length"] == "256"
     assert [layer["annotations"]["dev.modelpkg.role"] for layer in shown["layers"]] == [
         "model", "template", "system", "params", "messages", "license"]
     assert run("show", "tiny", "--system").stdout == "You are terse.\n"
