@@ -31,6 +31,15 @@ LAZY_COMMANDS: dict[str, str] = {
     "login": "modelpkg.cli_registry:login",
     "logout": "modelpkg.cli_registry:logout",
     "run": "modelpkg.cli_run:run",
+    "keygen": "modelpkg.cli_sign:keygen",
+    "sign": "modelpkg.cli_sign:sign",
+    "verify-signature": "modelpkg.cli_sign:verify_signature",
+    "import-ollama": "modelpkg.cli_interop:import_ollama",
+    "export-ollama": "modelpkg.cli_interop:export_ollama",
+    "save": "modelpkg.cli_interop:save",
+    "load": "modelpkg.cli_interop:load",
+    "export": "modelpkg.cli_interop:export",
+    "serve": "modelpkg.cli_serve:serve",
 }
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "modelpkg"
 
-CORE = {"errors", "digest", "reference", "mediatypes", "manifest", "modelfile", "template", "progress"}
-ADAPTERS = {"config", "fsutil", "ggufmeta", "store", "registry", "runner"}
-ORCHESTRATION = {"create", "models", "pull", "push", "chat"}
-CLI = {"cli", "cli_progress", "cli_registry", "cli_run", "__main__"}
+CORE = {"errors", "digest", "reference", "mediatypes", "manifest", "modelfile", "template", "progress",
+        "formats", "signing", "trust"}
+ADAPTERS = {"config", "fsutil", "ggufmeta", "store", "registry", "runner", "keys", "ollama_store", "archive",
+            "mirrors"}
+ORCHESTRATION = {"create", "models", "pull", "push", "chat", "sign", "interop", "server"}
+CLI = {"cli", "cli_progress", "cli_registry", "cli_run", "cli_sign", "cli_interop", "cli_serve", "__main__"}
 LEVEL = {**{m: 0 for m in CORE}, **{m: 1 for m in ADAPTERS}, **{m: 2 for m in ORCHESTRATION}, **{m: 3 for m in CLI}}
 IO_MODULES = {"os", "pathlib", "requests", "socket", "subprocess", "shutil", "filelock", "platformdirs", "llama_cpp",
               "gguf", "numpy", "click", "urllib3", "http"}
