@@ -43,3 +43,18 @@ ROLE = "dev.modelpkg.role"
 CONTEXT_LENGTH = "dev.modelpkg.context_length"  # on the weights layer: the GGUF's trained context
 MODELFILE = "dev.modelpkg.modelfile"
 FORMAT_VERSION = "dev.modelpkg.format.version"
+
+# Docker Model Runner (docker/model-runner pkg/distribution/types/config.go; oci-model-artifacts.md section 1)
+DMR_CONFIG = "application/vnd.docker.ai.model.config.v0.1+json"
+DMR_CONFIG_V02 = "application/vnd.docker.ai.model.config.v0.2+json"
+DMR_GGUF = "application/vnd.docker.ai.gguf.v3"
+DMR_LICENSE = "application/vnd.docker.ai.license"
+DMR_MMPROJ = "application/vnd.docker.ai.mmproj"
+DMR_CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
+
+# KitOps ModelKits (kitops-ml/kitops pkg/lib/constants/mediaType.go): layers are tars, optionally gzipped
+KITOPS_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
+KITOPS_PREFIX = "application/vnd.kitops.modelkit."
+KITOPS_MODEL_KINDS = ("model", "modelpart")  # layer kinds that may hold the GGUF
+
+DERIVED = "dev.modelpkg.derived"  # on an index.json entry: {layer digest: derived blob digest}, e.g. a GGUF from a tar
