@@ -6,8 +6,9 @@ A manifest's digest is the sha256 of its exact bytes; ``parse_manifest`` reads b
 same inputs always give the same digest.
 
 ``model_layers`` classifies the layers of any supported format (modelpkg's ModelPack shape, Ollama's
-``vnd.ollama.image.*`` layers, title-annotated ORAS artifacts) into roles: model, adapter, projector,
-template, system, params, messages, license.
+``vnd.ollama.image.*`` layers, Docker Model Runner's ``vnd.docker.ai.*`` layers, KitOps ModelKits,
+title-annotated ORAS artifacts) into roles: model, adapter, projector, template, system, params, messages,
+license, chat_template (Jinja).
 
 Pure module: imports only ``modelpkg.errors``, ``modelpkg.digest`` and ``modelpkg.mediatypes``.
 """
@@ -28,7 +29,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # OCI distribution-spec: registries SHOULD
 MAX_LAYERS = 1000
 MAX_BLOB_SIZE = 1 << 50  # 1 PiB: a declared size above this is a lie, not a model
 
-ROLES = ("model", "adapter", "projector", "template", "system", "params", "messages", "license")
+ROLES = ("model", "adapter", "projector", "template", "system", "params", "messages", "license", "chat_template")
 
 # Role -> (media type, file name) in modelpkg's ModelPack shape.
 _MODELPACK_LAYER = {
@@ -40,6 +41,7 @@ _MODELPACK_LAYER = {
     "params": (mt.MODELPACK_WEIGHT_CONFIG, "params.json"),
     "messages": (mt.MODELPACK_WEIGHT_CONFIG, "messages.json"),
     "license": (mt.MODELPACK_DOC, "LICENSE"),
+    "chat_template": (mt.MODELPACK_WEIGHT_CONFIG, "chat_template.jinja"),  # Jinja, as DMR and HF ship it
 }
 _FILE_ROLES = {name: role for role, (_, name) in _MODELPACK_LAYER.items()}
 _FILE_ROLES.update({"template.gotmpl": "template", "system": "system", "params": "params", "license": "license",
@@ -55,7 +57,24 @@ _OLLAMA_ROLES = {
     mt.OLLAMA_PARAMS: "params",
     mt.OLLAMA_MESSAGES: "messages",
     mt.OLLAMA_LICENSE: "license",
+    # Docker Model Runner (oci-model-artifacts.md 1.1)
+    mt.DMR_GGUF: "model",
+    mt.DMR_MMPROJ: "projector",
+    mt.DMR_LICENSE: "license",
+    mt.DMR_CHAT_TEMPLATE: "chat_template",
 }
+
+
+def _kitops_kind(media_type: str) -> str | None:
+    """``application/vnd.kitops.modelkit.model.v1.tar+gzip`` -> ``model`` (None for other media types)."""
+    if not media_type.startswith(mt.KITOPS_PREFIX):
+        return None
+    return media_type[len(mt.KITOPS_PREFIX):].split(".", 1)[0]
+
+
+def is_kitops_tar(layer: Descriptor) -> bool:
+    """A KitOps layer that may hold the GGUF (a tar, maybe gzipped): pull extracts it into its own blob."""
+    return _kitops_kind(layer.media_type) in mt.KITOPS_MODEL_KINDS and ".tar" in layer.media_type
 
 
 def _bad(what: str) -> InvalidInputError:
@@ -259,6 +278,7 @@ class ModelLayers:
     messages: Descriptor | None = None
     licenses: tuple[Descriptor, ...] = ()
     other: tuple[Descriptor, ...] = ()
+    chat_template: Descriptor | None = None  # a Jinja chat template layer (DMR's), preferred to the GGUF's own
 
 
 def layer_role(layer: Descriptor) -> str | None:
@@ -268,6 +288,8 @@ def layer_role(layer: Descriptor) -> str | None:
         return role
     if layer.media_type in _OLLAMA_ROLES:
         return _OLLAMA_ROLES[layer.media_type]
+    if _kitops_kind(layer.media_type) is not None:  # only the model tar has a role; pull derives its GGUF
+        return "model" if _kitops_kind(layer.media_type) == "model" else None
     title = (layer.title or "").rsplit("/", 1)[-1].lower()
     if title in _FILE_ROLES:
         return _FILE_ROLES[title]
@@ -295,6 +317,7 @@ def model_layers(manifest: Manifest) -> ModelLayers:
         messages=(by_role["messages"] or [None])[-1],
         licenses=tuple(by_role["license"]),
         other=tuple(other),
+        chat_template=(by_role["chat_template"] or [None])[-1],
     )
 
 
