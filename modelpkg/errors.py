@@ -108,3 +108,9 @@ class RunnerError(ModelpkgError):
     """The model could not be loaded or run."""
 
     exit_code = 10
+
+
+class TrustError(ModelpkgError):
+    """A signature is missing, invalid or made with a key the trust policy does not accept."""
+
+    exit_code = 11

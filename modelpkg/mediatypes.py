@@ -58,3 +58,10 @@ KITOPS_PREFIX = "application/vnd.kitops.modelkit."
 KITOPS_MODEL_KINDS = ("model", "modelpart")  # layer kinds that may hold the GGUF
 
 DERIVED = "dev.modelpkg.derived"  # on an index.json entry: {layer digest: derived blob digest}, e.g. a GGUF from a tar
+
+# Signatures: cosign's layout (sigstore/cosign specs/SIGNATURE_SPEC.md, pkg/types, pkg/oci/static)
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+COSIGN_SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"  # cosign's OCI 1.1 referrer type
+COSIGN_SIGNATURE = "dev.cosignproject.cosign/signature"  # layer annotation: base64 DER ECDSA signature
+ATTACHED = "dev.modelpkg.attached"  # store index entry: digests of signature manifests kept with the model

@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterator
 from modelpkg import fsutil
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
-from modelpkg.errors import BusyError, IntegrityError, NotFoundError, StoreError
+from modelpkg.errors import BusyError, IntegrityError, InvalidInputError, NotFoundError, StoreError
 from modelpkg.manifest import Index, Manifest, load_json, parse_manifest
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.reference import Reference
@@ -52,6 +52,7 @@ class RefEntry:
     media_type: str
     size: int
     modified: float
+    attached: tuple[Digest, ...] = ()  # manifests kept with this name (signatures); gc keeps them too
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,8 @@ class Store:
             raise StoreError(f"{entry.name} is an index, not a model manifest")
         return entry, parsed
 
-    def tag(self, ref: Reference, manifest_bytes: bytes, media_type: str, pins: Pins) -> RefEntry:
+    def tag(self, ref: Reference, manifest_bytes: bytes, media_type: str, pins: Pins,
+            attached: tuple[Digest, ...] = ()) -> RefEntry:
         """Store a manifest and point ``ref`` at it. Every blob it names must already be in the store."""
         parsed = parse_manifest(manifest_bytes, media_type)
         digest = self.put_bytes(manifest_bytes, pins)
@@ -268,15 +270,18 @@ class Store:
         missing = [d.digest for d in children if not self.has_blob(d.digest)]
         if missing:
             raise StoreError(f"cannot name {ref}: blob {missing[0]} is not in the store")
-        return self.set_ref(ref, digest, media_type, len(manifest_bytes))
+        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached)
 
-    def set_ref(self, ref: Reference, digest: Digest, media_type: str, size: int) -> RefEntry:
+    def set_ref(self, ref: Reference, digest: Digest, media_type: str, size: int,
+                attached: tuple[Digest, ...] = ()) -> RefEntry:
         entry = {
             "mediaType": media_type,
             "digest": str(digest),
             "size": size,
             "annotations": {mt.REF_NAME: str(ref), MODIFIED: f"{time.time():.3f}"},
         }
+        if attached:
+            entry["annotations"][mt.ATTACHED] = " ".join(str(d) for d in attached)
         with self.lock():
             manifests = [m for m in self._read_index() if self._name(m) != str(ref)]
             manifests.append(entry)
@@ -323,8 +328,14 @@ class Store:
             modified = float(annotations.get(MODIFIED, 0))
         except ValueError:
             modified = 0.0
+        attached = []
+        for text in str(annotations.get(mt.ATTACHED, "")).split():
+            try:
+                attached.append(Digest.parse(text))
+            except InvalidInputError:  # a hand-edited index loses only that attachment
+                pass
         return RefEntry(str(annotations.get(mt.REF_NAME, "")), Digest.parse(m["digest"]),
-                        str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified)
+                        str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified, tuple(attached))
 
     # ----------------------------------------------------------------------------------------------------
     # garbage collection and verification
@@ -334,6 +345,8 @@ class Store:
         marked: dict[Digest, str] = {}
         for entry in self.refs():
             self._mark(entry.digest, entry.media_type, entry.name, marked, depth=0)
+            for digest in entry.attached:
+                self._mark(digest, mt.OCI_MANIFEST, entry.name, marked, depth=1)
         return marked
 
     def _mark(self, digest: Digest, media_type: str, name: str, marked: dict[Digest, str], depth: int) -> None:
