@@ -205,6 +205,44 @@ class Store:
             self.commit_temp(tmp, digest, pins)
         return digest, size
 
+    def adopt_file(self, src: Path, pins: Pins, *, expected: Digest | None = None, allow_link: bool = True,
+                   progress: Progress | None = None, task: str = "") -> tuple[Digest, int, str]:
+        """Bring a file in without copying its data where the filesystem allows; return (digest, size, how).
+
+        ``how`` is ``reflink`` (blocks shared copy-on-write: independent files), else ``link`` (a hard link,
+        when ``allow_link``: the same inode, so an in-place edit of the source would change the blob too), else
+        ``copy``. The stored bytes are hashed; when ``expected`` is given and differs, nothing is stored and
+        ``IntegrityError`` is raised.
+        """
+        self.init()
+        progress = progress or NullProgress()
+        tmp = fsutil.temp_name(self.ingest_dir, "ingest")
+        with fsutil.removing_on_error(tmp):
+            how = "reflink" if fsutil.try_reflink(src, tmp) else ""
+            if not how and allow_link:
+                try:
+                    os.link(src, tmp)
+                    how = "link"
+                except FileNotFoundError as e:
+                    raise NotFoundError(f"file not found: {src}") from e
+                except OSError:
+                    pass  # another filesystem, or protected_hardlinks: copy instead
+            try:
+                if how:
+                    digest, size = fsutil.hash_file(tmp, progress, task)
+                else:
+                    how = "copy"
+                    digest, size = fsutil.copy_file_and_hash(src, tmp, progress=progress, task=task)
+            except FileNotFoundError as e:
+                raise NotFoundError(f"file not found: {src}") from e
+            except OSError as e:
+                raise fsutil.os_error(e, src, "reading") from e
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"{src} does not match its digest: expected {expected}, got {digest}",
+                                     "the file is damaged; fetch it again with the tool that made it")
+            self.commit_temp(tmp, digest, pins)
+        return digest, size, how
+
     def commit_temp(self, tmp: Path, digest: Digest, pins: Pins) -> None:
         """Move a verified temp file into place under its digest.
 
