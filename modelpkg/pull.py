@@ -25,7 +25,7 @@ import platform as _platform
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from modelpkg import fsutil
+from modelpkg import fsutil, mirrors
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import NotFoundError, RegistryError
@@ -62,6 +62,7 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
     progress = progress or NullProgress()
     own = client is None
     client = client or client_for(ref, insecure=insecure)
+    client, own = _with_mirrors(ref, client, own, insecure, progress)
     try:
         progress.message("pulling manifest")
         data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
@@ -87,6 +88,16 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
     finally:
         if own:
             client.close()
+
+
+def _with_mirrors(ref: Reference, client: RegistryClient, own: bool, insecure: bool,
+                  progress: Progress) -> tuple[RegistryClient, bool]:
+    """The upstream's client, or one that tries the mirrors configured for ``ref`` first (``modelpkg.mirrors``)."""
+    sources = mirrors.sources_for(ref, insecure=insecure)
+    if len(sources) == 1:
+        return client, own
+    connect = lambda source: client_for(Reference(source.host, source.repository), insecure=source.insecure)  # noqa: E731
+    return mirrors.MirroredClient(ref, sources, client, connect, progress=progress, owns_upstream=own), True
 
 
 def _parse(data: bytes, media_type: str, name: str) -> Manifest | Index:
