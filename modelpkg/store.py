@@ -53,6 +53,13 @@ class RefEntry:
     size: int
     modified: float
     attached: tuple[Digest, ...] = ()  # manifests kept with this name (signatures); gc keeps them too
+    # blobs made from this manifest's layers (layer digest -> derived blob, e.g. the GGUF inside a KitOps
+    # tar); gc keeps them while the name exists (index annotation mt.DERIVED)
+    derived: tuple[tuple[Digest, Digest], ...] = ()
+
+    def local(self, digest: Digest) -> Digest:
+        """The blob to read for layer ``digest``: its derived blob when there is one, else the layer's own."""
+        return dict(self.derived).get(digest, digest)
 
 
 @dataclass(frozen=True)
@@ -300,18 +307,19 @@ class Store:
         return entry, parsed
 
     def tag(self, ref: Reference, manifest_bytes: bytes, media_type: str, pins: Pins,
-            attached: tuple[Digest, ...] = ()) -> RefEntry:
-        """Store a manifest and point ``ref`` at it. Every blob it names must already be in the store."""
+            attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = ()) -> RefEntry:
+        """Store a manifest and point ``ref`` at it. Every blob it names (and each derived one) must already
+        be in the store."""
         parsed = parse_manifest(manifest_bytes, media_type)
         digest = self.put_bytes(manifest_bytes, pins)
         children = parsed.blobs() if isinstance(parsed, Manifest) else list(parsed.manifests)
-        missing = [d.digest for d in children if not self.has_blob(d.digest)]
+        missing = [d for d in [*(c.digest for c in children), *(b for _, b in derived)] if not self.has_blob(d)]
         if missing:
             raise StoreError(f"cannot name {ref}: blob {missing[0]} is not in the store")
-        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached)
+        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached, derived)
 
     def set_ref(self, ref: Reference, digest: Digest, media_type: str, size: int,
-                attached: tuple[Digest, ...] = ()) -> RefEntry:
+                attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = ()) -> RefEntry:
         entry = {
             "mediaType": media_type,
             "digest": str(digest),
@@ -320,6 +328,8 @@ class Store:
         }
         if attached:
             entry["annotations"][mt.ATTACHED] = " ".join(str(d) for d in attached)
+        if derived:
+            entry["annotations"][mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(derived))
         with self.lock():
             manifests = [m for m in self._read_index() if self._name(m) != str(ref)]
             manifests.append(entry)
@@ -372,8 +382,16 @@ class Store:
                 attached.append(Digest.parse(text))
             except InvalidInputError:  # a hand-edited index loses only that attachment
                 pass
+        derived = []
+        for pair in str(annotations.get(mt.DERIVED, "")).split():
+            try:
+                layer, _, made = pair.partition("=")
+                derived.append((Digest.parse(layer), Digest.parse(made)))
+            except InvalidInputError:  # a damaged pair only loses that derived blob; pull makes it again
+                pass
         return RefEntry(str(annotations.get(mt.REF_NAME, "")), Digest.parse(m["digest"]),
-                        str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified, tuple(attached))
+                        str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified, tuple(attached),
+                        tuple(derived))
 
     # ----------------------------------------------------------------------------------------------------
     # garbage collection and verification
@@ -385,6 +403,8 @@ class Store:
             self._mark(entry.digest, entry.media_type, entry.name, marked, depth=0)
             for digest in entry.attached:
                 self._mark(digest, mt.OCI_MANIFEST, entry.name, marked, depth=1)
+            for _, made in entry.derived:
+                marked.setdefault(made, entry.name)
         return marked
 
     def _mark(self, digest: Digest, media_type: str, name: str, marked: dict[Digest, str], depth: int) -> None:
