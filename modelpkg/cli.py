@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "load": "modelpkg.cli_interop:load",
     "export": "modelpkg.cli_interop:export",
     "serve": "modelpkg.cli_serve:serve",
+    "mirrors": "modelpkg.cli_mirrors:mirrors",
 }
 
 

@@ -16,7 +16,8 @@ CORE = {"errors", "digest", "reference", "mediatypes", "manifest", "modelfile", 
 ADAPTERS = {"config", "fsutil", "ggufmeta", "store", "registry", "runner", "keys", "ollama_store", "archive",
             "mirrors"}
 ORCHESTRATION = {"create", "models", "pull", "push", "chat", "sign", "interop", "server"}
-CLI = {"cli", "cli_progress", "cli_registry", "cli_run", "cli_sign", "cli_interop", "cli_serve", "__main__"}
+CLI = {"cli", "cli_progress", "cli_registry", "cli_run", "cli_sign", "cli_interop", "cli_serve", "cli_mirrors",
+       "__main__"}
 LEVEL = {**{m: 0 for m in CORE}, **{m: 1 for m in ADAPTERS}, **{m: 2 for m in ORCHESTRATION}, **{m: 3 for m in CLI}}
 IO_MODULES = {"os", "pathlib", "requests", "socket", "subprocess", "shutil", "filelock", "platformdirs", "llama_cpp",
               "gguf", "numpy", "click", "urllib3", "http"}

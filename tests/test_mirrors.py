@@ -4,6 +4,7 @@ registry acting as the mirror, with the fault proxy counting what reaches the up
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -365,3 +366,29 @@ def test_distribution_in_proxy_mode_is_a_pull_through_cache(published, fault_pro
         assert blob_requests(upstream) == []
     finally:
         cache.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# modelpkg mirrors
+
+
+def test_the_mirrors_command_lists_the_config_and_the_sources_of_a_name(home, tmp_path, monkeypatch):
+    result = CliRunner().invoke(cli, ["mirrors"])
+    assert result.exit_code == 0 and result.stdout == "" and "no mirrors configured" in result.stderr
+    configure(tmp_path, monkeypatch, "registry.ollama.ai", ("mirror.local:5000/cache", "digest-only"),
+              ("localhost:5001", "all"))
+    result = CliRunner().invoke(cli, ["mirrors"])
+    assert result.stdout.splitlines() == ["registry.ollama.ai\tmirror.local:5000/cache\tdigest-only",
+                                          "registry.ollama.ai\tlocalhost:5001\tall"]
+    result = CliRunner().invoke(cli, ["mirrors", "gemma3:1b"])
+    assert result.stdout.splitlines() == ["mirror.local:5000/cache/library/gemma3\tmirror (digest-only)",
+                                          "localhost:5001/library/gemma3\tmirror (all)",
+                                          "registry.ollama.ai/library/gemma3\tupstream"]
+    result = CliRunner().invoke(cli, ["mirrors", "--json", "gemma3@sha256:" + "b" * 64])
+    data = json.loads(result.stdout)
+    assert [s["name"] for s in data["sources"]] == ["mirror.local:5000/cache/library/gemma3",
+                                                    "localhost:5001/library/gemma3", "registry.ollama.ai/library/gemma3"]
+    assert data["sources"][0]["resolves-tags"] is False and data["config"].endswith("mirrors.toml")
+    assert json.loads(CliRunner().invoke(cli, ["mirrors", "--json"]).stdout)["registries"][0]["mirrors"][1] == {
+        "location": "localhost:5001", "insecure": False, "pull-from-mirror": "all"}
+    assert "Examples:" in CliRunner().invoke(cli, ["mirrors", "--help"]).stdout
