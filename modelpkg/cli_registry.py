@@ -88,16 +88,24 @@ def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None
 @click.option("--insecure", is_flag=True, help=_INSECURE_HELP)
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), envvar="MODELPKG_CA_BUNDLE", help=_CA_HELP)
 @click.option("--chunked", is_flag=True, help="Upload blobs in PATCH chunks (for registries that need it).")
+@click.option("--format", "format_", type=click.Choice(["modelpack", "ollama", "docker"]), default="modelpack",
+              show_default=True, help="The artifact dialect to send: CNCF ModelPack (modelpkg's own), Ollama's "
+              "(for 'ollama pull'), or Docker Model Runner's (for 'docker model pull').")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as JSON lines on stdout, for scripts.")
-def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, as_json: bool) -> None:
+def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, format_: str, as_json: bool) -> None:
     """Push a local model to the registry its name points at.
 
-    To push under another name, copy it to that name first.
+    To push under another name, copy it to that name first. --format ollama and --format docker send
+    the same weights and text blobs with that tool's manifest and config; the local model is unchanged.
+    Docker Model Runner's format cannot carry a Go TEMPLATE, SYSTEM, PARAMETERs other than num_ctx, or
+    MESSAGEs: push says what it left out.
 
     \b
     Examples:
       modelpkg push localhost:5000/acme/tiny:q4
       modelpkg cp tiny ghcr.io/acme/tiny:q4 && modelpkg push ghcr.io/acme/tiny:q4
+      modelpkg push --format ollama localhost:5000/library/tiny:q4   # then: ollama pull --insecure ...
+      modelpkg push --format docker registry.example.com/ai/tiny:q4  # then: docker model pull ...
       modelpkg push --chunked registry.example.com/team/model:v2
     """
     from modelpkg.cli_progress import for_terminal
@@ -106,12 +114,17 @@ def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, as_jso
     ref = config.reference(name)
     progress = for_terminal(as_json)
     with _client(ref, insecure, ca_bundle) as client:
-        digest = push_model(_store(), ref, progress=progress, client=client, chunked=chunked)
+        notes: list[str] = []
+        digest = push_model(_store(), ref, progress=progress, client=client, chunked=chunked, format=format_,
+                            notes=notes)
         _warnings(client)
+    for note in notes:
+        click.echo(f"Warning: the {format_} format cannot carry {note}; it was left out", err=True)
     if as_json:
-        click.echo(json.dumps({"status": "pushed", "name": str(ref), "digest": str(digest)}))
+        click.echo(json.dumps({"status": "pushed", "name": str(ref), "digest": str(digest), "format": format_,
+                               "left_out": notes}))
     else:
-        click.echo(f"pushed {_short(str(ref))} ({digest})", err=True)
+        click.echo(f"pushed {_short(str(ref))} as {format_} ({digest})", err=True)
 
 
 def _host(text: str) -> str:

@@ -46,6 +46,7 @@ class ModelDetails:
     model_path: Path | None
     adapter_paths: tuple[Path, ...] = field(default_factory=tuple)
     modelfile_text: str | None = None
+    chat_template: str | None = None  # a Jinja chat template layer (Docker Model Runner's); run prefers it
 
     @property
     def size(self) -> int:
@@ -69,6 +70,7 @@ class ModelDetails:
             "licenses": list(self.licenses),
             "messages": list(self.messages),
             "model_path": str(self.model_path) if self.model_path else None,
+            "chat_template": self.chat_template,
         }
 
 
@@ -99,9 +101,13 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
     params = _json_blob(store, layers.params, "parameters") if layers.params else {}
     messages = _json_blob(store, layers.messages, "messages") if layers.messages else []
     info = _config_info(config)
+    weights = entry.local(layers.model.digest) if layers.model else None  # a KitOps tar's GGUF, say
     context = info.get("context_length") or _annotated_int(layers.model, mt.CONTEXT_LENGTH)
-    if not context and layers.model is not None and store.has_blob(layers.model.digest):
-        context = _gguf_context(store.blob_path(layers.model.digest))  # e.g. a model pulled from elsewhere
+    if (not context or not info.get("architecture")) and weights is not None and store.has_blob(weights):
+        # a model pulled from elsewhere (ORAS, KitOps) whose config says nothing about the weights
+        gguf = _gguf_info(store.blob_path(weights))
+        context = context or gguf.pop("context_length", None)
+        info = {**gguf, **{k: v for k, v in info.items() if v}}
     return ModelDetails(
         name=entry.name,
         digest=entry.digest,
@@ -116,9 +122,10 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
         system=_text_blob(store, layers.system),
         licenses=tuple(_text_blob(store, lic) or "" for lic in layers.licenses),
         messages=tuple(m for m in messages if isinstance(m, dict)) if isinstance(messages, list) else (),
-        model_path=store.blob_path(layers.model.digest) if layers.model else None,
+        model_path=store.blob_path(weights) if weights else None,
         adapter_paths=tuple(store.blob_path(a.digest) for a in layers.adapters),
         modelfile_text=manifest.annotations.get(mt.MODELFILE),
+        chat_template=_text_blob(store, layers.chat_template),
     )
 
 
@@ -142,8 +149,9 @@ def _config_info(config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         return {}
     inner = config.get("config")
-    if isinstance(inner, dict):  # ModelPack
-        return {"architecture": inner.get("architecture", ""), "param_size": inner.get("paramSize", ""),
+    if isinstance(inner, dict):  # ModelPack ("paramSize") or Docker Model Runner ("parameters")
+        return {"architecture": inner.get("architecture", ""),
+                "param_size": inner.get("paramSize") or inner.get("parameters") or "",
                 "quantization": inner.get("quantization", "")}
     return {"architecture": config.get("model_family", ""), "param_size": config.get("model_type", ""),
             "quantization": config.get("file_type", ""), "context_length": config.get("context_length")}
@@ -154,13 +162,15 @@ def _annotated_int(layer: Descriptor | None, key: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _gguf_context(path: Path) -> int | None:
+def _gguf_info(path: Path) -> dict[str, Any]:
     from modelpkg import ggufmeta
 
     try:
-        return ggufmeta.read_info(path).context_length
+        info = ggufmeta.read_info(path)
     except Exception:  # noqa: BLE001 - show still works when the weights cannot be read
-        return None
+        return {}
+    return {"architecture": info.architecture, "param_size": info.param_size, "quantization": info.file_type,
+            "context_length": info.context_length}
 
 
 def modelfile_for(details: ModelDetails, short_name: str) -> str:
@@ -193,7 +203,7 @@ def remove(store: Store, refs: list[Reference]) -> tuple[list[RefEntry], GCPlan]
     candidates: set[Digest] = set()
     for ref in refs:
         entry, manifest = store.manifest(ref)
-        candidates |= {entry.digest, *(d.digest for d in manifest.blobs())}
+        candidates |= {entry.digest, *(d.digest for d in manifest.blobs()), *(made for _, made in entry.derived)}
     removed = store.remove_refs([_exact(store, r) for r in refs])
     return removed, store.sweep(candidates)
 
@@ -211,4 +221,4 @@ def copy(store: Store, src: Reference, dst: Reference) -> RefEntry:
         pins.add(entry.digest)
         if not store.has_blob(entry.digest):
             raise NotFoundError(f"the manifest of {src} is missing from the store", "run 'modelpkg verify'")
-        return store.set_ref(dst, entry.digest, entry.media_type, entry.size)
+        return store.set_ref(dst, entry.digest, entry.media_type, entry.size, entry.attached, entry.derived)

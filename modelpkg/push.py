@@ -8,38 +8,60 @@ media type, and the digest the registry reports is checked (OCI distribution-spe
 
 To push under another name, give the model that name first (``modelpkg cp``), as ``docker tag`` does.
 
+``format`` picks the dialect sent (``modelpkg.formats``): ``modelpack`` sends the stored manifest as it is;
+``ollama`` and ``docker`` build Ollama's or Docker Model Runner's manifest and config from the model (the
+weights and text blobs are the same blobs), store them as blobs (unnamed: the local name keeps pointing at
+the stored manifest, and gc removes the converted ones later) and send those. What a format cannot carry
+is reported in ``notes``.
+
 Orchestration: imports the core, the store and ``modelpkg.registry``.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+from modelpkg import formats
+from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
-from modelpkg.errors import IntegrityError, NotFoundError, RegistryError
-from modelpkg.manifest import Descriptor
+from modelpkg.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
+from modelpkg.manifest import Descriptor, Manifest, load_json, model_layers
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.pull import _unique, client_for, known_origins, remember_origin
 from modelpkg.reference import Reference
 from modelpkg.registry.auth import scope
 from modelpkg.registry.client import RegistryClient
-from modelpkg.store import Store
+from modelpkg.store import Pins, RefEntry, Store
 
 WORKERS = 3
 
 
 def push(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
-         client: RegistryClient | None = None, chunked: bool = False, workers: int = WORKERS) -> Digest:
-    """Push the local model named ``ref`` to ``ref``'s registry and repository; returns the manifest digest."""
+         client: RegistryClient | None = None, chunked: bool = False, workers: int = WORKERS,
+         format: str = "modelpack", notes: list[str] | None = None) -> Digest:
+    """Push the local model named ``ref`` to ``ref``'s registry and repository, in ``format`` (modelpack,
+    ollama or docker); returns the digest of the manifest the registry now has. What the format cannot
+    carry is appended to ``notes``."""
     progress = progress or NullProgress()
+    formats.check_format(format)
     entry, manifest = store.manifest(ref)
     own = client is None
     client = client or client_for(ref, insecure=insecure)
     try:
         with store.session() as pins:
+            pins.add(entry.digest)
+            media_type = entry.media_type
+            if format == "modelpack":
+                data = store.read_blob(entry.digest)  # the exact bytes, checked against their digest
+            else:
+                converted = convert(store, entry, manifest, format, pins)
+                manifest, data, media_type = converted.manifest, converted.manifest_bytes, converted.manifest.media_type
+                store.put_bytes(data, pins)
+                if notes is not None:
+                    notes.extend(converted.dropped)
             blobs = _unique(manifest.blobs())
-            pins.add(entry.digest, *(blob.digest for blob in blobs))
-            data = store.read_blob(entry.digest)  # the exact bytes, checked against their digest
+            pins.add(*(blob.digest for blob in blobs))
             for blob in blobs:
                 if not store.has_blob(blob.digest, blob.size):
                     raise NotFoundError(f"blob {blob.digest.short} of {ref} is missing from the store",
@@ -60,7 +82,7 @@ def push(store: Store, ref: Reference, *, progress: Progress | None = None, inse
                         future.result()
             progress.message("pushing manifest")
             reference = ref.tag or str(ref.digest)
-            digest = client.put_manifest(ref.repository, reference, data, entry.media_type, name=str(ref))
+            digest = client.put_manifest(ref.repository, reference, data, media_type, name=str(ref))
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return digest
@@ -87,3 +109,36 @@ def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descr
                                  "refused it", "run 'modelpkg verify', then pull or create the model again") from e
         raise
     progress.finish(task, result.how)
+
+
+def convert(store: Store, entry: RefEntry, manifest: Manifest, format: str, pins: Pins) -> formats.Converted:
+    """Build the model's ``format`` form (ollama or docker); its new small blobs go into the store, pinned."""
+    from modelpkg import ggufmeta
+
+    view = model_layers(manifest)
+    if view.model is None:
+        raise InvalidInputError(f"{entry.name} has no weights layer, so it cannot be pushed as {format}")
+    weights = entry.local(view.model.digest)  # the GGUF itself, also for a model pulled as a KitOps tar
+    if weights != view.model.digest:
+        view = replace(view, model=Descriptor(mt.MODELPACK_WEIGHT, weights, store.blob_path(weights).stat().st_size))
+    info = ggufmeta.read_info(store.blob_path(weights))
+    facts = formats.ModelFacts(architecture=info.architecture, param_size=info.param_size,
+                               quantization=info.file_type, weights_size=view.model.size,
+                               context_length=info.context_length, gguf_metadata=info.metadata)
+    if format == "ollama":
+        messages = None
+        if view.messages is not None:
+            loaded = load_json(store.read_blob(view.messages.digest), "the model's messages")
+            data = formats.ollama_messages(loaded if isinstance(loaded, list) else [])
+            messages = Descriptor(mt.OLLAMA_MESSAGES, store.put_bytes(data, pins), len(data))
+        converted = formats.to_ollama(view, facts, messages)
+    else:
+        params = load_json(store.read_blob(view.params.digest), "the model's parameters") if view.params else {}
+        template = view.chat_template
+        if template is None and info.chat_template:
+            text = info.chat_template.encode("utf-8")
+            template = Descriptor(mt.DMR_CHAT_TEMPLATE, store.put_bytes(text, pins), len(text))
+        converted = formats.to_docker(view, facts, params=params if isinstance(params, dict) else {},
+                                      chat_template=template, created=manifest.annotations.get(mt.CREATED))
+    store.put_bytes(converted.config, pins)
+    return converted
