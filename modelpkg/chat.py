@@ -399,7 +399,8 @@ class Session:
             self.turns += [user, {"role": "assistant", "content": generation.result.text}]
 
     def request(self, *, prompt: str | None = None, messages: Any = None, system: str | None = None,
-                options: Mapping[str, Any] | None = None, fresh: bool = True) -> Generation:
+                options: Mapping[str, Any] | None = None, fresh: bool = True,
+                format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
         """One independent request (a batch line): ``prompt`` (with the model's history and system) or a
         whole ``messages`` conversation, with ``options`` on top of the session's parameters.
 
@@ -417,10 +418,11 @@ class Session:
         if system is not None and not isinstance(system, str):
             raise InvalidInputError("system must be a string")
         msgs = conversation(self.details.messages, turns, system if system is not None else self.system)
-        return self.generate(msgs, options, fresh=fresh)
+        return self.generate(msgs, options, fresh=fresh, format=format)
 
     def generate(self, messages: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None, *,
-                 fresh: bool = False) -> Generation:
+                 fresh: bool = False, format: Any = None) -> Generation:  # noqa: A002
+        """Render ``messages`` and stream the answer; ``format`` is Ollama's (``"json"`` or a schema)."""
         params = self.parameters(extra)
         runner = self.runner(extra)
         sampling = sampling_options(params)
@@ -429,7 +431,7 @@ class Session:
         self.last_prompt = prompt
         if fresh:
             runner.reset()
-        return runner.generate(prompt.text, sampling, add_bos=prompt.add_bos)
+        return runner.generate(prompt.text, sampling, add_bos=prompt.add_bos, format=format)
 
 
 def result_json(result: Result, model: str, load_duration: float, created_at: str) -> dict[str, Any]:

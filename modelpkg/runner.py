@@ -24,6 +24,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import io
+import json
+import math
 import os
 import sys
 import tempfile
@@ -228,12 +230,15 @@ class Runner:
         self.last_prompt_tokens: list[int] = []
 
     @classmethod
-    def load(cls, options: LoadOptions) -> Runner:
+    def load(cls, options: LoadOptions, *, embedding: bool = False) -> Runner:
+        """Load the weights; ``embedding=True`` gives a context for ``embed`` (a second instance, as
+        Ollama's server runs embedding requests)."""
         llama_cpp = import_llama_cpp()
         started = time.perf_counter()
+        extra = {"embedding": True} if embedding else {}
         with _native_output_captured() as captured:
             try:
-                llm = llama_cpp.Llama(**options.llama_kwargs(), verbose=False)
+                llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
                 detail = _last_line(captured.text()) or str(e)
                 raise RunnerError(f"llama.cpp cannot load {options.model_path}: {detail}",
@@ -273,6 +278,13 @@ class Runner:
             tokens = tokens[1:]  # the rendered text began with the BOS text already
         return tokens
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (an Ollama ``context`` handed back by a client)."""
+        try:
+            return self._llm.detokenize(list(tokens), special=True).decode("utf-8", errors="replace")
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise RunnerError(f"cannot read the context tokens: {e}") from e
+
     def format_chat(self, messages: list[dict[str, Any]], template: str | None = None) -> str:
         """Render ``messages`` with a Jinja chat template (the GGUF's by default), the way llama-cpp-python's
         chat formatting does (``Jinja2ChatFormatter``: bos/eos tokens, ``add_generation_prompt``)."""
@@ -296,8 +308,11 @@ class Runner:
         """Forget the KV cache (the next prompt is evaluated from scratch)."""
         self._llm.reset()
 
-    def generate(self, prompt: str, sampling: SamplingOptions, *, add_bos: bool = True) -> Generation:
-        """Stream the continuation of ``prompt`` (special tokens parsed)."""
+    def generate(self, prompt: str, sampling: SamplingOptions, *, add_bos: bool = True,
+                 format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
+        """Stream the continuation of ``prompt`` (special tokens parsed). ``format`` ``"json"`` (any JSON
+        value) or a JSON schema object constrains the output with a llama.cpp grammar (Ollama's format)."""
+        grammar = json_grammar(format)
         tokens = self.tokenize(prompt, add_bos=add_bos)
         self.last_prompt = prompt
         self.last_prompt_tokens = list(tokens)
@@ -305,9 +320,28 @@ class Runner:
             raise RunnerError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}",
                               "shorten it, or raise num_ctx (--ctx N)")
         result = Result(prompt_tokens=len(tokens))
-        return Generation(self._stream(tokens, sampling, result), result)
+        return Generation(self._stream(tokens, sampling, result, grammar), result)
 
-    def _stream(self, tokens: list[int], sampling: SamplingOptions, result: Result) -> Iterator[str]:
+    def embed(self, texts: Sequence[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """One vector per text and the number of tokens read; L2-normalised, as Ollama's /api/embed gives
+        them. A model without pooling of its own (a decoder such as Gemma) gets the mean of its token
+        vectors. Needs a runner loaded with ``embedding=True``."""
+        try:
+            vectors, count = self._llm.embed(list(texts), truncate=truncate, return_count=True)
+        except ValueError as e:
+            raise RunnerError(f"cannot embed the input: {e}", "shorten it, or pass truncate=true") from e
+        except RuntimeError as e:
+            raise RunnerError(f"llama.cpp failed while embedding: {e}") from e
+        out = []
+        for vector in vectors:
+            if vector and isinstance(vector[0], list):  # one vector per token: mean-pool them
+                vector = [sum(column) / len(vector) for column in zip(*vector)]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            out.append([x / norm for x in vector])
+        return out, int(count)
+
+    def _stream(self, tokens: list[int], sampling: SamplingOptions, result: Result,
+                grammar: Any = None) -> Iterator[str]:
         llm = self._llm
         room = self.n_ctx - len(tokens)
         limit = sampling.max_tokens if 0 < sampling.max_tokens < room else room
@@ -321,7 +355,7 @@ class Runner:
         result.done_reason = "interrupted"
         llm.set_seed(sampling.seed if sampling.seed >= 0 else RANDOM_SEED)
         try:
-            for token in llm.generate(tokens, **sampling.generate_kwargs()):
+            for token in llm.generate(tokens, **sampling.generate_kwargs(), grammar=grammar):
                 if first is None:
                     first = time.perf_counter()
                     result.time_to_first_token = first - started
@@ -426,6 +460,23 @@ class StopMatcher:
             return out
         out, self.pending = out + self.pending, ""
         return out
+
+
+def json_grammar(format: Any) -> Any:  # noqa: A002 - Ollama's request field
+    """A llama.cpp grammar for Ollama's ``format``: None or "" (free text), "json", or a JSON schema."""
+    if format is None or format == "":
+        return None
+    if format != "json" and not isinstance(format, dict):
+        raise RunnerError(f"format must be \"json\" or a JSON schema object, not {json.dumps(format)}")
+    import_llama_cpp()
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    try:
+        if format == "json":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return LlamaGrammar.from_json_schema(json.dumps(format), verbose=False)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise RunnerError(f"cannot turn the JSON schema into a grammar: {e}") from e
 
 
 def import_llama_cpp():
