@@ -237,10 +237,12 @@ def show(name: str, part: str | None, as_json: bool) -> None:
     from modelpkg.models import describe, modelfile_for
 
     ref = config.reference(name)
-    details = describe(open_store(), ref)
+    store = open_store()
+    details = describe(store, ref)
     if as_json:
         data = details.to_json()
         data["name"] = short(details.name)
+        data["signatures"] = _signatures(store, ref)
         emit_json(data)
     elif part == "modelfile":
         click.echo(modelfile_for(details, short(details.name)), nl=False)
@@ -254,10 +256,20 @@ def show(name: str, part: str | None, as_json: bool) -> None:
     elif part == "license":
         click.echo("\n\n".join(details.licenses))
     else:
-        _show_summary(details)
+        _show_summary(details, _signatures(store, ref))
 
 
-def _show_summary(details) -> None:
+def _signatures(store, ref) -> list[dict]:
+    """The signatures pull kept with the model, each with the trust-policy key that verifies it (if any)."""
+    entry = store.resolve(ref)
+    if not entry.attached:
+        return []
+    from modelpkg.sign import signers_for_show
+
+    return signers_for_show(store, entry)
+
+
+def _show_summary(details, signatures: list[dict] = ()) -> None:
     from modelpkg import modelfile as mf
 
     click.echo("  Model")
@@ -265,6 +277,11 @@ def _show_summary(details) -> None:
                          ("context length", details.context_length), ("quantization", details.quantization)):
         if value:
             click.echo(f"    {label:<20}{value}")
+    if signatures:
+        who = sorted({f"{s['key']} ({s['fingerprint'][:19]})" for s in signatures if s["verified"]})
+        unknown = sum(1 for s in signatures if not s["verified"])
+        text = ", ".join(who + ([f"{unknown} signature(s) by keys the trust policy does not name"] if unknown else []))
+        click.echo(f"    {'signed by':<20}{text}")
     if details.parameters:
         click.echo("\n  Parameters")
         for key in sorted(details.parameters):

@@ -4,6 +4,7 @@ The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md s
 
 1. fetch the manifest (OCI or Docker, manifest or index; digest and size checked by the client); an index
    picks the entry for this platform, or its only one;
+   the trust policy is applied to its digest here (``sign.check_pull``), before any blob is fetched;
 2. pin every digest, then download what the store lacks, a few blobs at a time; each blob streams into
    ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
    while it arrives and moved into place atomically. A per-digest file lock (``ingest/<hex>.lock``) keeps
@@ -25,7 +26,7 @@ import platform as _platform
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from modelpkg import fsutil, mirrors
+from modelpkg import fsutil, mirrors, sign
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import NotFoundError, RegistryError
@@ -67,6 +68,8 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
         progress.message("pulling manifest")
         data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
         manifest = _parse(data, media_type, str(ref))
+        # the trust policy, before any blob is fetched: under enforce a refusal leaves the store untouched
+        trust = sign.check_pull(client, ref, digest, store=store, progress=progress)
         if isinstance(manifest, Index):
             child = select_manifest(manifest, str(ref), platform or current_platform())
             data, media_type, digest = client.get_manifest(ref.repository, str(child.digest),
@@ -81,7 +84,7 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             pins.add(digest, *(blob.digest for blob in blobs))
             _download_all(store, client, ref, blobs, pins, progress, workers)
             progress.message("writing manifest")
-            entry = store.tag(ref, data, media_type, pins)
+            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins))
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return entry
