@@ -1,0 +1,57 @@
+"""``modelpkg serve``: Ollama's and OpenAI's HTTP APIs over the store (``modelpkg.server``).
+
+CLI layer: parses options, builds the server, runs it until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import click
+
+from modelpkg.cli import open_store, parse_duration
+from modelpkg.errors import UsageError
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface: set a --token then).")
+@click.option("--port", default=11434, type=click.IntRange(0, 65535), show_default=True,
+              help="Port to listen on (Ollama's; 0 picks a free one).")
+@click.option("--token", envvar="MODELPKG_SERVE_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but HEAD / and GET /api/version "
+                   "(or set MODELPKG_SERVE_TOKEN).")
+@click.option("--keep-alive", "keep_alive", default="5m", show_default=True, metavar="DURATION",
+              help="How long a model stays loaded after a request when the request does not say "
+                   "(seconds, or 30s, 5m, 1h; -1 forever; 0 unloads at once).")
+def serve(host: str, port: int, token: str | None, keep_alive: str) -> None:
+    """Serve the store over Ollama's API and OpenAI's /v1 API.
+
+    Ollama's clients, Open WebUI and OpenAI's SDKs work unchanged against it. Models load on first use
+    and stay in memory for the keep-alive time; requests to one model are answered one at a time.
+
+    \b
+    Examples:
+      modelpkg serve
+      modelpkg serve --port 8080 --keep-alive 30m
+      MODELPKG_SERVE_TOKEN=s3cret modelpkg serve --host 0.0.0.0
+      curl http://127.0.0.1:11434/api/tags
+      OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
+    """
+    from modelpkg.server import make_server, stderr_log
+
+    text = keep_alive.strip()
+    seconds = None if text.startswith("-") else parse_duration(text)
+    store = open_store()
+    store.init()
+    try:
+        server = make_server(store, host, port, token=token, keep_alive=seconds, log=stderr_log)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                         "is another server (ollama serve?) using the port? pick another with --port") from e
+    click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
+               + (" with a bearer token" if token else ""), err=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        click.echo("modelpkg serve: stopping", err=True)
+    finally:
+        server.close()
