@@ -430,13 +430,14 @@ def _file_plan(manifest: Manifest) -> tuple[list[tuple[str, str | None, Descript
         role = layer_role(layer)
         title = layer.title
         path = safe_relpath(title)
-        if title and path is None:
-            notes.append(f"unsafe file name {title[:80]!r} in the manifest replaced")
         if path is None:
             if role is None:
-                notes.append(f"layer {layer.digest.short} ({layer.media_type[:60]}) has no file name; skipped")
+                why = f"unsafe file name {title[:80]!r}" if title else f"no file name ({layer.media_type[:60]})"
+                notes.append(f"layer {layer.digest.short}: {why}; skipped")
                 continue
             path = _DEFAULT_FILES[role]
+            if title:
+                notes.append(f"layer {layer.digest.short}: unsafe file name {title[:80]!r}; written as {path}")
         stem, dot, ext = path.rpartition(".") if "." in path.rsplit("/", 1)[-1] else (path, "", "")
         n = 1
         while path.lower() in used:
@@ -494,8 +495,9 @@ def export_files(store: Store, ref: Reference, dest: Path, *, allow_link: bool =
             try:
                 os.replace(tmp, target)
             except OSError as e:
-                _unlink(tmp)
                 raise fsutil.os_error(e, target, "writing") from e
+            finally:
+                _unlink(tmp)  # rename(2) leaves both names when they are links to one file already
             progress.finish(task, how)
             files.append(ExportedFile(rel, role, layer.digest, layer.size, how))
         fsutil.fsync_dir(dest)

@@ -262,8 +262,9 @@ class OllamaStore:
             os.replace(tmp, target)
             fsutil.fsync_dir(self.blobs_dir)
         except OSError as e:
-            _unlink(tmp)
             raise fsutil.os_error(e, target, "writing") from e
+        finally:
+            _unlink(tmp)  # rename(2) leaves both names when they are links to one file already
         return how
 
     def put_bytes(self, data: bytes) -> Digest:
