@@ -83,8 +83,9 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             blobs = _unique(manifest.blobs())
             pins.add(digest, *(blob.digest for blob in blobs))
             _download_all(store, client, ref, blobs, pins, progress, workers)
+            derived = derive_blobs(store, manifest, pins, progress)  # e.g. the GGUF inside a KitOps tar
             progress.message("writing manifest")
-            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins))
+            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins), derived=derived)
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return entry
@@ -237,3 +238,82 @@ def remember_origin(store: Store, host: str, repo: str, digests: list[Digest]) -
             fsutil.atomic_write(path, json.dumps(origins, sort_keys=True).encode(), path.parent)
     except Exception:  # noqa: BLE001 - the map is an optimisation; never fail a pull or push over it
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# derived blobs: a KitOps ModelKit's model layer is a tar (maybe gzipped) holding the GGUF. The GGUF is
+# extracted, streaming, into its own blob, recorded on the name's index entry (Store.tag derived=), and
+# read in place of the tar by show and run (RefEntry.local); gc keeps it while the name exists.
+
+MAX_TAR_MEMBERS = 10_000
+MAX_EXPANSION = 16  # a GGUF in a gzipped tar is at most this many times the layer (weights barely compress)
+MIN_CAP = 256 * 1024 * 1024
+
+
+def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
+                 progress: Progress | None = None) -> tuple[tuple[Digest, Digest], ...]:
+    """Derived blobs for the layers that need one: (layer digest, derived digest) pairs."""
+    from modelpkg.manifest import is_kitops_tar, layer_role
+
+    out = []
+    known = {layer: made for entry in store.refs() for layer, made in entry.derived}
+    for layer in manifest.layers:
+        if not (is_kitops_tar(layer) and layer_role(layer) == "model"):
+            continue
+        made = known.get(layer.digest)
+        if made is not None and store.has_blob(made):
+            pins.add(made)
+            store.touch(made)
+        else:
+            (progress or NullProgress()).message(f"extracting the GGUF from {layer.digest.short}")
+            made = extract_gguf(store, layer, pins)
+        out.append((layer.digest, made))
+    return tuple(out)
+
+
+def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:
+    """Stream the GGUF file out of the tar blob ``layer`` into its own blob, verified as GGUF.
+
+    The whole tar is checked on the way and refused if any member is a link, a device, an absolute path or
+    a path with ``..`` (KitOps's own unpack refuses these too), or if it holds more than
+    ``MAX_TAR_MEMBERS`` members; the GGUF is the first ``*.gguf`` regular file."""
+    import tarfile
+
+    from modelpkg import ggufmeta
+    from modelpkg.errors import InvalidInputError
+
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(f"the KitOps model layer {layer.digest.short} is refused: {why}",
+                                 "ask the publisher for a ModelKit whose model tar holds plain files")
+
+    tmp = store.temp_path("kitops")
+    found: Digest | None = None
+    with fsutil.removing_on_error(tmp):
+        try:
+            with store.open_blob(layer.digest) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for count, member in enumerate(tar, 1):
+                    if count > MAX_TAR_MEMBERS:
+                        raise bad(f"more than {MAX_TAR_MEMBERS} members")
+                    name = member.name.replace("\\", "/")
+                    if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/", 1)[0]:
+                        raise bad(f"unsafe path {member.name[:200]!r}")
+                    if member.issym() or member.islnk():
+                        raise bad(f"{member.name[:200]!r} is a link")
+                    if not (member.isfile() or member.isdir()):
+                        raise bad(f"{member.name[:200]!r} is not a regular file or folder")
+                    if member.isfile() and member.size > max(MAX_EXPANSION * layer.size, MIN_CAP):
+                        raise bad(f"{member.name[:200]!r} claims {member.size} bytes, too many for a "
+                                  f"{layer.size}-byte layer")
+                    if found is None and member.isfile() and name.lower().endswith(".gguf"):
+                        source = tar.extractfile(member)
+                        assert source is not None
+                        found, size = fsutil.copy_and_hash(source, tmp)
+                        if size != member.size:
+                            raise bad(f"{member.name[:200]!r} is truncated")
+        except (tarfile.TarError, EOFError, OSError) as e:  # zlib and gzip errors are OSError/EOFError
+            raise bad(f"not a valid tar: {str(e)[:160]}") from e
+        if found is None:
+            raise bad("it holds no .gguf file")
+        ggufmeta.check_magic(tmp)
+        store.commit_temp(tmp, found, pins)
+    return found

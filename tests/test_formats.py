@@ -277,3 +277,182 @@ def test_docker_format_refuses_an_adapter(home, tiny_model, tmp_path, registry):
     result = run("push", "--format", "docker", str(ref))
     assert result.exit_code != 0
     assert "no place for a LoRA adapter" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pulling hand-made artifacts of every dialect
+
+
+def descriptor(session, registry, repo: str, media_type: str, data: bytes, annotations: dict | None = None) -> dict:
+    out = {"mediaType": media_type, "digest": push_blob(session, registry.url, repo, data), "size": len(data)}
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
+def publish(registry, repo: str, tag: str, config: tuple[str, bytes], layers: list[tuple], *,
+            media_type: str = mt.OCI_MANIFEST, artifact_type: str | None = None) -> str:
+    """Push blobs and a manifest by hand; ``layers`` are (media type, bytes[, annotations])."""
+    session = requests.Session()
+    doc = {"schemaVersion": 2, "mediaType": media_type,
+           "config": descriptor(session, registry, repo, *config),
+           "layers": [descriptor(session, registry, repo, *layer) for layer in layers]}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    push_manifest(session, registry.url, repo, tag, json.dumps(doc).encode(), media_type)
+    return f"{registry.host}/{repo}:{tag}"
+
+
+@pytest.mark.registry
+def test_pull_a_hand_made_ollama_model(registry, home, tiny_gguf):
+    config_bytes = (b'{"model_format":"gguf","model_family":"llama","model_families":["llama"],'
+                    b'"model_type":"64","file_type":"F16","architecture":"amd64","os":"linux"}\n')
+    name = publish(registry, "library/hand-ollama", "latest", (mt.DOCKER_CONFIG, config_bytes), [
+        ("application/vnd.ollama.image.model", tiny_gguf.read_bytes()),
+        ("application/vnd.ollama.image.template", OLLAMA_TEMPLATE),
+        ("application/vnd.ollama.image.system", OLLAMA_SYSTEM),
+        ("application/vnd.ollama.image.license", OLLAMA_LICENSE),
+        ("application/vnd.ollama.image.params", OLLAMA_PARAMS),
+        ("application/vnd.ollama.image.messages", OLLAMA_MESSAGES),
+    ], media_type=mt.DOCKER_MANIFEST)
+    assert run("pull", name).exit_code == 0
+    got = show(name)
+    assert (got["architecture"], got["parameter_size"], got["quantization"]) == ("llama", "64", "F16")
+    assert (got["template"], got["system"], got["license"]) == (
+        OLLAMA_TEMPLATE.decode(), OLLAMA_SYSTEM.decode(), OLLAMA_LICENSE.decode())
+    assert got["parameters"]["num_ctx"] == 4096 and got["messages"][1] == {"role": "assistant", "content": "yes"}
+    assert Path(got["model_path"]).read_bytes() == tiny_gguf.read_bytes()
+
+
+@pytest.mark.registry
+def test_pull_a_hand_made_docker_model_runner_model(registry, home, tmp_path):
+    gguf = make_gguf(tmp_path / "dmr.gguf", arch="qwen2", file_type=7, context_length=512)
+    config_doc = {"config": {"format": "gguf", "quantization": "Q8_0", "parameters": "64", "architecture": "qwen2",
+                             "size": "1.50KiB", "gguf": {"general.architecture": "qwen2"}, "context_size": 512},
+                  "descriptor": {"created": "2025-05-01T00:00:00Z"},
+                  "rootfs": {"type": "rootfs", "diff_ids": []}}
+    name = publish(registry, "ai/hand-dmr", "latest", (mt.DMR_CONFIG, json.dumps(config_doc).encode()), [
+        ("application/vnd.docker.ai.gguf.v3", gguf.read_bytes(), {mt.MODELPACK_FILEPATH: "model.gguf"}),
+        ("application/vnd.docker.ai.license", b"MIT", {mt.MODELPACK_FILEPATH: "LICENSE"}),
+        ("application/vnd.docker.ai.chat.template.jinja", JINJA.encode(), {mt.MODELPACK_FILEPATH: "template.jinja"}),
+    ])
+    assert run("pull", name).exit_code == 0
+    got = show(name)
+    assert (got["architecture"], got["parameter_size"], got["quantization"]) == ("qwen2", "64", "Q8_0")
+    assert (got["license"], got["chat_template"], got["template"]) == ("MIT", JINJA, None)
+    assert got["context_length"] == 512
+    assert Path(got["model_path"]).read_bytes() == gguf.read_bytes()
+
+
+@pytest.mark.registry
+def test_pull_a_plain_oras_artifact_with_a_gguf_file(registry, home, tiny_gguf):
+    name = publish(registry, "acme/plain-oras", "v1", (mt.OCI_EMPTY, b"{}"), [
+        ("application/octet-stream", tiny_gguf.read_bytes(), {mt.TITLE: "weights.Q8.gguf"}),
+        ("text/plain", b"BSD", {mt.TITLE: "LICENSE"}),
+    ], artifact_type="application/vnd.example.model")
+    assert run("pull", name).exit_code == 0
+    got = show(name)
+    assert (got["architecture"], got["quantization"], got["context_length"], got["license"]) == ("llama", "F16", 256, "BSD")
+    assert Path(got["model_path"]).read_bytes() == tiny_gguf.read_bytes()
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], compress: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = buffer.getvalue()
+    return gzip.compress(raw, mtime=0) if compress else raw
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+KITFILE = {"manifestVersion": "1.0.0", "package": {"name": "tiny", "version": "1.0.0"},
+           "model": {"name": "tiny", "path": "models/tiny.gguf", "license": "Apache-2.0"}}
+
+
+def publish_kitops(registry, repo: str, model_tar: bytes, compressed: bool) -> str:
+    suffix = ".tar+gzip" if compressed else ".tar"
+    docs = tar_bytes([(member("README.md"), b"# tiny\n")])
+    return publish(registry, repo, "v1", (mt.KITOPS_CONFIG, json.dumps(KITFILE).encode()), [
+        (f"application/vnd.kitops.modelkit.model.v1{suffix}", model_tar),
+        ("application/vnd.kitops.modelkit.docs.v1.tar", docs),
+    ])
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("compressed", [False, True])
+def test_pull_a_kitops_modelkit_extracts_the_gguf(registry, home, tiny_gguf, compressed):
+    data = tiny_gguf.read_bytes()
+    model_tar = tar_bytes([(member("models", tarfile.DIRTYPE), None), (member("models/tiny.gguf"), data)],
+                          compressed)
+    name = publish_kitops(registry, f"acme/kit-{int(compressed)}", model_tar, compressed)
+    pulled = run("pull", name)
+    assert pulled.exit_code == 0, pulled.stderr
+    got = show(name)
+    assert Path(got["model_path"]).read_bytes() == data  # the extracted GGUF, its own blob
+    assert Path(got["model_path"]).name == hashlib.sha256(data).hexdigest()
+    assert (got["architecture"], got["quantization"], got["context_length"]) == ("llama", "F16", 256)
+
+    # the derived blob lives while a name needs it: gc keeps it, cp carries it, rm of the last name frees it
+    s = store()
+    gguf_digest = Digest.of(data)
+    entry = s.resolve(config.reference(name))
+    assert entry.derived == ((Digest.of(model_tar), gguf_digest),)
+    assert gguf_digest in s.referenced()
+    assert gguf_digest not in {d for d, _ in s.gc(grace=0).blobs}
+    assert run("cp", name, "copy").exit_code == 0
+    assert run("rm", name).exit_code == 0
+    assert s.has_blob(gguf_digest) and show("copy")["model_path"] == got["model_path"]
+    assert run("rm", "copy").exit_code == 0
+    assert not s.has_blob(gguf_digest)
+    assert s.verify() == []
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("bad_member, why", [
+    (member("../evil.gguf"), "unsafe path"),
+    (member("/abs/evil.gguf"), "unsafe path"),
+    (member("models/tiny.gguf", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+    (member("models/hard.gguf", tarfile.LNKTYPE, "models/x"), "is a link"),
+    (member("dev", tarfile.CHRTYPE), "not a regular file"),
+])
+def test_a_kitops_tar_with_an_unsafe_member_is_refused(registry, home, tiny_gguf, bad_member, why):
+    data = None if bad_member.type in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE) else b"GGUF"
+    model_tar = tar_bytes([(member("ok.txt"), b"fine"), (bad_member, data), (member("models/t.gguf"), tiny_gguf.read_bytes())])
+    name = publish_kitops(registry, "acme/kit-bad", model_tar, False)
+    result = run("pull", name)
+    assert result.exit_code != 0
+    assert "refused" in result.stderr and why in result.stderr
+    assert store().refs() == []  # nothing named
+    assert not (Path(config.home()) / "evil.gguf").exists() and not Path("/abs/evil.gguf").exists()
+
+
+@pytest.mark.registry
+def test_a_kitops_tar_without_a_gguf_or_not_a_tar_is_refused(registry, home):
+    name = publish_kitops(registry, "acme/kit-none", tar_bytes([(member("model.bin"), b"x")]), False)
+    result = run("pull", name)
+    assert result.exit_code != 0 and "holds no .gguf file" in result.stderr
+    name = publish_kitops(registry, "acme/kit-junk", b"not a tar at all" * 100, True)
+    result = run("pull", name)
+    assert result.exit_code != 0 and "refused" in result.stderr
+
+
+@pytest.mark.registry
+def test_an_index_with_one_platformless_entry_is_followed(registry, home, tiny_gguf):
+    name = publish(registry, "acme/one-entry", "inner", (mt.OCI_EMPTY, b"{}"), [
+        ("application/octet-stream", tiny_gguf.read_bytes(), {mt.TITLE: "model.gguf"})])
+    raw, _ = registry_manifest(registry, "acme/one-entry", "inner", mt.OCI_MANIFEST)
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {"mediaType": mt.OCI_MANIFEST, "digest": sha(raw), "size": len(raw),
+         "platform": {"os": "plan9", "architecture": "mips"}}]}
+    push_manifest(requests.Session(), registry.url, "acme/one-entry", "idx", json.dumps(index).encode(), mt.OCI_INDEX)
+    entry = pull(store(), config.reference(f"{registry.host}/acme/one-entry:idx"), platform=("linux", "amd64"))
+    assert str(entry.digest) == sha(raw)  # the only entry is taken whatever its platform
