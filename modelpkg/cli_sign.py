@@ -50,7 +50,8 @@ def keygen(folder: Path, name: str, password_stdin: bool, force: bool, as_json: 
     """
     from modelpkg import keys
 
-    password = _password_from_stdin() if password_stdin else os.environ.get("MODELPKG_KEY_PASSWORD", "").encode() or None
+    password = (_password_from_stdin() if password_stdin
+                else os.environ.get("MODELPKG_KEY_PASSWORD", "").encode() or None)
     private, public, fingerprint = keys.generate(folder, password, name=name, force=force)
     if as_json:
         click.echo(json.dumps({"private_key": str(private), "public_key": str(public), "fingerprint": fingerprint,

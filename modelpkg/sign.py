@@ -13,8 +13,9 @@ Signing (oci-model-artifacts.md section 9.2):
 
 Verifying reads ``sha256-<hex>.sig`` first and the referrers (the API, else the tag-schema index) when that
 gives no accepted signature; a signature counts when a trusted key verifies it *and* its payload names the
-digest being checked. ``pull`` keeps the signature manifests and payloads it found in the store, attached
-to the model's index entry, so ``show`` and ``verify-signature --local`` work offline and gc keeps them.
+digest being checked. ``pull`` keeps the signature manifests it found (with payloads and configs) in the
+store, attached to the model's index entry, so ``show`` and ``verify-signature --local`` work offline and gc
+keeps them.
 
 Orchestration: imports the core, ``keys``, the store and ``modelpkg.registry``.
 """
@@ -85,7 +86,11 @@ def sign(ref: Reference, private_key, client: RegistryClient, *, progress: Progr
     progress = progress or NullProgress()
     repo = ref.repository
     progress.message("resolving manifest")
-    data, media_type, digest = client.get_manifest(repo, ref.reference, name=str(ref))
+    try:
+        data, media_type, digest = client.get_manifest(repo, ref.reference, name=str(ref))
+    except NotFoundError as e:
+        raise NotFoundError(e.message, f"push it first: modelpkg push {ref}; what is signed is the registry's "
+                                       "copy") from e
     subject = Descriptor(media_type or parse_manifest(data).media_type, digest, len(data))
     payload = signing.format_payload(signing.Payload(f"{ref.host}/{repo}", digest))
     signature = private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
@@ -197,7 +202,8 @@ def _fetch_blobs(client: RegistryClient, repo: str, layers: list[Descriptor]) ->
 def _found(client: RegistryClient, repo: str, data: bytes, parsed, source: str) -> Found | None:
     if not isinstance(parsed, Manifest):
         return None
-    return Found(data, parsed, source, _fetch_blobs(client, repo, signing.signature_layers(parsed)))
+    # the config too (a few hundred bytes), so a kept signature manifest is whole in the store's layout
+    return Found(data, parsed, source, _fetch_blobs(client, repo, [*signing.signature_layers(parsed), parsed.config]))
 
 
 def signatures_by_tag(client: RegistryClient, repo: str, digest: Digest) -> list[Found]:
@@ -368,9 +374,8 @@ def _local_entry(store: Store, ref: Reference) -> RefEntry | None:
 
 
 def keep(store: Store, check: PullCheck, pins: Pins) -> tuple[Digest, ...]:
-    """Write the signature manifests found and their payloads into the store (pinned); returns the
-    manifests' digests for the model's index entry. The configs are not kept: nothing a verifier reads is
-    in them, so a kept signature manifest is not a whole image (gc and verify do not need it to be)."""
+    """Write the signature manifests found, their payloads and configs into the store (pinned); returns
+    the manifests' digests for the model's index entry."""
     kept = list(check.previous)
     for f in check.found:
         for data in f.blobs.values():

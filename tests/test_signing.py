@@ -74,7 +74,8 @@ def test_signature_manifest_has_cosigns_layout():
     obj = json.loads(manifest.to_bytes())
     assert obj["mediaType"] == mt.OCI_MANIFEST and obj["config"]["mediaType"] == mt.OCI_CONFIG
     assert obj["layers"][0]["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
-    assert obj["layers"][0]["annotations"] == {"dev.cosignproject.cosign/signature": base64.b64encode(b"\x30\x01").decode()}
+    signature = base64.b64encode(b"\x30\x01").decode()
+    assert obj["layers"][0]["annotations"] == {"dev.cosignproject.cosign/signature": signature}
     assert "subject" not in obj and "artifactType" not in obj
     assert json.loads(config_bytes)["rootfs"]["diff_ids"] == [str(Digest.of(b"payload"))]
     subject = Descriptor(mt.OCI_MANIFEST, D1, 10)
@@ -404,6 +405,9 @@ def test_enforce_pulls_a_signed_model_and_keeps_its_signature(registry, tiny_mod
     assert "signed by" in summary and "trusted.pub" in summary
     # gc keeps the signatures: verify offline afterwards
     assert run("gc", "--grace", "0s").exit_code == 0
+    for digest in entry.attached:  # kept whole: manifest, config and payloads
+        kept = parse_manifest(store().read_blob(digest))
+        assert all(store().has_blob(blob.digest, blob.size) for blob in kept.blobs())
     local = run("verify-signature", "--local", str(ref), "--key", str(keypair[1]), "--json")
     assert local.exit_code == 0, local.stderr
     assert json.loads(local.stdout)["signers"][0]["source"] == "store"
@@ -453,3 +457,9 @@ def test_off_pulls_and_still_keeps_signatures(registry, tiny_model, keypair, tmp
     assert run("verify-signature", "--local", str(ref), "--key", str(keypair[1])).exit_code == 0
     again = pull(store(), ref)  # a no-op pull keeps what was kept
     assert again.attached == entry.attached
+
+
+@pytest.mark.registry
+def test_signing_a_model_that_is_not_pushed_says_push_first(registry, keypair, home):
+    result = run("sign", f"{registry.host}/sig/nowhere:v1", "--key", str(keypair[0]))
+    assert result.exit_code == 4 and "push it first" in result.stderr
