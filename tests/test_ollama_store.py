@@ -315,3 +315,32 @@ def test_cli_help_states_the_hard_link_caveat():
     assert "never edits a blob in place" in result.output and "Examples" in result.output
     for command in ("export-ollama", "save", "load", "export"):
         assert "Examples" in CliRunner().invoke(cli, [command, "--help"]).output
+
+
+@pytest.mark.model
+def test_an_imported_ollama_model_runs(home, tmp_path, gemma_gguf):
+    """The real model in Ollama's layout (weights hard-linked in, as a real folder would hold them), imported
+    and run: its Ollama template, params and system prompt apply."""
+    root = tmp_path / "models"
+    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    (root / "blobs").mkdir(parents=True)
+    os.link(gemma_gguf, root / "blobs" / f"sha256-{digest}")
+    config_blob = _blob(root, b'{"model_format":"gguf","model_family":"gemma3","model_families":["gemma3"],'
+                              b'"model_type":"268.10M","file_type":"Q4_K_M","architecture":"amd64","os":"linux"}\n')
+    layers = [{"mediaType": mt.OLLAMA_MODEL, "digest": f"sha256:{digest}", "size": gemma_gguf.stat().st_size},
+              {"mediaType": mt.OLLAMA_TEMPLATE, **_blob(root, b"{{ .System }} {{ .Prompt }}")},
+              {"mediaType": mt.OLLAMA_SYSTEM, **_blob(root, b"Here is a list of three primary colors:")},
+              {"mediaType": mt.OLLAMA_PARAMS, **_blob(root, go_json({"temperature": 0, "num_predict": 12}))}]
+    manifest = {"schemaVersion": 2, "mediaType": mt.DOCKER_MANIFEST,
+                "config": {"mediaType": mt.DOCKER_CONFIG, **config_blob}, "layers": layers}
+    path = root / "manifests/registry.ollama.ai/library/gemma3/270m"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(manifest))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["import-ollama", "--models", str(root), "gemma3:270m"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(cli, ["show", "gemma3:270m", "--json"])
+    assert json.loads(shown.stdout)["architecture"] == "gemma3"
+    answer = runner.invoke(cli, ["run", "gemma3:270m", "1."], catch_exceptions=False)
+    assert answer.exit_code == 0, answer.output
+    assert "Red" in answer.stdout or "red" in answer.stdout
