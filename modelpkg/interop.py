@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -161,7 +161,7 @@ def ollama_name_for(ref: Reference) -> OllamaName:
     return name
 
 
-def _ollama_layers(store: Store, manifest: Manifest) -> tuple[list[Descriptor], list[str]]:
+def _ollama_layers(manifest: Manifest) -> tuple[list[Descriptor], list[str]]:
     """The layers in Ollama's order (createModel: weights, then template, system, licenses, params, messages)."""
     layers = model_layers(manifest)
     ordered: list[tuple[str, Descriptor]] = []
@@ -192,8 +192,7 @@ def export_ollama(store: Store, ref: Reference, ollama: OllamaStore, *, as_name:
     with store.session() as pins:
         entry, manifest = store.manifest(ref)
         pins.add(entry.digest, *(d.digest for d in manifest.blobs()))
-        if manifest.layers and layer_role(manifest.layers[0]) is None and not any(
-                layer_role(d) == "model" for d in manifest.layers):
+        if not any(layer_role(d) == "model" for d in manifest.layers):
             raise InvalidInputError(f"{ref} has no GGUF weights layer; Ollama cannot run it")
         dropped: list[str] = []
         if is_ollama_manifest(manifest):
@@ -201,11 +200,9 @@ def export_ollama(store: Store, ref: Reference, ollama: OllamaStore, *, as_name:
             config_bytes = None
         else:
             details = describe(store, ref)
-            if details.model_path is None:
-                raise InvalidInputError(f"{ref} has no weights layer; Ollama cannot run it")
             config_bytes = ollama_config(architecture=details.architecture, param_size=details.parameters_size,
                                          quantization=details.quantization)
-            layers, dropped = _ollama_layers(store, manifest)
+            layers, dropped = _ollama_layers(manifest)
             config = Descriptor(mt.DOCKER_CONFIG, Digest.of(config_bytes), len(config_bytes))
             data, converted = ollama_manifest(config, layers), True
             manifest = parse_manifest(data)
