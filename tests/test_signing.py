@@ -463,3 +463,52 @@ def test_off_pulls_and_still_keeps_signatures(registry, tiny_model, keypair, tmp
 def test_signing_a_model_that_is_not_pushed_says_push_first(registry, keypair, home):
     result = run("sign", f"{registry.host}/sig/nowhere:v1", "--key", str(keypair[0]))
     assert result.exit_code == 4 and "push it first" in result.stderr
+
+
+@pytest.mark.registry
+def test_a_registry_that_indexes_referrers_gets_no_tag_schema_index(registry, fault_proxy, tiny_model, keypair):
+    """Distribution 2.8 has no referrers API; the proxy plays one that has it by answering the referrer's
+    PUT with ``OCI-Subject`` (distribution-spec): then the sha256-<hex> index must not be written."""
+    proxy = fault_proxy(registry)
+    ref = pushed(tiny_model, registry, "sig/api:v1")
+    digest = client(registry).get_manifest("sig/api", "v1")[2]
+    proxy.add("status", "PUT", r"/manifests/sha256:", status=201, headers={"OCI-Subject": str(digest)})
+    out = json.loads(run("sign", f"{proxy.host}/sig/api:v1", "--key", str(keypair[0]), "--json").stdout)
+    assert out["referrers"] == "api"
+    assert registry_get(registry, f"sig/api/manifests/sha256-{digest.hex}", mt.OCI_INDEX).status_code == 404
+    assert registry_get(registry, f"sig/api/manifests/sha256-{digest.hex}.sig").status_code == 200
+
+
+@pytest.mark.registry
+def test_referrers_api_answers_are_read_and_checked(registry, fault_proxy, tiny_model, keypair, tmp_path):
+    """A referrers API answer is used instead of the tag schema, and an entry whose manifest names another
+    subject (GitLab resolves sha256-<hex> tags to the subject itself, oras-go#1396) is skipped."""
+    proxy = fault_proxy(registry)
+    ref = pushed(tiny_model, registry, "sig/api-read:v1")
+    other = pushed(tiny_model, registry, "sig/api-read:v2", 'SYSTEM "other"\n')
+    for r in (ref, other):
+        run("sign", str(r), "--key", str(keypair[0]))
+    c = client(registry)
+    digest, other_digest = c.get_manifest("sig/api-read", "v1")[2], c.get_manifest("sig/api-read", "v2")[2]
+    own = registry_get(registry, f"sig/api-read/manifests/sha256-{digest.hex}", mt.OCI_INDEX).json()["manifests"]
+    foreign = registry_get(registry, f"sig/api-read/manifests/sha256-{other_digest.hex}",
+                           mt.OCI_INDEX).json()["manifests"]
+    # only the referrers remain: empty the .sig tag and the tag-schema index of v1
+    path = tmp_path / "empty-config"
+    path.write_bytes(b"{}")
+    c.upload_blob("sig/api-read", Descriptor("application/octet-stream", Digest.of(b"{}"), 2), path)
+    c.put_manifest("sig/api-read", signing.signature_tag(digest), signing.signature_manifest(b"{}", []).to_bytes(),
+                   mt.OCI_MANIFEST)
+    c.put_manifest("sig/api-read", signing.referrers_tag(digest), signing.index_bytes(Index(mt.OCI_INDEX, ())),
+                   mt.OCI_INDEX)
+    name = f"{proxy.host}/sig/api-read:v1"
+    answer = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": foreign}
+    proxy.add("status", "GET", r"/referrers/", status=200, body=json.dumps(answer).encode(),
+              headers={"Content-Type": mt.OCI_INDEX})
+    refused = run("verify-signature", name, "--key", str(keypair[1]))
+    assert refused.exit_code == TrustError.exit_code and "it is not signed" in refused.stderr
+    answer["manifests"] = foreign + own
+    proxy.add("status", "GET", r"/referrers/", status=200, body=json.dumps(answer).encode(),
+              headers={"Content-Type": mt.OCI_INDEX})
+    verdict = json.loads(run("verify-signature", name, "--key", str(keypair[1]), "--json").stdout)
+    assert verdict["verified"] and verdict["signers"][0]["source"] == "referrer"
