@@ -5,7 +5,8 @@ in the store) and checks the weights' digest; a ``Session`` holds one conversati
 and turns each request into a prompt, the way Ollama's server does (reference/ollama-behaviour.md §5):
 
 - **Prompt path.** A Modelfile ``TEMPLATE`` (Go text/template) is rendered with ``modelpkg.template.render``
-  (Ollama's ``template.Execute``). Without one, a GGUF that carries ``tokenizer.chat_template`` (Jinja) is
+  (Ollama's ``template.Execute``). Without one, a Jinja chat template -- the model's own template layer
+  (Docker Model Runner's ``chat.template.jinja``), else the GGUF's ``tokenizer.chat_template`` -- is
   rendered with llama-cpp-python's chat formatting (what ``create_chat_completion`` would use; newer
   Ollama sends such models to llama-server's Jinja too). With neither -- a base model such as Gemma 3
   270M -- Ollama's default template ``{{ .Prompt }}`` applies: the prompt is sent as it is, the SYSTEM
@@ -339,7 +340,12 @@ class Session:
             self._runner = None
 
     def kind(self) -> str:
-        return prompt_kind(self.details.template, self.runner().chat_template)
+        return prompt_kind(self.details.template, self.jinja_template(self.runner()))
+
+    def jinja_template(self, runner: Runner) -> str | None:
+        """The Jinja chat template: the model's own template layer (Docker Model Runner ships one) before
+        the GGUF's ``tokenizer.chat_template``."""
+        return self.details.chat_template or runner.chat_template
 
     def template_text(self) -> str | None:
         """The template in use (Go or Jinja), or None for plain completion."""
@@ -347,7 +353,7 @@ class Session:
         if kind == GO_TEMPLATE:
             return self.details.template
         if kind == GGUF_TEMPLATE:
-            return self.runner().chat_template
+            return self.jinja_template(self.runner())
         return None
 
     # ----- prompts
@@ -373,11 +379,11 @@ class Session:
         return len(runner.tokenize(prompt.text, prompt.add_bos)) + reserve < runner.n_ctx
 
     def _render(self, messages: list[dict[str, Any]], runner: Runner) -> Prompt:
-        kind = prompt_kind(self.details.template, runner.chat_template)
+        kind = prompt_kind(self.details.template, self.jinja_template(runner))
         if kind == GGUF_TEMPLATE:
             # llama-cpp-python's chat handlers tokenize the rendered text without adding BOS: the Jinja
             # template writes {{ bos_token }} itself when the model wants one
-            return Prompt(runner.format_chat(messages), False, tuple(messages), kind)
+            return Prompt(runner.format_chat(messages, self.jinja_template(runner)), False, tuple(messages), kind)
         if kind == COMPLETION:
             return Prompt(completion_prompt(messages), True, tuple(messages), kind)
         from modelpkg import template as gotemplate  # imported when used: it takes ~60 ms

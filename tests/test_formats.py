@@ -456,3 +456,49 @@ def test_an_index_with_one_platformless_entry_is_followed(registry, home, tiny_g
     push_manifest(requests.Session(), registry.url, "acme/one-entry", "idx", json.dumps(index).encode(), mt.OCI_INDEX)
     entry = pull(store(), config.reference(f"{registry.host}/acme/one-entry:idx"), platform=("linux", "amd64"))
     assert str(entry.digest) == sha(raw)  # the only entry is taken whatever its platform
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the real model: a KitOps ModelKit and a Docker Model Runner artifact of Gemma run as the created model does
+
+
+@pytest.mark.model
+@pytest.mark.registry
+def test_gemma_from_kitops_and_dmr_runs_like_the_created_model(registry, home, gemma_gguf, tmp_path):
+    from modelpkg import chat
+    from modelpkg.create import create
+    from modelpkg.models import describe
+
+    create(store(), config.reference("gemma"), f"FROM {gemma_gguf}\n", gemma_gguf.parent,
+           resolve_name=config.reference)
+    data = gemma_gguf.read_bytes()
+    kit = publish_kitops(registry, "acme/gemma-kit", tar_bytes([(member("gemma.gguf"), data)]), False)
+    jinja = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
+    dmr = publish(registry, "ai/gemma-dmr", "v1", (mt.DMR_CONFIG, b'{"config":{"format":"gguf"}}'), [
+        ("application/vnd.docker.ai.gguf.v3", data),
+        ("application/vnd.docker.ai.chat.template.jinja", jinja.encode()),
+    ])
+    del data
+    for name in (kit, dmr):
+        assert run("pull", name).exit_code == 0
+
+    args = ["--temperature", "0", "--seed", "42", "--num-predict", "12"]
+    expected = run("run", "gemma", PRIMARY_PROMPT, *args)
+    assert expected.exit_code == 0 and expected.stdout.strip()
+    got = run("run", kit, PRIMARY_PROMPT, *args)
+    assert got.exit_code == 0, got.stderr
+    assert got.stdout == expected.stdout
+    assert show(kit)["architecture"] == "gemma3"
+
+    # Gemma 3 270M's GGUF has no chat template: DMR's Jinja layer is used (over the GGUF's, when it has one)
+    session = chat.Session(describe(store(), config.reference(dmr)))
+    try:
+        prompt = session.build_prompt([{"role": "user", "content": "Name a primary colour."}], session.runner())
+        assert (prompt.kind, prompt.text) == (chat.GGUF_TEMPLATE, "Q: Name a primary colour.\nA:")
+    finally:
+        session.close()
+    answered = run("run", dmr, "Name a primary colour.", *args)
+    assert answered.exit_code == 0 and answered.stdout.strip()
+
+
+PRIMARY_PROMPT = "Here is a list of three primary colors:\n1."
