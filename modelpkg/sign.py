@@ -346,6 +346,11 @@ def check_pull(client: RegistryClient, ref: Reference, digest: Digest, *, store:
             return PullCheck("off", None, (), previous)
     progress.message("verifying signature")
     keys = keyfiles.policy_keys(rule.keys, base)
+    if previous:  # an unchanged model whose kept signatures still verify: no request needed
+        kept = signing.evaluate([c for f in local_signatures(store, local) for c in f.candidates()], digest, keys)
+        if kept.ok:
+            progress.message("signed by " + ", ".join(f"{s.key} ({s.fingerprint[:19]})" for s in kept.signers))
+            return PullCheck(rule.mode, kept, (), previous)
     try:
         verdict, found = verify_remote(client, ref, keys, digest)
     except ModelpkgError as e:

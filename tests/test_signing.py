@@ -512,3 +512,18 @@ def test_referrers_api_answers_are_read_and_checked(registry, fault_proxy, tiny_
               headers={"Content-Type": mt.OCI_INDEX})
     verdict = json.loads(run("verify-signature", name, "--key", str(keypair[1]), "--json").stdout)
     assert verdict["verified"] and verdict["signers"][0]["source"] == "referrer"
+
+
+@pytest.mark.registry
+def test_noop_pull_under_enforce_is_one_request(registry, fault_proxy, tiny_model, keypair, tmp_path, monkeypatch):
+    """The kept signatures of an unchanged model are verified locally: a no-op pull stays one request."""
+    proxy = fault_proxy(registry)
+    ref = tiny_model(f"{proxy.host}/trust/noop:v1")
+    push(store(), ref)
+    run("sign", str(ref), "--key", str(keypair[0]))
+    write_policy(tmp_path, monkeypatch, f"{proxy.host}/trust", "enforce", keypair[1])
+    fresh_home(tmp_path, monkeypatch, "puller")
+    pull(store(), ref)
+    proxy.clear()
+    pull(store(), ref)
+    assert [(r.method, r.path) for r in proxy.requests] == [("GET", "/v2/trust/noop/manifests/v1")]
