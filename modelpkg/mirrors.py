@@ -332,8 +332,9 @@ class MirroredClient:
             return self._clients[source]
 
     def _candidates(self, by_tag: bool) -> list[Source]:
-        return [s for s in self.sources
-                if (not s.mirror or s not in self._dead) and (not by_tag or s.serves_tags)]
+        with self._lock:
+            dead = set(self._dead)
+        return [s for s in self.sources if (not s.mirror or s not in dead) and (not by_tag or s.serves_tags)]
 
     def _try(self, what: str, by_tag: bool, attempt: Callable[[Source, object], object],
              undo: Callable[[], None] = lambda: None):
@@ -355,9 +356,9 @@ class MirroredClient:
         raise last or InvalidInputError(f"no source left to pull {self.ref} from")  # pragma: no cover
 
     def _failed(self, source: Source, error: ModelpkgError) -> None:
-        if isinstance(error, (NetworkError, AuthError)):
-            self._dead.add(source)  # unreachable or refusing us: skip it for the rest of this pull
         with self._lock:
+            if isinstance(error, (NetworkError, AuthError)):
+                self._dead.add(source)  # unreachable or refusing us: skip it for the rest of this pull
             first = source.name not in self.attempts.failed
             self.attempts.failed.setdefault(source.name, error.message)
         if first:

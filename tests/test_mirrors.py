@@ -392,3 +392,29 @@ def test_the_mirrors_command_lists_the_config_and_the_sources_of_a_name(home, tm
     assert json.loads(CliRunner().invoke(cli, ["mirrors", "--json"]).stdout)["registries"][0]["mirrors"][1] == {
         "location": "localhost:5001", "insecure": False, "pull-from-mirror": "all"}
     assert "Examples:" in CliRunner().invoke(cli, ["mirrors", "--help"]).stdout
+
+
+@pytest.mark.registry
+def test_a_mirror_uses_the_credentials_of_its_own_host(published, basic_registry, tmp_path, monkeypatch):
+    upstream, tagged, pinned = published("acme/private-mirror", on_mirror=False)
+    # seed the private mirror with the same model (pushed with its own credentials)
+    key = "".join(c if c.isalnum() else "_" for c in basic_registry.host.upper())
+    monkeypatch.setenv(f"MODELPKG_REGISTRY_USER_{key}", basic_registry.username)
+    monkeypatch.setenv(f"MODELPKG_REGISTRY_PASSWORD_{key}", basic_registry.password)
+    seed = fresh_store(tmp_path, monkeypatch, "seed")
+    pull(seed, tagged)
+    on_mirror = config.reference(f"{basic_registry.host}/acme/private-mirror:v1")
+    models.copy(seed, tagged, on_mirror)
+    push(seed, on_mirror)
+    configure(tmp_path, monkeypatch, upstream.host, (basic_registry.host, "digest-only"))
+
+    upstream.clear()
+    entry = pull(fresh_store(tmp_path, monkeypatch, "with-login"), pinned)
+    assert entry.digest == pinned.digest and model_requests(upstream) == []
+
+    monkeypatch.delenv(f"MODELPKG_REGISTRY_USER_{key}")  # no credentials for the mirror: refused, falls through
+    progress = Recorder()
+    entry = pull(fresh_store(tmp_path, monkeypatch, "without-login"), pinned, progress=progress)
+    assert entry.digest == pinned.digest and len(blob_requests(upstream)) == 2
+    assert any(m.startswith(f"mirror {basic_registry.host}/acme/private-mirror failed (authentication required")
+               for m in progress.messages), progress.messages
