@@ -105,7 +105,10 @@ def verify_weights(store: Store, details: ModelDetails, progress: Progress | Non
     layers = model_layers(details.manifest)
     for layer in (layers.model, *layers.adapters):
         if layer is not None:
-            _verify_blob(store, layer.digest, details.name, progress or NullProgress())
+            digest = layer.digest
+            if layer is layers.model and details.model_path is not None and details.model_path.name != digest.hex:
+                digest = Digest(details.model_path.name)  # a derived blob: the GGUF out of a KitOps tar
+            _verify_blob(store, digest, details.name, progress or NullProgress())
 
 
 def _verify_blob(store: Store, digest: Digest, name: str, progress: Progress) -> None:

@@ -502,3 +502,23 @@ def test_gemma_from_kitops_and_dmr_runs_like_the_created_model(registry, home, g
 
 
 PRIMARY_PROMPT = "Here is a list of three primary colors:\n1."
+
+
+@pytest.mark.registry
+def test_run_verifies_the_derived_gguf_and_push_sends_it(registry, home, tiny_gguf):
+    data = tiny_gguf.read_bytes()
+    name = publish_kitops(registry, "acme/kit-verify", tar_bytes([(member("tiny.gguf"), data)]), False)
+    assert run("pull", name).exit_code == 0
+
+    # pushed as Ollama's format, the model layer is the GGUF itself, not KitOps's tar
+    out = f"{registry.host}/library/from-kit:v1"
+    assert run("cp", name, out).exit_code == 0
+    assert run("push", "--format", "ollama", out).exit_code == 0
+    raw, _ = registry_manifest(registry, "library/from-kit", "v1", mt.DOCKER_MANIFEST)
+    assert json.loads(raw)["layers"][0] == {"mediaType": mt.OLLAMA_MODEL, "digest": sha(data), "size": len(data)}
+
+    path = Path(show(name)["model_path"])
+    path.chmod(0o644)
+    path.write_bytes(b"GGUF" + bytes(len(data) - 4))  # same size, other content
+    result = run("run", name, "hi")
+    assert result.exit_code != 0 and "corrupted" in result.stderr
