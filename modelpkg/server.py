@@ -10,6 +10,10 @@ on the standard library's ``ThreadingHTTPServer`` (one thread per connection):
 - **Loaded models** (``ModelCache``) stay in memory for ``keep_alive`` (default 5 minutes; Go durations
   or seconds; 0 unloads after the request; negative keeps it forever); a reaper thread unloads expired
   ones. One lock per loaded model queues its requests, so two generations never share a context.
+- **Reproducible answers.** Each request starts from a clean KV cache (as ``run --batch`` does), so a
+  request gives the same answer streamed or not, alone or in a queue. Ollama reuses a cached prompt
+  prefix instead: faster on long chats, but llama.cpp's numbers then differ slightly and a greedy answer
+  can depend on the request before it.
 - **Streams** are chunked: NDJSON for Ollama, server-sent events (``data: ...``, ``data: [DONE]``) for
   OpenAI. A client that goes away (a write fails) stops its generation at the next token.
 - **Errors** are Ollama's ``{"error": "..."}`` with its status codes (unknown model: 404; bad JSON: 400),
@@ -28,6 +32,8 @@ import json
 import math
 import queue
 import re
+import select
+import socket
 import struct
 import sys
 import threading
@@ -319,6 +325,7 @@ class ModelCache:
         self.default_keep_alive = default_keep_alive
         self._clock = clock
         self._entries: dict[str, Loaded] = {}
+        self._retired: list[Loaded] = []  # replaced by a newer model of their name; closed when free
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -333,6 +340,7 @@ class ModelCache:
             if entry is None or entry.details.digest != details.digest:
                 if entry is not None:  # the name now points at another model: the old one goes when free
                     entry.expires = 0.0
+                    self._retired.append(entry)
                 entry = Loaded(details.name, details)
                 self._entries[details.name] = entry
             entry.users += 1
@@ -375,6 +383,15 @@ class ModelCache:
         now = self._clock()
         with self._guard:
             expired = [e for e in self._entries.values() if e.expires is not None and e.expires <= now and e.users == 0]
+            retired = [e for e in self._retired if e.users == 0]
+        for entry in retired:
+            if entry.lock.acquire(blocking=False):
+                try:
+                    entry.close()
+                    with self._guard:
+                        self._retired.remove(entry)
+                finally:
+                    entry.lock.release()
         for entry in expired:
             if entry.lock.acquire(blocking=False):
                 try:
@@ -391,6 +408,8 @@ class ModelCache:
             self.reap()
             with self._guard:
                 deadlines = [e.expires for e in self._entries.values() if e.expires is not None]
+                if self._retired:
+                    deadlines.append(self._clock() + 1.0)
             wait = min(deadlines) - self._clock() if deadlines else 60.0
             self._wake.wait(timeout=min(max(wait, 0.05), 60.0))
             self._wake.clear()
@@ -399,8 +418,9 @@ class ModelCache:
         self._closed = True
         self._wake.set()
         with self._guard:
-            entries = list(self._entries.values())
+            entries = list(self._entries.values()) + self._retired
             self._entries.clear()
+            self._retired.clear()
         for entry in entries:
             with entry.lock:
                 entry.close()
@@ -460,7 +480,7 @@ class StatusLines(Progress):
 
 @dataclass
 class Event:
-    """One finished generation, kept for ``/api/ps``-like inspection and tests."""
+    """One finished generation (``App.events`` keeps the last 100: for the log and for tests)."""
 
     path: str
     model: str
@@ -757,13 +777,17 @@ class App:
 
     # ----- generation
 
-    def _generation(self, req: Request, path: str, model: str, loaded: Loaded, generation,
+    def _generation(self, req: Request, path: str, model: str, generation,
                     emit: Callable[[str], None] | None) -> Result:
-        """Drain ``generation``, handing each piece to ``emit``; a client gone stops it."""
+        """Drain ``generation``, handing each piece to ``emit``. A client that goes away stops it: a failed
+        write when streaming, a closed connection (checked every few pieces) when not."""
         try:
-            for piece in generation:
-                if emit is not None and piece:
-                    emit(piece)
+            for i, piece in enumerate(generation):
+                if emit is not None:
+                    if piece:
+                        emit(piece)
+                elif i % 8 == 7 and req.client_gone():
+                    raise ClientGone()
         except ClientGone:
             generation.close()
             self.record(path, model, generation.result)
@@ -783,8 +807,7 @@ class App:
         if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in body.get("messages") or []):
             raise ApiError(400, f"{model} does not support images")
         if body.get("tools"):
-            raise ApiError(400, f"registry.ollama.ai/library/{model} does not support tools"
-                           if "/" not in model else f"{model} does not support tools")
+            raise ApiError(400, f"{model} does not support tools")
         if body.get("think"):
             raise ApiError(400, f"\"{model}\" does not support thinking")
         if body.get("suffix"):
@@ -851,7 +874,7 @@ class App:
                 def emit(piece: str) -> None:
                     req.write_json_line({"model": model, "created_at": iso_time(), "response": piece, "done": False})
 
-            result = self._generation(req, "/api/generate", model, loaded, generation, emit)
+            result = self._generation(req, "/api/generate", model, generation, emit)
             final = {"model": model, "created_at": created if not stream else iso_time(),
                      "response": "" if stream else result.text, "done": True,
                      **self._stats(result, loaded.load_duration),
@@ -862,8 +885,10 @@ class App:
         else:
             req.send_json(final)
 
-    def _chat_generation(self, body: Mapping[str, Any], details: ModelDetails, loaded: Loaded,
-                         messages: list[dict[str, Any]], options: Mapping[str, Any], fmt: Any):
+    @staticmethod
+    def _chat_generation(details: ModelDetails, loaded: Loaded, messages: list[dict[str, Any]],
+                         options: Mapping[str, Any], fmt: Any):
+        """Ollama's ChatHandler: the model's MESSAGEs and SYSTEM, then the request's messages."""
         session = Session(details, options, load=loaded.load)
         msgs = conversation(details.messages, messages, details.system)
         return session.generate(msgs, fresh=True, format=fmt)
@@ -882,7 +907,7 @@ class App:
         options = typed_options(body.get("options"))
         stream = body.get("stream", True) is not False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
-            generation = self._chat_generation(body, details, loaded, messages, options, body.get("format"))
+            generation = self._chat_generation(details, loaded, messages, options, body.get("format"))
             emit = None
             if stream:
                 req.start_stream("application/x-ndjson")
@@ -891,7 +916,7 @@ class App:
                     req.write_json_line({"model": model, "created_at": iso_time(),
                                          "message": {"role": "assistant", "content": piece}, "done": False})
 
-            result = self._generation(req, "/api/chat", model, loaded, generation, emit)
+            result = self._generation(req, "/api/chat", model, generation, emit)
             final = {"model": model, "created_at": iso_time(),
                      "message": {"role": "assistant", "content": "" if stream else result.text}, "done": True,
                      **self._stats(result, loaded.load_duration)}
@@ -962,8 +987,8 @@ class App:
             raise ApiError(400, "n must be 1")
         messages = openai_messages(body.get("messages"))
         self._openai_run(req, body, model, details, "chat.completion",
-                         lambda loaded: self._chat_generation(body, details, loaded, messages,
-                                                              openai_options(body), openai_format(body)))
+                         lambda loaded: self._chat_generation(details, loaded, messages, openai_options(body),
+                                                              openai_format(body)))
 
     def v1_completions(self, req: Request) -> None:
         body = req.json()
@@ -1008,7 +1033,7 @@ class App:
                     req.write_event({**head, "choices": [choice(piece, None)]})
 
             result = self._generation(req, "/v1/" + ("chat/completions" if chat else "completions"), model,
-                                      loaded, generation, emit)
+                                      generation, emit)
         usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.eval_count,
                  "total_tokens": result.prompt_tokens + result.eval_count}
         if not stream:
@@ -1102,6 +1127,15 @@ class Request:
                 self.body_stream().read()
             except (OSError, ValueError):
                 self.h.close_connection = True
+
+    def client_gone(self) -> bool:
+        """Has the client closed its connection? (Readable with nothing to read: end of stream.)"""
+        sock = self.h.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     # ----- answering
 
@@ -1290,8 +1324,6 @@ class ApiServer(ThreadingHTTPServer):
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
                 keep_alive: float | None = DEFAULT_KEEP_ALIVE, log: Callable[[str], None] | None = None) -> ApiServer:
     """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it)."""
-    import socket
-
     app = App(store, token=token, keep_alive=keep_alive, log=log)
     if ":" in host:
         class _V6(ApiServer):

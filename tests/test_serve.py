@@ -249,6 +249,18 @@ def test_disconnecting_client_stops_generation(client, served):
     assert event.done_reason == "interrupted" and event.eval_count < 400
 
 
+def test_client_gone_stops_a_whole_answer_too(served):
+    before = len(served.app.events)
+    impatient = ollama.Client(host=served.url, timeout=0.5)
+    with pytest.raises(Exception):  # the client gives up (httpx's read timeout) and closes the connection
+        impatient.generate(BASE, "Once upon a time", options={"temperature": 0, "num_predict": 400})
+    deadline = time.time() + 30
+    while len(served.app.events) == before and time.time() < deadline:
+        time.sleep(0.1)
+    event = served.app.events[-1]
+    assert event.done_reason == "interrupted" and event.eval_count < 400
+
+
 def test_errors(client, oai, served):
     with pytest.raises(ollama.ResponseError) as e:
         client.generate("no-such-model", "hi")
@@ -373,6 +385,31 @@ def test_bearer_token(served):
     finally:
         server.shutdown()
         server.close()
+
+
+def test_serve_command_runs_and_stops_on_ctrl_c(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MODELPKG_HOME": str(tmp_path / "home"), "MODELPKG_CONFIG_DIR": str(tmp_path / "cfg"),
+           "MODELPKG_SERVE_TOKEN": "t0k"}
+    proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", "0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        url = re.search(r"http://[\d.]+:\d+", line).group(0)
+        assert "bearer token" in line
+        assert httpx.head(url + "/").status_code == 200
+        assert httpx.get(url + "/api/tags").status_code == 401
+        assert httpx.get(url + "/api/tags", headers={"Authorization": "Bearer t0k"}).json() == {"models": []}
+        busy = subprocess.run([sys.executable, "-m", "modelpkg", "serve", "--port", url.rsplit(":", 1)[1]],
+                              env=env, capture_output=True, text=True, timeout=30)
+        assert busy.returncode == 2 and "cannot listen" in busy.stderr and "Traceback" not in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
 
 
 def test_serve_command_help():
