@@ -88,11 +88,12 @@ def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None
 @click.option("--insecure", is_flag=True, help=_INSECURE_HELP)
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), envvar="MODELPKG_CA_BUNDLE", help=_CA_HELP)
 @click.option("--chunked", is_flag=True, help="Upload blobs in PATCH chunks (for registries that need it).")
-@click.option("--format", "format_", type=click.Choice(["modelpack", "ollama", "docker"]), default="modelpack",
-              show_default=True, help="The artifact dialect to send: CNCF ModelPack (modelpkg's own), Ollama's "
-              "(for 'ollama pull'), or Docker Model Runner's (for 'docker model pull').")
+@click.option("--format", "format_", type=click.Choice(["modelpack", "ollama", "docker"]), default=None,
+              help="The artifact dialect to send: CNCF ModelPack (modelpkg's own), Ollama's (for 'ollama pull'), "
+              "or Docker Model Runner's (for 'docker model pull'). Default: as stored (ModelPack for what "
+              "'modelpkg create' made; a pulled model in the dialect it came in).")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as JSON lines on stdout, for scripts.")
-def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, format_: str, as_json: bool) -> None:
+def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, format_: str | None, as_json: bool) -> None:
     """Push a local model to the registry its name points at.
 
     To push under another name, copy it to that name first. --format ollama and --format docker send
@@ -124,7 +125,8 @@ def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, format
         click.echo(json.dumps({"status": "pushed", "name": str(ref), "digest": str(digest), "format": format_,
                                "left_out": notes}))
     else:
-        click.echo(f"pushed {_short(str(ref))} as {format_} ({digest})", err=True)
+        shape = f" as {format_}" if format_ else ""
+        click.echo(f"pushed {_short(str(ref))}{shape} ({digest})", err=True)
 
 
 def _host(text: str) -> str:

@@ -14,7 +14,10 @@ a model in the store, byte for byte as those tools write them.
   ``.mmproj``, ``.license`` and ``.chat.template.jinja``. It has no place for a Go template, a system
   prompt, parameters other than the context size, messages or LoRA adapters: ``Converted.dropped`` names
   what was left out, and a model with an adapter is refused rather than pushed without it.
-- **modelpack**: modelpkg's own shape (``manifest.modelpack_manifest``); nothing to convert.
+- **modelpack**: modelpkg's own shape (``manifest.modelpack_manifest``), what ``create`` writes. A model
+  pulled in another dialect is rebuilt in it (same blobs, ModelPack descriptors and config).
+
+Without a format, push sends the stored manifest as it is (a mirror keeps digests and signatures valid).
 
 Reading all of these (and KitOps ModelKits) is ``manifest.layer_role``'s job.
 
@@ -30,7 +33,15 @@ from typing import Any, Mapping, Sequence
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import InvalidInputError, UsageError
-from modelpkg.manifest import Descriptor, Manifest, ModelLayers, go_json
+from modelpkg.manifest import (
+    Descriptor,
+    Manifest,
+    ModelLayers,
+    go_json,
+    modelpack_config,
+    modelpack_layer,
+    modelpack_manifest,
+)
 
 FORMATS = ("modelpack", "ollama", "docker")
 DMR_MAX_ARRAY = 50  # DMR drops GGUF arrays longer than this from config.gguf (format/gguf.go maxArraySize)
@@ -62,6 +73,10 @@ class Converted:
     @property
     def manifest_bytes(self) -> bytes:
         return self.manifest.to_bytes()
+
+
+def is_modelpack(manifest: Manifest) -> bool:
+    return manifest.artifact_type == mt.MODELPACK_ARTIFACT or manifest.config.media_type == mt.MODELPACK_CONFIG
 
 
 def check_format(name: str) -> str:
@@ -248,3 +263,27 @@ def to_docker(view: ModelLayers, facts: ModelFacts, *, params: Mapping[str, Any]
     ) if present]
     manifest = Manifest(mt.OCI_MANIFEST, config_desc, tuple(layers))  # no artifactType in DMR's own format
     return Converted(config, manifest, tuple(dropped))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ModelPack (for a model that arrived in another dialect)
+
+
+def to_modelpack(view: ModelLayers, facts: ModelFacts, name: str = "") -> Converted:
+    """modelpkg's ModelPack form of a model, in ``create``'s layer order; every layer is the same blob."""
+    if view.model is None:
+        raise InvalidInputError("the model has no weights layer, so it has no ModelPack form")
+    layers = [modelpack_layer("model", view.model.digest, view.model.size, facts.context_length)]
+    layers += [modelpack_layer("adapter", d.digest, d.size) for d in view.adapters]
+    layers += [modelpack_layer("projector", d.digest, d.size) for d in view.projectors]
+    for role in ("template", "system", "params", "messages"):
+        d = getattr(view, role)
+        if d is not None:
+            layers.append(modelpack_layer(role, d.digest, d.size))
+    layers += [modelpack_layer("license", d.digest, d.size) for d in view.licenses]
+    if view.chat_template is not None:
+        layers.append(modelpack_layer("chat_template", view.chat_template.digest, view.chat_template.size))
+    config = modelpack_config(architecture=facts.architecture, param_size=facts.param_size,
+                              quantization=facts.quantization, name=name, diff_ids=[d.digest for d in layers])
+    config_desc = Descriptor(mt.MODELPACK_CONFIG, Digest.of(config), len(config))
+    return Converted(config, modelpack_manifest(config_desc, layers, {mt.FORMAT_VERSION: "1"}))

@@ -8,10 +8,11 @@ media type, and the digest the registry reports is checked (OCI distribution-spe
 
 To push under another name, give the model that name first (``modelpkg cp``), as ``docker tag`` does.
 
-``format`` picks the dialect sent (``modelpkg.formats``): ``modelpack`` sends the stored manifest as it is;
-``ollama`` and ``docker`` build Ollama's or Docker Model Runner's manifest and config from the model (the
-weights and text blobs are the same blobs), store them as blobs (unnamed: the local name keeps pointing at
-the stored manifest, and gc removes the converted ones later) and send those. What a format cannot carry
+Without ``format`` the stored manifest goes as it is (a model pulled from Ollama's registry stays in
+Ollama's format, and digests and signatures stay valid). ``format`` picks a dialect (``modelpkg.formats``):
+``modelpack`` (a no-op for what ``create`` made), ``ollama`` or ``docker`` build that manifest and config
+from the model (the weights and text blobs are the same blobs), store them as blobs (unnamed: the local
+name keeps pointing at the stored manifest, and gc removes the converted ones later) and send those. What a format cannot carry
 is reported in ``notes``.
 
 Orchestration: imports the core, the store and ``modelpkg.registry``.
@@ -39,20 +40,23 @@ WORKERS = 3
 
 def push(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
          client: RegistryClient | None = None, chunked: bool = False, workers: int = WORKERS,
-         format: str = "modelpack", notes: list[str] | None = None) -> Digest:
-    """Push the local model named ``ref`` to ``ref``'s registry and repository, in ``format`` (modelpack,
-    ollama or docker); returns the digest of the manifest the registry now has. What the format cannot
-    carry is appended to ``notes``."""
+         format: str | None = None, notes: list[str] | None = None) -> Digest:
+    """Push the local model named ``ref`` to ``ref``'s registry and repository, as stored or in ``format``
+    (modelpack, ollama or docker); returns the digest of the manifest the registry now has. What the format
+    cannot carry is appended to ``notes``."""
     progress = progress or NullProgress()
-    formats.check_format(format)
     entry, manifest = store.manifest(ref)
+    if format is not None:
+        formats.check_format(format)
+    if format == "modelpack" and formats.is_modelpack(manifest):
+        format = None  # already in that shape: the stored bytes go, as they are
     own = client is None
     client = client or client_for(ref, insecure=insecure)
     try:
         with store.session() as pins:
             pins.add(entry.digest)
             media_type = entry.media_type
-            if format == "modelpack":
+            if format is None:
                 data = store.read_blob(entry.digest)  # the exact bytes, checked against their digest
             else:
                 converted = convert(store, entry, manifest, format, pins)
@@ -112,7 +116,7 @@ def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descr
 
 
 def convert(store: Store, entry: RefEntry, manifest: Manifest, format: str, pins: Pins) -> formats.Converted:
-    """Build the model's ``format`` form (ollama or docker); its new small blobs go into the store, pinned."""
+    """Build the model's ``format`` form; its new small blobs go into the store, pinned."""
     from modelpkg import ggufmeta
 
     view = model_layers(manifest)
@@ -132,6 +136,8 @@ def convert(store: Store, entry: RefEntry, manifest: Manifest, format: str, pins
             data = formats.ollama_messages(loaded if isinstance(loaded, list) else [])
             messages = Descriptor(mt.OLLAMA_MESSAGES, store.put_bytes(data, pins), len(data))
         converted = formats.to_ollama(view, facts, messages)
+    elif format == "modelpack":
+        converted = formats.to_modelpack(view, facts, info.name)
     else:
         params = load_json(store.read_blob(view.params.digest), "the model's parameters") if view.params else {}
         template = view.chat_template

@@ -522,3 +522,36 @@ def test_run_verifies_the_derived_gguf_and_push_sends_it(registry, home, tiny_gg
     path.write_bytes(b"GGUF" + bytes(len(data) - 4))  # same size, other content
     result = run("run", name, "hi")
     assert result.exit_code != 0 and "corrupted" in result.stderr
+
+
+@pytest.mark.registry
+def test_a_pulled_ollama_model_pushes_as_stored_or_as_modelpack(registry, home, tiny_gguf):
+    config_bytes = (b'{"model_format":"gguf","model_family":"llama","model_families":["llama"],'
+                    b'"model_type":"64","file_type":"F16","architecture":"amd64","os":"linux"}\n')
+    source = publish(registry, "library/from-ollama", "v1", (mt.DOCKER_CONFIG, config_bytes), [
+        ("application/vnd.ollama.image.model", tiny_gguf.read_bytes()),
+        ("application/vnd.ollama.image.system", OLLAMA_SYSTEM),
+        ("application/vnd.ollama.image.params", OLLAMA_PARAMS),
+    ], media_type=mt.DOCKER_MANIFEST)
+    assert run("pull", source).exit_code == 0
+    stored = store().resolve(config.reference(source))
+    before = show(source)
+
+    mirror = f"{registry.host}/mirror/from-ollama:v1"  # as stored: the same bytes, the same digest
+    assert run("cp", source, mirror).exit_code == 0
+    result = run("push", "--json", mirror)
+    assert json.loads(result.stdout.splitlines()[-1])["digest"] == str(stored.digest)
+
+    converted = f"{registry.host}/acme/to-modelpack:v1"
+    assert run("cp", source, converted).exit_code == 0
+    assert run("push", "--format", "modelpack", converted).exit_code == 0
+    raw, content_type = registry_manifest(registry, "acme/to-modelpack", "v1", mt.OCI_MANIFEST)
+    doc = json.loads(raw)
+    assert (content_type, doc["artifactType"], doc["config"]["mediaType"]) == (
+        mt.OCI_MANIFEST, mt.MODELPACK_ARTIFACT, mt.MODELPACK_CONFIG)
+    assert [layer["annotations"][mt.ROLE] for layer in doc["layers"]] == ["model", "system", "params"]
+    assert run("rm", converted).exit_code == 0
+    assert run("pull", converted).exit_code == 0
+    after = show(converted)
+    same = ["architecture", "parameter_size", "quantization", "context_length", "system", "parameters", "model_path"]
+    assert {k: after[k] for k in same} == {k: before[k] for k in same}
