@@ -139,10 +139,8 @@ def signature_manifest(config: bytes, layers: Sequence[Descriptor], *, subject: 
     ``WriteSignaturesExperimentalOCI`` writes)."""
     config_type = mt.COSIGN_SIG_ARTIFACT if subject is not None else mt.OCI_CONFIG
     config_desc = Descriptor(config_type, Digest.of(config), len(config))
-    manifest = Manifest(mt.OCI_MANIFEST, config_desc, tuple(layers),
-                        artifact_type=mt.COSIGN_SIG_ARTIFACT if subject is not None else None, subject=subject)
-    return Manifest(manifest.media_type, config_desc, manifest.layers, manifest.artifact_type,
-                    manifest.annotations, manifest.subject, raw=canonical_json(manifest.to_json()))
+    return Manifest(mt.OCI_MANIFEST, config_desc, tuple(layers),
+                    artifact_type=mt.COSIGN_SIG_ARTIFACT if subject is not None else None, subject=subject)
 
 
 def merge_layers(existing: Sequence[Descriptor], new: Descriptor, replaces) -> tuple[Descriptor, ...]:
