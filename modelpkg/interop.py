@@ -26,11 +26,11 @@ from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, model_layers, parse_manifest
-from modelpkg.ollama_store import (OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, ollama_config,
-                                   ollama_layer_type, ollama_manifest, parse_ollama_name, place_file)
+from modelpkg.ollama_store import (OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name,
+                                   place_file)
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.reference import Reference, parse_reference
-from modelpkg.store import Store
+from modelpkg.store import RefEntry, Store
 
 LINK_CAVEAT = ("hard links share the file (its inode) with Ollama: an in-place edit of either would change both; "
                "Ollama never edits a blob in place (it writes new files and renames them), so this is safe in "
@@ -161,59 +161,30 @@ def ollama_name_for(ref: Reference) -> OllamaName:
     return name
 
 
-def _ollama_layers(manifest: Manifest) -> tuple[list[Descriptor], list[str]]:
-    """The layers in Ollama's order (createModel: weights, then template, system, licenses, params, messages)."""
-    layers = model_layers(manifest)
-    ordered: list[tuple[str, Descriptor]] = []
-    if layers.model is not None:
-        ordered.append(("model", layers.model))
-    ordered += [("adapter", d) for d in layers.adapters]
-    ordered += [("projector", d) for d in layers.projectors]
-    for role in ("template", "system"):
-        desc = getattr(layers, role)
-        if desc is not None:
-            ordered.append((role, desc))
-    ordered += [("license", d) for d in layers.licenses]
-    for role in ("params", "messages"):
-        desc = getattr(layers, role)
-        if desc is not None:
-            ordered.append((role, desc))
-    dropped = [d.title or str(d.digest) for d in layers.other]
-    return [Descriptor(ollama_layer_type(role), d.digest, d.size) for role, d in ordered], dropped
-
-
 def export_ollama(store: Store, ref: Reference, ollama: OllamaStore, *, as_name: str | None = None,
                   allow_link: bool = True, progress: Progress | None = None) -> OllamaExport:
-    """Write a model into an Ollama models folder: blobs first (verified), the manifest last."""
-    from modelpkg.models import describe
+    """Write a model into an Ollama models folder: blobs first (verified), the manifest last.
+
+    A manifest that is Ollama's already (imported from Ollama, pulled from registry.ollama.ai) is written as
+    it is; any other is converted by ``push.convert`` (``formats.to_ollama``: ConfigV2, vnd.ollama layers in
+    Ollama's order, messages in Ollama's field order), its new small blobs kept in the store."""
+    from modelpkg.push import convert
 
     progress = progress or NullProgress()
     oname = parse_ollama_name(as_name) if as_name else ollama_name_for(ref)
     with store.session() as pins:
         entry, manifest = store.manifest(ref)
-        pins.add(entry.digest, *(d.digest for d in manifest.blobs()))
-        if not any(layer_role(d) == "model" for d in manifest.layers):
-            raise InvalidInputError(f"{ref} has no GGUF weights layer; Ollama cannot run it")
-        dropped: list[str] = []
-        if is_ollama_manifest(manifest):
+        pins.add(entry.digest, *(d.digest for d in manifest.blobs()), *(made for _, made in entry.derived))
+        dropped: tuple[str, ...] = ()
+        if is_ollama_manifest(manifest) and not entry.derived:
             data, converted = manifest.to_bytes(), False
-            config_bytes = None
         else:
-            details = describe(store, ref)
-            config_bytes = ollama_config(architecture=details.architecture, param_size=details.parameters_size,
-                                         quantization=details.quantization)
-            layers, dropped = _ollama_layers(manifest)
-            config = Descriptor(mt.DOCKER_CONFIG, Digest.of(config_bytes), len(config_bytes))
-            data, converted = ollama_manifest(config, layers), True
-            manifest = parse_manifest(data)
+            result = convert(store, entry, manifest, "ollama", pins)
+            # the file as Ollama's create writes it (json.Encoder: a trailing newline; its push form has none)
+            data, converted, dropped = result.manifest_bytes + b"\n", True, result.dropped
+            manifest = result.manifest
         methods: dict[str, int] = {}
-        if config_bytes is not None:
-            ollama.put_bytes(config_bytes)
-            _count(methods, "copy")
-            blobs = list(manifest.layers)
-        else:
-            blobs = manifest.blobs()
-        for desc in blobs:
+        for desc in manifest.blobs():
             if not store.has_blob(desc.digest, desc.size):
                 raise StoreError(f"blob {desc.digest} of {ref} is missing from the store", "run 'modelpkg verify'")
             task = desc.digest.short
@@ -240,7 +211,27 @@ class SaveResult:
         return {"names": list(self.names), "blobs": self.blobs, "bytes": self.bytes}
 
 
-def _tree(store: Store, digest: Digest, media_type: str, size: int, out: dict[Digest, int], depth: int = 0) -> None:
+def _blob_size(store: Store, digest: Digest) -> int:
+    try:
+        return store.blob_path(digest).stat().st_size
+    except FileNotFoundError as e:
+        raise StoreError(f"blob {digest} is missing from the store", "run 'modelpkg verify'") from e
+    except OSError as e:
+        raise fsutil.os_error(e, store.blob_path(digest), "reading") from e
+
+
+def _entry_annotations(entry: RefEntry) -> dict[str, str]:
+    """The index annotations that travel with a name: its signatures kept with it, its derived blobs."""
+    out = {mt.REF_NAME: entry.name}
+    if entry.attached:
+        out[mt.ATTACHED] = " ".join(str(d) for d in entry.attached)
+    if entry.derived:
+        out[mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(entry.derived))
+    return out
+
+
+def _tree(store: Store, digest: Digest, media_type: str | None, size: int, out: dict[Digest, int],
+          depth: int = 0) -> None:
     """Every blob reachable from a manifest or index, with its size."""
     if digest in out:
         return
@@ -265,6 +256,10 @@ def save(store: Store, refs: list[Reference], out: BinaryIO, *, progress: Progre
             entry = store.resolve(ref)
             pins.add(entry.digest)
             _tree(store, entry.digest, entry.media_type, entry.size, blobs)
+            for signature in entry.attached:
+                _tree(store, signature, None, _blob_size(store, signature), blobs)
+            for _, made in entry.derived:  # e.g. the GGUF taken out of a KitOps tar: no unpacking on load
+                blobs.setdefault(made, _blob_size(store, made))
             entries.append(entry)
         pins.add(*blobs)
         for digest, size in blobs.items():
@@ -273,7 +268,7 @@ def save(store: Store, refs: list[Reference], out: BinaryIO, *, progress: Progre
                                  "run 'modelpkg verify', then pull the model again")
         index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
             {"mediaType": e.media_type, "digest": str(e.digest), "size": e.size,
-             "annotations": {mt.REF_NAME: e.name}} for e in entries]}
+             "annotations": _entry_annotations(e)} for e in entries]}
         index_json = json.dumps(index, indent=2).encode()
         written = archive.write_archive(out, index_json, [(d, s, store.blob_path(d)) for d, s in blobs.items()],
                                         progress)
@@ -323,6 +318,36 @@ def _check_tree(store: Store, contents: archive.ArchiveContents, desc: Descripto
         _check_tree(store, contents, child, depth + 1)
 
 
+def _extras(desc: Descriptor) -> tuple[tuple[Digest, ...], tuple[tuple[Digest, Digest], ...]]:
+    """modelpkg's own index annotations: signature manifests kept with the name, derived blobs."""
+    try:
+        attached = tuple(Digest.parse(t) for t in desc.annotations.get(mt.ATTACHED, "").split())
+        derived = []
+        for pair in desc.annotations.get(mt.DERIVED, "").split():
+            layer, _, made = pair.partition("=")
+            derived.append((Digest.parse(layer), Digest.parse(made)))
+    except InvalidInputError as e:
+        raise InvalidInputError(f"refusing the archive: a bad digest in index.json annotations: {e.message}") from e
+    return attached, tuple(derived)
+
+
+def _found(store: Store, contents: archive.ArchiveContents, digest: Digest, media_type: str | None) -> Descriptor:
+    """A descriptor for a blob the archive (or the store) holds; the archive must not name a missing one."""
+    size = contents.size_of(digest)
+    if size is None:
+        try:
+            size = store.blob_path(digest).stat().st_size
+        except OSError:
+            raise InvalidInputError(f"the archive lacks blob {digest}", "save the model again") from None
+    if media_type is None:  # a kept signature: read to learn what it is (a manifest, capped)
+        if size > MAX_MANIFEST_BYTES:
+            raise InvalidInputError(f"refusing the archive: manifest {digest} is {size} bytes")
+        path = contents.staged[digest][0] if digest in contents.staged else store.blob_path(digest)
+        parsed = parse_manifest(path.read_bytes())
+        media_type = parsed.media_type
+    return Descriptor(media_type, digest, size)
+
+
 def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference] = parse_reference,
          progress: Progress | None = None) -> LoadResult:
     """Bring in the models of an OCI layout archive read from ``inp`` (a stream; never held in memory).
@@ -339,18 +364,23 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
         index = parse_manifest(contents.index_json, mt.OCI_INDEX)
         if not isinstance(index, Index):
             raise InvalidInputError("the archive's index.json is not an OCI index")
-        named: list[tuple[Reference, Descriptor]] = []
+        named: list[tuple[Reference, Descriptor, tuple[Digest, ...], tuple[tuple[Digest, Digest], ...]]] = []
         unnamed = 0
         for desc in index.manifests:
             text = desc.annotations.get(mt.REF_NAME)
             if not text:
                 unnamed += 1
                 continue
-            named.append((resolve_name(text), desc))
+            attached, derived = _extras(desc)
+            named.append((resolve_name(text), desc, attached, derived))
         if not named:
             raise InvalidInputError("the archive names no model (no org.opencontainers.image.ref.name in index.json)")
-        for _, desc in named:
+        for _, desc, attached, derived in named:
             _check_tree(store, contents, desc)
+            for signature in attached:
+                _check_tree(store, contents, _found(store, contents, signature, None))
+            for _, made in derived:
+                _found(store, contents, made, "application/octet-stream")
         new_blobs = len(contents.staged)
         new_bytes = sum(size for _, size in contents.staged.values())
         with store.session() as pins:
@@ -361,11 +391,11 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
                 del contents.staged[digest]
             for digest in contents.present:
                 store.touch(digest)
-            for ref, desc in named:  # the names last
-                store.set_ref(ref, desc.digest, desc.media_type, desc.size)
+            for ref, desc, attached, derived in named:  # the names last
+                store.set_ref(ref, desc.digest, desc.media_type, desc.size, attached, derived)
     finally:
         contents.discard()
-    names = tuple(str(ref) for ref, _ in named)
+    names = tuple(str(ref) for ref, *_ in named)
     return LoadResult(names, tuple(n for n in names if n in existing), unnamed, new_blobs,
                       len(contents.present), new_bytes)
 
@@ -375,7 +405,7 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
 
 _DEFAULT_FILES = {"model": "model.gguf", "adapter": "adapter.gguf", "projector": "projector.gguf",
                   "template": "template", "system": "system.txt", "params": "params.json",
-                  "messages": "messages.json", "license": "LICENSE"}
+                  "messages": "messages.json", "license": "LICENSE", "chat_template": "chat_template.jinja"}
 _WEIGHTS = {"model", "adapter", "projector"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -418,8 +448,10 @@ class ExportFilesResult:
                           for f in self.files]}
 
 
-def _file_plan(manifest: Manifest) -> tuple[list[tuple[str, str | None, Descriptor]], list[str]]:
-    """(relative path, role, layer) for each layer worth writing, and notes about renamed or skipped ones."""
+def _file_plan(entry: RefEntry, manifest: Manifest, size_of: Callable[[Digest], int]) -> tuple[list[tuple[str, str | None, Descriptor]], list[str]]:
+    """(relative path, role, blob) for each layer worth writing, and notes about renamed or skipped ones.
+
+    A layer with a derived blob (the GGUF inside a KitOps tar) is written as that blob, under the role's name."""
     notes: list[str] = []
     used: set[str] = set()
     plan = []
@@ -427,8 +459,12 @@ def _file_plan(manifest: Manifest) -> tuple[list[tuple[str, str | None, Descript
         role = layer_role(layer)
         title = layer.title
         path = safe_relpath(title)
+        local = entry.local(layer.digest)
+        if local != layer.digest:
+            path, title = None, None
+            layer = Descriptor(layer.media_type, local, size_of(local))
         if path is None:
-            if role is None:
+            if role not in _DEFAULT_FILES:
                 why = f"unsafe file name {title[:80]!r}" if title else f"no file name ({layer.media_type[:60]})"
                 notes.append(f"layer {layer.digest.short}: {why}; skipped")
                 continue
@@ -471,7 +507,8 @@ def export_files(store: Store, ref: Reference, dest: Path, *, allow_link: bool =
     with store.session() as pins:
         entry, manifest = store.manifest(ref)
         pins.add(*(d.digest for d in manifest.blobs()))
-        plan, notes = _file_plan(manifest)
+        plan, notes = _file_plan(entry, manifest, lambda d: _blob_size(store, d))
+        pins.add(*(layer.digest for _, _, layer in plan))
         if dest.is_symlink():
             dest = dest.resolve()
         try:

@@ -10,9 +10,6 @@ Ollama never edits a blob in place: it writes a temp file and renames it, and de
 That is why sharing a blob's inode with modelpkg's store (a hard link) is safe in practice; a reflink, where
 the filesystem has one, shares only the blocks and is always safe.
 
-Also here: the Ollama manifest builder (Docker v2 manifest, ConfigV2 config, ``vnd.ollama.image.*`` layers
-in Ollama's order, encoded as Go's ``json.Encoder`` does). The builder functions are pure.
-
 Adapter: file I/O. Imports the pure core and ``fsutil``.
 """
 
@@ -27,7 +24,7 @@ from modelpkg import fsutil
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, InvalidReferenceError, NotFoundError
-from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, go_json, parse_manifest
+from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, parse_manifest
 from modelpkg.progress import NullProgress, Progress
 
 DEFAULT_HOST = "registry.ollama.ai"
@@ -40,17 +37,9 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _TAG = _MODEL
 
-_ROLE_TYPES = {
-    "model": mt.OLLAMA_MODEL,
-    "adapter": mt.OLLAMA_ADAPTER,
-    "projector": mt.OLLAMA_PROJECTOR,
-    "template": mt.OLLAMA_TEMPLATE,
-    "system": mt.OLLAMA_SYSTEM,
-    "params": mt.OLLAMA_PARAMS,
-    "messages": mt.OLLAMA_MESSAGES,
-    "license": mt.OLLAMA_LICENSE,
-}
-_OLLAMA_TYPES = frozenset(_ROLE_TYPES.values()) | {mt.OLLAMA_PROMPT, "application/vnd.ollama.image.draft"}
+_OLLAMA_TYPES = frozenset({mt.OLLAMA_MODEL, mt.OLLAMA_ADAPTER, mt.OLLAMA_PROJECTOR, mt.OLLAMA_TEMPLATE, mt.OLLAMA_PROMPT,
+                           mt.OLLAMA_SYSTEM, mt.OLLAMA_PARAMS, mt.OLLAMA_MESSAGES, mt.OLLAMA_LICENSE,
+                           "application/vnd.ollama.image.draft"})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,47 +108,13 @@ def check_ollama_name(name: OllamaName, original: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The Ollama manifest builder (pure): what Ollama's create writes (server/create.go, types/model/config.go)
+# Which manifests Ollama reads as they are (pure); building Ollama's form is ``modelpkg.formats``' job
 
 
 def is_ollama_manifest(manifest: Manifest) -> bool:
     """A manifest Ollama reads as it is: Docker v2, a ConfigV2 config, only ``vnd.ollama.image.*`` layers."""
     return (manifest.media_type == mt.DOCKER_MANIFEST and manifest.config.media_type == mt.DOCKER_CONFIG
             and all(layer.media_type in _OLLAMA_TYPES for layer in manifest.layers))
-
-
-def ollama_layer_type(role: str) -> str:
-    return _ROLE_TYPES[role]
-
-
-def _go_value(value) -> str:
-    return go_json(value).decode("utf-8").rstrip("\n")
-
-
-def ollama_config(*, architecture: str, param_size: str, quantization: str) -> bytes:
-    """ConfigV2 in the Go struct's field order, encoded by ``json.Encoder`` (compact, trailing newline)."""
-    fields = [
-        ("model_format", "gguf"),
-        ("model_family", architecture),
-        ("model_families", [architecture] if architecture else None),
-        ("model_type", param_size),
-        ("file_type", quantization),
-        ("architecture", "amd64"),  # "required by spec" in Ollama; it is not the model's architecture
-        ("os", "linux"),
-    ]
-    return ("{" + ",".join(f"{_go_value(k)}:{_go_value(v)}" for k, v in fields) + "}\n").encode("utf-8")
-
-
-def _descriptor_json(desc: Descriptor) -> str:
-    return "{" + ",".join(f"{_go_value(k)}:{_go_value(v)}" for k, v in (
-        ("mediaType", desc.media_type), ("digest", str(desc.digest)), ("size", desc.size))) + "}"
-
-
-def ollama_manifest(config: Descriptor, layers: list[Descriptor]) -> bytes:
-    """Ollama's manifest bytes: struct field order (schemaVersion, mediaType, config, layers), trailing newline."""
-    return ('{"schemaVersion":2,"mediaType":' + _go_value(mt.DOCKER_MANIFEST)
-            + ',"config":' + _descriptor_json(config)
-            + ',"layers":[' + ",".join(_descriptor_json(layer) for layer in layers) + "]}\n").encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -191,3 +191,37 @@ def test_cli_export(home, tiny_model, tmp_path):
     result = CliRunner().invoke(cli, ["export", "nope", str(tmp_path / "y")])
     assert result.exit_code == 4 and "model not found" in result.stderr
     assert make_gguf  # the conftest helper is importable here too
+
+
+@pytest.mark.registry
+def test_a_kitops_model_exports_saves_and_loads_with_its_gguf(home, tmp_path, tiny_gguf, registry, monkeypatch):
+    """A KitOps ModelKit's weights are a tar; the GGUF pulled out of it (a derived blob) is what export and
+    export-ollama write, and save/load carry it with the name."""
+    import io
+    import tarfile
+
+    from modelpkg.digest import Digest
+    from modelpkg.interop import export_ollama, load, save
+    from modelpkg.manifest import parse_manifest
+    from modelpkg.ollama_store import OllamaStore
+    from test_formats import member, publish_kitops, tar_bytes
+
+    data = tiny_gguf.read_bytes()
+    model_tar = tar_bytes([(member("models", tarfile.DIRTYPE), None), (member("models/tiny.gguf"), data)], False)
+    name = publish_kitops(registry, "acme/kit-export", model_tar, False)
+    assert CliRunner().invoke(cli, ["pull", name]).exit_code == 0
+    ref = config.reference(name)
+    result = export_files(_store(), ref, tmp_path / "files")
+    assert (tmp_path / "files/model.gguf").read_bytes() == data
+    assert [f.digest for f in result.files if f.role == "model"] == [Digest.of(data)]
+    exported = export_ollama(_store(), ref, OllamaStore(tmp_path / "ollama"), as_name="kit:v1")
+    manifest = parse_manifest(exported.manifest_path.read_bytes())
+    assert manifest.layers[0].media_type == mt.OLLAMA_MODEL and manifest.layers[0].digest == Digest.of(data)
+    out = io.BytesIO()
+    save(_store(), [ref], out)
+    monkeypatch.setenv("MODELPKG_HOME", str(tmp_path / "second"))
+    load(_store(), io.BytesIO(out.getvalue()))
+    entry = _store().resolve(ref)
+    assert entry.derived == ((Digest.of(model_tar), Digest.of(data)),)
+    assert describe(_store(), ref).model_path.read_bytes() == data
+    assert _store().verify() == []

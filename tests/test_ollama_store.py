@@ -23,7 +23,7 @@ from modelpkg.errors import IntegrityError, InvalidReferenceError, NotFoundError
 from modelpkg.interop import export_ollama, import_ollama
 from modelpkg.manifest import go_json, parse_manifest
 from modelpkg.models import describe
-from modelpkg.ollama_store import (OllamaName, OllamaStore, ollama_config, parse_ollama_name)
+from modelpkg.ollama_store import OllamaName, OllamaStore, parse_ollama_name
 from modelpkg.store import Store
 
 TEMPLATE = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"
@@ -111,12 +111,6 @@ def test_invalid_ollama_names_are_refused(text):
 def test_short_names_drop_the_defaults_only():
     assert OllamaName("registry.ollama.ai", "library", "tiny", "latest").short() == "tiny:latest"
     assert OllamaName("hf.co", "acme", "m", "q4").short() == "hf.co/acme/m:q4"
-
-
-def test_config_is_encoded_as_ollamas_go_struct():
-    assert ollama_config(architecture="llama", param_size="8.0B", quantization="Q4_K_M") == (
-        b'{"model_format":"gguf","model_family":"llama","model_families":["llama"],"model_type":"8.0B",'
-        b'"file_type":"Q4_K_M","architecture":"amd64","os":"linux"}\n')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,7 +225,9 @@ def test_export_writes_ollamas_layout_and_format(home, tiny_model, tmp_path, no_
     assert _modes(target) == {("d", 0o755), ("f", 0o644)}
     weights = target / "blobs" / f"sha256-{manifest.layers[0].digest.hex}"
     assert weights.stat().st_ino == _store().blob_path(manifest.layers[0].digest).stat().st_ino
-    assert result.methods == {"copy": 1, "link": 6}
+    assert result.methods == {"link": 7}  # the config and re-encoded messages are kept in the store too
+    messages = (target / "blobs" / f"sha256-{manifest.layers[5].digest.hex}").read_bytes()
+    assert messages == b'[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]\n'  # Ollama's order
     assert [p.name for p in (target / "blobs").iterdir() if not p.name.startswith("sha256-")] == []
 
 
