@@ -724,7 +724,12 @@ class App:
         if not self._exists(ref):
             raise ApiError(404, f"model '{name}' not found")
         insecure = bool(body.get("insecure"))
-        self._progress_job(req, body, lambda p: push(self.store, ref, progress=p, insecure=insecure))
+
+        def work(progress: Progress) -> None:
+            progress.message("retrieving manifest")
+            push(self.store, ref, progress=progress, insecure=insecure)
+
+        self._progress_job(req, body, work)
 
     def create(self, req: Request) -> None:
         from modelpkg.create import create
