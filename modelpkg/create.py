@@ -121,15 +121,18 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins
     except InvalidInputError as e:
         raise ModelfileError(f"FROM {value}: not a file, and not a valid model name ({e.message})", line) from e
     try:
-        _, manifest = store.manifest(base_ref)
+        entry, manifest = store.manifest(base_ref)
     except NotFoundError as e:
         raise ModelfileError(f"FROM {value}: no such file, and no model {base_ref.short()} in the store", line,
                              "check the path (relative to the Modelfile's folder) or pull the model first") from e
     base = model_layers(manifest)
     if base.model is None:
         raise ModelfileError(f"FROM {value}: that model has no GGUF weights layer", line)
-    pins.add(*(blob.digest for blob in manifest.layers))
-    return base, ggufmeta.read_info(store.blob_path(base.model.digest))
+    weights = entry.local(base.model.digest)
+    pins.add(*(blob.digest for blob in manifest.layers), weights)
+    if weights != base.model.digest:  # a derived GGUF (from a KitOps tar): the new model uses it directly
+        base = replace(base, model=Descriptor(mt.MODELPACK_WEIGHT, weights, store.blob_path(weights).stat().st_size))
+    return base, ggufmeta.read_info(store.blob_path(weights))
 
 
 def _looks_like_path(value: str) -> bool:
@@ -190,6 +193,8 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
         layers.append(_as_role(base.messages, "messages"))
     layers += [_as_role(lic, "license") for lic in base.licenses]
     layers += [_text_layer(store, "license", text.encode(), pins) for text in parsed.licenses]
+    if base.chat_template is not None:  # a Jinja template layer (from Docker Model Runner) is kept
+        layers.append(_as_role(base.chat_template, "chat_template"))
     return layers
 
 

@@ -555,3 +555,23 @@ def test_a_pulled_ollama_model_pushes_as_stored_or_as_modelpack(registry, home, 
     after = show(converted)
     same = ["architecture", "parameter_size", "quantization", "context_length", "system", "parameters", "model_path"]
     assert {k: after[k] for k in same} == {k: before[k] for k in same}
+
+
+@pytest.mark.registry
+def test_create_from_a_kitops_or_dmr_model_keeps_the_gguf_and_the_jinja_template(registry, home, tiny_gguf, tmp_path):
+    data = tiny_gguf.read_bytes()
+    kit = publish_kitops(registry, "acme/kit-base", tar_bytes([(member("tiny.gguf"), data)]), True)
+    dmr = publish(registry, "ai/dmr-base", "v1", (mt.DMR_CONFIG, b'{"config":{"format":"gguf"}}'), [
+        ("application/vnd.docker.ai.gguf.v3", data),
+        ("application/vnd.docker.ai.chat.template.jinja", JINJA.encode()),
+    ])
+    for base in (kit, dmr):
+        assert run("pull", base).exit_code == 0
+        modelfile = tmp_path / "Modelfile"
+        modelfile.write_text(f"FROM {base}\nSYSTEM derived\n")
+        result = run("create", "derived", "-f", str(modelfile))
+        assert result.exit_code == 0, result.stderr
+        got = show("derived")
+        assert Path(got["model_path"]).read_bytes() == data and got["system"] == "derived"
+        assert got["chat_template"] == (JINJA if base == dmr else None)
+        assert got["architecture"] == "llama"
