@@ -27,8 +27,7 @@ from modelpkg import config, formats
 from modelpkg import mediatypes as mt
 from modelpkg.cli import cli
 from modelpkg.digest import Digest
-from modelpkg.errors import InvalidInputError
-from modelpkg.manifest import Descriptor, go_json, model_layers, parse_manifest
+from modelpkg.manifest import Descriptor, go_json, parse_manifest
 from modelpkg.pull import pull
 from modelpkg.push import push
 from modelpkg.store import Store
