@@ -54,6 +54,9 @@ def _client(ref, insecure: bool, ca_bundle: str | None):
 def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None, as_json: bool) -> None:
     """Pull a model from a registry, by tag or by digest.
 
+    Any dialect: CNCF ModelPack (modelpkg's own), Ollama's, Docker Model Runner's, a plain ORAS artifact
+    whose layer is a .gguf file, or a KitOps ModelKit (its GGUF is extracted from the model tar).
+
     Blobs already in the store are not downloaded again, and an interrupted pull resumes where it
     stopped. Credentials come from 'modelpkg login', Docker's or podman's config, or
     MODELPKG_REGISTRY_USER / MODELPKG_REGISTRY_PASSWORD.
