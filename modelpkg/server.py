@@ -65,6 +65,7 @@ from modelpkg.runner import LoadOptions, Result, Runner, load_options, sampling_
 from modelpkg.store import Store
 
 DEFAULT_KEEP_ALIVE = 300.0   # seconds: Ollama's OLLAMA_KEEP_ALIVE default, 5m
+MAX_LOADED = 3               # models in memory at once (Ollama's OLLAMA_MAX_LOADED_MODELS on a CPU)
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is refused (blobs are streamed instead)
 FOREVER = None               # keep_alive < 0
 
@@ -284,6 +285,8 @@ class Loaded:
     embedder: Runner | None = None
     expires: float | None = 0.0  # monotonic deadline; None = never
     users: int = 0
+    last_used: float = 0.0
+    n_ctx: int = 0               # the loaded context (read by /api/ps without touching a runner)
     load_duration: float = 0.0   # seconds spent loading during the current request
 
     def load(self, wanted: LoadOptions) -> Runner:
@@ -293,6 +296,7 @@ class Loaded:
             self.runner = None
         if self.runner is None:
             self.runner = Runner.load(wanted)
+            self.n_ctx = self.runner.n_ctx
             self.load_duration += self.runner.load_duration
         return self.runner
 
@@ -303,6 +307,7 @@ class Loaded:
             self.embedder = None
         if self.embedder is None:
             self.embedder = Runner.load(wanted, embedding=True)
+            self.n_ctx = self.n_ctx or self.embedder.n_ctx
             self.load_duration += self.embedder.load_duration
         return self.embedder
 
@@ -311,18 +316,24 @@ class Loaded:
         return self.runner is not None or self.embedder is not None
 
     def close(self) -> None:
-        for runner in (self.runner, self.embedder):
+        runners = (self.runner, self.embedder)
+        self.runner = self.embedder = None  # first, so a concurrent /api/ps no longer lists it
+        self.n_ctx = 0
+        for runner in runners:
             if runner is not None:
                 runner.close()
-        self.runner = self.embedder = None
 
 
 class ModelCache:
     """The models in memory, by full name. ``use`` queues a request on its model's lock; after it the
-    model stays for its keep_alive, and the reaper unloads it when that has passed and nobody uses it."""
+    model stays for its keep_alive, and the reaper unloads it when that has passed and nobody uses it.
+    At most ``max_loaded`` models stay in memory: loading one more first unloads the least recently used
+    idle one (Ollama's scheduler does the same when its limit is reached)."""
 
-    def __init__(self, default_keep_alive: float | None = DEFAULT_KEEP_ALIVE, clock=time.monotonic):
+    def __init__(self, default_keep_alive: float | None = DEFAULT_KEEP_ALIVE, clock=time.monotonic,
+                 max_loaded: int = MAX_LOADED):
         self.default_keep_alive = default_keep_alive
+        self.max_loaded = max_loaded
         self._clock = clock
         self._entries: dict[str, Loaded] = {}
         self._retired: list[Loaded] = []  # replaced by a newer model of their name; closed when free
@@ -347,9 +358,12 @@ class ModelCache:
         try:
             with entry.lock:
                 entry.load_duration = 0.0
+                if not entry.in_memory:
+                    self._make_room(entry)
                 try:
                     yield entry
                 finally:
+                    entry.last_used = self._clock()
                     entry.expires = None if seconds is FOREVER else self._clock() + seconds
                     if seconds == 0:
                         entry.close()
@@ -359,6 +373,20 @@ class ModelCache:
                 if not entry.in_memory and entry.users == 0 and self._entries.get(entry.name) is entry:
                     del self._entries[entry.name]
             self._wake.set()
+
+    def _make_room(self, newcomer: Loaded) -> None:
+        """Unload idle models, least recently used first, until ``newcomer`` fits under ``max_loaded``."""
+        with self._guard:
+            others = [e for e in self._entries.values() if e is not newcomer and e.in_memory]
+        for entry in sorted(others, key=lambda e: e.last_used):
+            if len(others) < self.max_loaded:
+                return
+            if entry.users == 0 and entry.lock.acquire(blocking=False):
+                try:
+                    entry.close()
+                    others.remove(entry)
+                finally:
+                    entry.lock.release()
 
     def loaded(self) -> list[tuple[Loaded, float | None]]:
         """The models in memory and their expiry as a wall-clock time (None: never)."""
@@ -616,11 +644,10 @@ class App:
         models = []
         for entry, expires in self.cache.loaded():
             details, short = entry.details, display_name(entry.name)
-            n_ctx = entry.runner.n_ctx if entry.runner is not None else (entry.embedder.n_ctx if entry.embedder else 0)
             models.append({"name": short, "model": short, "size": details.size, "digest": details.digest.hex,
                            "details": self._model_details_json(details),
                            "expires_at": iso_time(expires) if expires is not None else "2318-11-25T00:00:00Z",
-                           "size_vram": 0, "context_length": n_ctx})
+                           "size_vram": 0, "context_length": entry.n_ctx})
         req.send_json({"models": models})
 
     def show(self, req: Request) -> None:

@@ -219,6 +219,17 @@ def test_ps_and_keep_alive(client, served):
     assert f"{BASE}:latest" not in {m.model for m in client.ps().models}
 
 
+def test_least_recently_used_model_makes_room(client, served):
+    cache = served.app.cache
+    saved, cache.max_loaded = cache.max_loaded, 1
+    try:
+        client.generate(BASE, "Hi", options=FAST)
+        client.chat(CHAT, [{"role": "user", "content": "Hi"}], options=FAST)
+        assert [m.model for m in client.ps().models] == [f"{CHAT}:latest"]
+    finally:
+        cache.max_loaded = saved
+
+
 def test_concurrent_requests_are_queued(client):
     expected = client.generate(BASE, PRIMARY, options=FAST).response
     results: list[str] = []
