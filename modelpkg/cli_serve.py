@@ -5,9 +5,11 @@ CLI layer: parses options, builds the server, runs it until Ctrl-C.
 
 from __future__ import annotations
 
+import signal
+
 import click
 
-from modelpkg.cli import open_store, parse_duration
+from modelpkg.cli import open_store
 from modelpkg.errors import UsageError
 
 
@@ -21,8 +23,10 @@ from modelpkg.errors import UsageError
                    "(or set MODELPKG_SERVE_TOKEN).")
 @click.option("--keep-alive", "keep_alive", default="5m", show_default=True, metavar="DURATION",
               help="How long a model stays loaded after a request when the request does not say "
-                   "(seconds, or 30s, 5m, 1h; -1 forever; 0 unloads at once).")
-def serve(host: str, port: int, token: str | None, keep_alive: str) -> None:
+                   "(seconds, or a Go duration: 30s, 5m, 1h30m; -1 forever; 0 unloads at once).")
+@click.option("--max-loaded", "max_loaded", default=3, type=click.IntRange(1), show_default=True, metavar="N",
+              help="Models kept in memory at once; loading one more unloads the least recently used idle one.")
+def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: int) -> None:
     """Serve the store over Ollama's API and OpenAI's /v1 API.
 
     Ollama's clients, Open WebUI and OpenAI's SDKs work unchanged against it. Models load on first use
@@ -36,17 +40,18 @@ def serve(host: str, port: int, token: str | None, keep_alive: str) -> None:
       curl http://127.0.0.1:11434/api/tags
       OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
     """
-    from modelpkg.server import make_server, stderr_log
+    from modelpkg.server import make_server, parse_keep_alive, stderr_log
 
-    text = keep_alive.strip()
-    seconds = None if text.startswith("-") else parse_duration(text)
+    seconds = parse_keep_alive(keep_alive)  # seconds or a Go duration (1h30m); negative: forever
     store = open_store()
     store.init()
     try:
-        server = make_server(store, host, port, token=token, keep_alive=seconds, log=stderr_log)
+        server = make_server(store, host, port, token=token, keep_alive=seconds, max_loaded=max_loaded,
+                             log=stderr_log)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "is another server (ollama serve?) using the port? pick another with --port") from e
+    signal.signal(signal.SIGTERM, _stop)  # a service manager's stop: unload and leave as Ctrl-C does
     click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
                + (" with a bearer token" if token else ""), err=True)
     try:
@@ -55,3 +60,7 @@ def serve(host: str, port: int, token: str | None, keep_alive: str) -> None:
         click.echo("modelpkg serve: stopping", err=True)
     finally:
         server.close()
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -521,10 +521,10 @@ class App:
     """The API: routes requests to handlers that use the store and the model cache."""
 
     def __init__(self, store: Store, *, token: str | None = None, keep_alive: float | None = DEFAULT_KEEP_ALIVE,
-                 log: Callable[[str], None] | None = None):
+                 max_loaded: int = MAX_LOADED, log: Callable[[str], None] | None = None):
         self.store = store
         self.token = token or None
-        self.cache = ModelCache(keep_alive)
+        self.cache = ModelCache(keep_alive, max_loaded=max_loaded)
         self.log = log or (lambda line: None)
         self.events: list[Event] = []  # the last generations (at most 100)
         self._events_lock = threading.Lock()
@@ -1098,6 +1098,11 @@ class App:
                        "usage": {"prompt_tokens": count, "total_tokens": count}})
 
 
+def _compact(obj: Any) -> str:
+    """JSON as Go's encoder writes it: no spaces, UTF-8 kept."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
 def _normalised(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
@@ -1202,7 +1207,7 @@ class Request:
             self._send(data)
 
     def send_json(self, obj: Any, status: int = 200) -> None:
-        self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+        self.send_bytes(status, _compact(obj).encode(), "application/json; charset=utf-8")
 
     def send_text(self, text: str) -> None:
         self.send_bytes(200, text.encode(), "text/plain; charset=utf-8")
@@ -1235,10 +1240,10 @@ class Request:
         self._send(b"%x\r\n%s\r\n" % (len(data), data))
 
     def write_json_line(self, obj: Any) -> None:
-        self._chunk(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+        self._chunk(_compact(obj).encode() + b"\n")
 
     def write_event(self, obj: Any) -> None:
-        self.write_raw_event(json.dumps(obj, ensure_ascii=False))
+        self.write_raw_event(_compact(obj))
 
     def write_raw_event(self, text: str) -> None:
         self._chunk(f"data: {text}\n\n".encode())
@@ -1354,9 +1359,10 @@ class ApiServer(ThreadingHTTPServer):
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
-                keep_alive: float | None = DEFAULT_KEEP_ALIVE, log: Callable[[str], None] | None = None) -> ApiServer:
+                keep_alive: float | None = DEFAULT_KEEP_ALIVE, max_loaded: int = MAX_LOADED,
+                log: Callable[[str], None] | None = None) -> ApiServer:
     """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it)."""
-    app = App(store, token=token, keep_alive=keep_alive, log=log)
+    app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log)
     if ":" in host:
         class _V6(ApiServer):
             address_family = socket.AF_INET6

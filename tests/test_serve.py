@@ -421,6 +421,11 @@ def test_serve_command_runs_and_stops_on_ctrl_c(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", "0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    assert "listening" in proc.stderr.readline()
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0 and "stopping" in proc.stderr.read()
 
 
 def test_serve_command_help():
