@@ -453,14 +453,21 @@ class RegistryClient:
         The digest is checked against the reference when it is one, else against ``Docker-Content-Digest``.
         """
         name = name or f"{self.host}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-        response = self.request("GET", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull"),),
-                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
-        if response.status_code != 200:
-            self.raise_for(response, kind="model", name=name)
-        try:
-            data = _read_capped(response, MAX_MANIFEST_BYTES)
-        finally:
-            response.close()
+        for attempt in range(self.retries + 1):
+            response = self.request("GET", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull"),),
+                                    headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+            if response.status_code != 200:
+                self.raise_for(response, kind="model", name=name)
+            try:
+                data = _read_capped(response, MAX_MANIFEST_BYTES)
+                break
+            except (requests.RequestException, OSError, _urllib3_errors()) as e:  # the body broke off: ask again
+                if attempt == self.retries:
+                    raise NetworkError(f"the manifest of {name} kept arriving incomplete: {_reason(e)}",
+                                       "check the network and the registry, then run the command again") from e
+                self._sleep(self._backoff(attempt))
+            finally:
+                response.close()
         if data is None:
             raise RegistryError(f"the manifest of {name} is larger than {MAX_MANIFEST_BYTES} bytes",
                                 "modelpkg refuses oversized manifests", code="MANIFEST_INVALID", status=200)
@@ -527,12 +534,15 @@ class RegistryClient:
         name = f"{self.host}/{repo}@{desc.digest}"
         url = self.url(repo, "blobs", str(desc.digest))
         scopes = (scope(repo, "pull"),)
-        failures = 0
+        failures = 0  # interruptions in a row that added no byte: a stream that keeps moving is resumed
         mismatches = 0
         counted = [0]  # bytes reported to progress: set back to the kept prefix after an interruption
         progress = _CountingProgress(progress, counted)
+        best = -1
         while True:
             offset, hasher = _resume_state(dest_partial, desc.size)
+            if offset > best:
+                best, failures = offset, 0
             if offset != counted[0]:
                 progress.advance(task, offset - counted[0])
             try:
@@ -833,6 +843,12 @@ def _error_body(response: requests.Response) -> tuple[str | None, str]:
         return code, " ".join(message.split())[:200]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
         return None, ""
+
+
+def _urllib3_errors() -> type[Exception]:
+    from urllib3.exceptions import HTTPError
+
+    return HTTPError
 
 
 def _read_capped(response: requests.Response, limit: int) -> bytes | None:
