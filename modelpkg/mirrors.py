@@ -137,7 +137,7 @@ def parse_config(text: str, origin: str = "config.toml") -> MirrorConfig:
     tomllib = _tomllib()
     try:
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
         raise InvalidInputError(f"{origin}: not valid TOML: {e}", _HINT) from e
     entries = document.get("registry", [])
     if not isinstance(entries, list):

@@ -331,7 +331,7 @@ def parse_policy(text: str, source: str = "policy.toml") -> Policy:
     """Parse a policy file's text; every mistake is an ``InvalidInputError`` naming ``source``."""
     try:
         obj = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
         raise InvalidInputError(f"{source}: {e}", "see 'modelpkg verify-signature --help' for the format") from e
     entries = obj.get("trust", [])
     if not isinstance(entries, list):
