@@ -22,7 +22,6 @@ Adapter: files, environment and subprocesses. Imports ``modelpkg.errors``, ``mod
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import re
@@ -93,7 +92,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise InvalidInputError(f"{path} is too large to be a credentials file")
     try:
         obj = json.loads(data.decode("utf-8") or "{}")
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: deeply nested arrays
         raise InvalidInputError(f"{path} is not valid JSON", "fix or remove the file") from e
     return obj if isinstance(obj, dict) else None
 
@@ -116,7 +115,7 @@ def _decode_entry(entry: dict[str, Any], source: str) -> Credential | None:
     if isinstance(encoded, str) and encoded:
         try:
             text = base64.b64decode(encoded, validate=False).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as e:
+        except ValueError as e:  # binascii.Error, UnicodeDecodeError, or non-ASCII text given to b64decode
             raise InvalidInputError(f"the credentials for a registry in {source} are not valid base64",
                                     "log in again") from e
         username, _, password = text.partition(":")
