@@ -31,6 +31,7 @@ from modelpkg.errors import AuthError, RegistryError
 from modelpkg.registry.credentials import Credential
 
 DEFAULT_EXPIRY = 60  # token.md: "if not specified, the token lasts 60 seconds"
+MAX_EXPIRY = 86400  # a longer (or infinite) expires_in is taken as a day
 MAX_TOKEN_BYTES = 1024 * 1024
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data", "metadata.azure.internal"}
 _METADATA_IPS = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
@@ -154,7 +155,12 @@ def parse_challenges(header: str) -> list[Challenge]:
 # the realm guard
 
 def check_realm(realm: str, *, registry_secure: bool, resolve=socket.getaddrinfo) -> None:
-    parts = urlsplit(realm)
+    try:
+        parts = urlsplit(realm)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        raise AuthError(f"the registry's token service URL is not valid: {e}",
+                        "the registry is misconfigured or not trustworthy") from e
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
         raise AuthError(f"the registry's token service {_safe_url(realm)} is not an http(s) URL",
@@ -322,7 +328,7 @@ class Authenticator:
             raise RegistryError(f"the token service of {self.host} sent an answer over {MAX_TOKEN_BYTES} bytes")
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested arrays
             raise RegistryError(f"the token service of {self.host} sent an answer that is not JSON") from e
         token = obj.get("token") or obj.get("access_token") if isinstance(obj, dict) else None
         if not isinstance(token, str) or not token:
@@ -330,5 +336,6 @@ class Authenticator:
         if isinstance(obj.get("refresh_token"), str) and obj["refresh_token"]:
             self._refresh_token = obj["refresh_token"]
         expires = obj.get("expires_in")
-        lifetime = float(expires) if isinstance(expires, (int, float)) and expires > 0 else DEFAULT_EXPIRY
+        # bounded: a 400-digit integer would overflow float(), infinity would never expire
+        lifetime = float(min(expires, MAX_EXPIRY)) if isinstance(expires, (int, float)) and expires > 0 else DEFAULT_EXPIRY
         return token, lifetime
