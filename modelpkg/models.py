@@ -159,7 +159,7 @@ def _config_info(config: Any) -> dict[str, Any]:
 
 def _annotated_int(layer: Descriptor | None, key: str) -> int | None:
     value = layer.annotations.get(key, "") if layer is not None else ""
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None  # not "²", which isdigit() but int() refuses
 
 
 def _gguf_info(path: Path) -> dict[str, Any]:
