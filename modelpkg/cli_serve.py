@@ -51,10 +51,10 @@ def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: 
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "is another server (ollama serve?) using the port? pick another with --port") from e
-    signal.signal(signal.SIGTERM, _stop)  # a service manager's stop: unload and leave as Ctrl-C does
-    click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
-               + (" with a bearer token" if token else ""), err=True)
-    try:
+    try:  # from here on, Ctrl-C or SIGTERM (a service manager's stop) unloads the models and exits 0
+        signal.signal(signal.SIGTERM, _stop)
+        click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
+                   + (" with a bearer token" if token else ""), err=True)
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         click.echo("modelpkg serve: stopping", err=True)
