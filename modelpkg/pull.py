@@ -10,7 +10,9 @@ The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md s
    while it arrives and moved into place atomically. A per-digest file lock (``ingest/<hex>.lock``) keeps
    two processes from downloading one blob at once: the second finds it present;
 3. write the manifest and its name last (``store.tag``): a failure at any step leaves the old name as it
-   was, and a blob already present is never fetched again (a pull of an unchanged model is one request).
+   was, and a blob already present is never fetched again (a pull of an unchanged model is one request),
+   unless it is damaged: a blob changed since it was last verified (``Store.has_good_blob``) is re-hashed,
+   and fetched again when it no longer matches its digest.
 
 Where each blob came from is remembered (``ingest/origins/<host>.json``), so a later push to another
 repository on that registry can mount it instead of uploading it.
@@ -142,7 +144,7 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
     missing = []
     for blob in blobs:
         task = blob.digest.short
-        if store.has_blob(blob.digest, blob.size):
+        if store.has_good_blob(blob.digest, blob.size):  # re-hashed unless verified unchanged since
             store.touch(blob.digest)
             progress.start(task, blob.size, f"pulling {task}")
             progress.advance(task, blob.size)
@@ -182,7 +184,7 @@ def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor
     except OSError as e:
         raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
     try:
-        if store.has_blob(blob.digest, blob.size):
+        if store.has_good_blob(blob.digest, blob.size):
             store.touch(blob.digest)  # another process finished it while we waited
             progress.finish(task, "exists")
             return

@@ -263,13 +263,74 @@ class Store:
             fsutil.fsync_dir(self.blobs_dir)
         except OSError as e:
             raise fsutil.os_error(e, target, "storing") from e
+        self.mark_verified(digest)  # hashed on the way in
+
+    # ----------------------------------------------------------------------------------------------------
+    # verified markers: ``ingest/verified/<hex>`` holds "size mtime_ns inode" of the blob when it was last
+    # hashed and found right (the stamp run's weights check writes too). A write to the file changes its
+    # mtime, so a stale marker means "hash it again before trusting it"; verify removes the marker of a bad blob.
+
+    def _verified_marker(self, digest: Digest) -> Path:
+        return self.ingest_dir / "verified" / digest.hex
+
+    def _stamp(self, digest: Digest) -> str | None:
+        try:
+            st = self.blob_path(digest).stat()
+        except OSError:
+            return None
+        return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+    def mark_verified(self, digest: Digest) -> None:
+        """Record that the blob as it is now matches its digest (best effort: a read-only store re-hashes)."""
+        stamp = self._stamp(digest)
+        if stamp is None:
+            return
+        try:
+            self._verified_marker(digest).parent.mkdir(parents=True, exist_ok=True)
+            fsutil.atomic_write(self._verified_marker(digest), stamp.encode(), self.ingest_dir)
+        except (OSError, StoreError):
+            pass
+
+    def forget_verified(self, digest: Digest) -> None:
+        try:
+            os.unlink(self._verified_marker(digest))
+        except OSError:
+            pass
+
+    def has_good_blob(self, digest: Digest, size: int) -> bool:
+        """The blob is present with ``size`` and matches its digest: trusted when its verified marker is
+        fresh (one stat and one small read), re-hashed otherwise (then marked, or its marker dropped)."""
+        stamp = self._stamp(digest)
+        if stamp is None or int(stamp.split()[0]) != size:
+            return False
+        try:
+            if self._verified_marker(digest).read_text() == stamp:
+                return True
+        except OSError:
+            pass
+        try:
+            actual, _ = fsutil.hash_file(self.blob_path(digest))
+        except OSError:
+            return False
+        if actual != digest:
+            self.forget_verified(digest)
+            return False
+        self.mark_verified(digest)
+        return True
 
     def touch(self, digest: Digest) -> None:
-        """Refresh a blob's mtime: gc's grace period counts from the last time an operation used it."""
+        """Refresh a blob's mtime: gc's grace period counts from the last time an operation used it.
+        A fresh verified marker is carried over (the content did not change)."""
+        try:
+            fresh = self._verified_marker(digest).read_text() == self._stamp(digest)
+        except OSError:
+            fresh = False
         try:
             os.utime(self.blob_path(digest))
         except OSError:
-            pass
+            return
+        if fresh:
+            self.mark_verified(digest)
 
     def partial_path(self, digest: Digest) -> Path:
         """Where an interrupted download of ``digest`` is kept for resuming."""
@@ -491,6 +552,7 @@ class Store:
     def _delete(self, plan: GCPlan) -> None:
         for digest, _ in plan.blobs:
             _unlink(self.blob_path(digest))
+            self.forget_verified(digest)
         for path, _ in plan.partials:
             _unlink(path)
 
@@ -521,6 +583,9 @@ class Store:
                 continue
             if actual != digest:
                 problems.append((digest, f"content has digest {actual}"))
+                self.forget_verified(digest)  # the next pull re-hashes it, and fetches it again
+            else:
+                self.mark_verified(digest)
         return problems
 
 
