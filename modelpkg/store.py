@@ -604,7 +604,10 @@ class Pins:
         self.path = fsutil.temp_name(store.pins_dir, "pin").with_suffix(".json")
         self.digests: set[Digest] = set()
         self._lock = FileLock(str(self.path) + ".lock")
-        self._lock.acquire()
+        try:
+            self._lock.acquire()
+        except OSError as e:  # a read-only or full store: one clear error, not a traceback
+            raise fsutil.os_error(e, store.pins_dir, "pinning blobs in") from e
 
     def add(self, *digests: Digest) -> None:
         """Pin ``digests`` (one pin-file write for all of them, under the store lock)."""
