@@ -841,8 +841,8 @@ def _error_body(response: requests.Response) -> tuple[str | None, str]:
         code = str(first.get("code") or "")[:64] or None
         message = str(first.get("message") or "")
         return code, " ".join(message.split())[:200]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
-        return None, ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+        return None, ""  # RecursionError: a body of nested arrays deeper than the stack
 
 
 def _urllib3_errors() -> type[Exception]:
