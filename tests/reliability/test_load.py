@@ -1,0 +1,93 @@
+"""Load: ``$MODELPKG_REL_LOAD_PULLS`` (50) concurrent ``modelpkg pull`` processes of
+``$MODELPKG_REL_LOAD_MODELS`` (20) models that share one ``$MODELPKG_REL_LOAD_SHARED_MB`` (32) MB weights layer
+(each has its own system prompt, params and config), into one store, from the registry on loopback
+through the counting proxy. All finish; the shared layer is downloaded once; peak RSS per process is
+reported and bounded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from reliability_helpers import cli_env, env_int, make_gguf, modelpkg_cmd, names, store_problems
+
+from modelpkg.create import create
+from modelpkg.fsutil import hash_file
+from modelpkg.push import push
+from modelpkg.reference import parse_reference
+from modelpkg.store import Store
+
+pytestmark = pytest.mark.registry
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shared_models(registry, tmp_path_factory):
+    count, shared_mb = env_int("LOAD_MODELS", 20), env_int("LOAD_SHARED_MB", 32)
+    folder = tmp_path_factory.mktemp("load")
+    weights = make_gguf(folder / "shared.gguf", tensor_values=shared_mb * 512 * 1024, seed=3)
+    store = Store(folder / "store")
+    repos = []
+    for i in range(count):
+        ref = parse_reference(f"{registry.host}/load/m{i}:v1")
+        base = f"FROM {weights}" if i == 0 else f"FROM {registry.host}/load/m0:v1"
+        create(store, ref, f"{base}\nSYSTEM you are model {i}\nPARAMETER num_ctx {256 + i}\n", folder)
+        push(store, ref)
+        repos.append(f"load/m{i}:v1")
+    digest, size = hash_file(weights)
+    return repos, f"/blobs/{digest}", size
+
+
+# Peak RSS is read by a small parent: a child forked straight from pytest counts pytest's own pages in
+# its ru_maxrss (Linux keeps the high-water mark across exec), which would say nothing about modelpkg.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\nMAXRSS {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], env: dict, out: dict, key: int) -> None:
+    """Run ``command``; record its exit code, stderr and peak RSS (KiB)."""
+    result = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    stderr, _, peak = result.stderr.rpartition("\nMAXRSS ")
+    out[key] = (result.returncode, stderr, int(peak.strip() or 0))
+
+
+def test_concurrent_pulls_of_models_sharing_layers(registry, fault_proxy, tmp_path, shared_models):
+    repos, weights, size = shared_models
+    pulls = env_int("LOAD_PULLS", 50)
+    proxy = fault_proxy(registry)
+    home = tmp_path / "home"
+    env = cli_env(home)
+    results: dict[int, tuple] = {}
+    started = time.monotonic()
+    threads = [threading.Thread(target=run_measured, args=(modelpkg_cmd("pull", f"{proxy.host}/{repos[i % len(repos)]}"),
+                                                           env, results, i)) for i in range(pulls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    elapsed = time.monotonic() - started
+
+    failed = {i: r[1] for i, r in results.items() if r[0] != 0}
+    assert len(results) == pulls and failed == {}
+    assert len(proxy.matching("GET", weights)) == 1  # the shared layer, once for all 50
+    assert store_problems(home) == []
+    assert names(home) == sorted(f"{proxy.host}/{r}" for r in repos)
+    rss = sorted(r[2] for r in results.values())
+    sent = proxy.bytes_sent("GET", r"/blobs/")
+    print(f"\nload: {pulls} concurrent pulls of {len(repos)} models sharing a {size / MB:.0f} MB layer in "
+          f"{elapsed:.1f} s; shared layer downloaded {len(proxy.matching('GET', weights))}x; "
+          f"{sent / MB:.1f} MB of blobs sent; {len(proxy.requests)} requests; peak RSS per process "
+          f"median {rss[len(rss) // 2] / 1024:.0f} MB, max {rss[-1] / 1024:.0f} MB")
+    assert rss[-1] < 150 * 1024  # bounded: blobs stream through 4 MiB buffers, never whole in memory
