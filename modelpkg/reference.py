@@ -88,11 +88,22 @@ class Reference:
         return text
 
 
+def mask_password(text: str) -> str:
+    """``text`` for an error message, with a password typed as URL user info (``[https://]user:pw@host/...``)
+    masked: errors are printed and logged, passwords must not be. A digest reference (``name:tag@sha256:...``)
+    is left alone: nothing after its ``@`` holds a ``/``."""
+    head, at, rest = text.partition("@")
+    scheme, _, userinfo = head.rpartition("://")
+    if at and ":" in userinfo and "/" not in userinfo and (scheme or "/" in rest):
+        return f"{scheme + '://' if scheme else ''}{userinfo.split(':', 1)[0]}:***@{rest}"
+    return text
+
+
 def parse_reference(text: str, default_registry: str = DEFAULT_REGISTRY) -> Reference:
     """Parse and canonicalise a model reference; raise ``InvalidReferenceError`` naming what is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidReferenceError("invalid model name: the name is empty")
-    original = text
+    original = mask_password(text)  # only ever shown in messages
     text = text.strip()
     if "://" in text:
         raise InvalidReferenceError(
