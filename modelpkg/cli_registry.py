@@ -136,13 +136,15 @@ def _host(text: str) -> str:
     """``https://ghcr.io/v2/`` or ``ghcr.io`` -> ``ghcr.io``; validated like a reference's host."""
     from modelpkg.errors import InvalidInputError
 
+    from modelpkg.reference import mask_password
+
     host = re.sub(r"^[a-z]+://", "", text.strip()).split("/", 1)[0]
     try:
         ref = config.reference(f"{host}/x")
     except InvalidInputError as e:
-        raise UsageError(f"invalid registry host {text!r}", "write it as host or host:port") from e
+        raise UsageError(f"invalid registry host {mask_password(text)!r}", "write it as host or host:port") from e
     if ref.host != host:
-        raise UsageError(f"invalid registry host {text!r}", "write it as host or host:port, e.g. ghcr.io")
+        raise UsageError(f"invalid registry host {mask_password(text)!r}", "write it as host or host:port, e.g. ghcr.io")
     return host
 
 
