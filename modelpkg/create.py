@@ -211,7 +211,7 @@ def _merge_params(store: Store, base: Descriptor | None, new: dict) -> dict:
     if base is not None:
         try:
             loaded = json.loads(store.read_blob(base.digest))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: arrays nested deeper than the stack
             raise InvalidInputError(f"the base model's parameters are not valid JSON: {e}") from e
         if isinstance(loaded, dict):
             merged.update(loaded)
