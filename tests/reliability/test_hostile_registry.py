@@ -455,3 +455,17 @@ def test_a_template_that_loops_or_grows_stops_run_quickly(home, gemma_gguf, tmp_
     one_error(result, "template")
     assert result.exit_code == 3
     assert time.monotonic() - started < 30  # model load included; the render itself stops within ~0.1 s
+
+
+def test_a_pulled_models_parameters_nested_past_the_stack_are_one_clear_error(registry, tiny_gguf, guard, tmp_path):
+    gguf, params = tiny_gguf.read_bytes(), b"[" * 100_000
+    name = _publish(registry, "hostile/deep-params",
+                    [_layer(gguf), _layer(params, title=None, media_type=mt.OLLAMA_PARAMS)], [gguf, params])
+    assert run("pull", name).exit_code == 0  # parameters are data until something reads them
+    guard.names = guard._names()
+    one_error(run("show", name), "not valid JSON")
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {name}\nPARAMETER temperature 0.5\n")
+    guard.before = guard._outside()
+    one_error(run("create", "derived", "-f", str(modelfile)), "not valid JSON")
+    guard.check()
