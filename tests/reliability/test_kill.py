@@ -166,16 +166,21 @@ def test_kill_gc(tmp_path, source_home, registry, big_remote):
     """gc killed while it deletes: names keep every blob; a re-run deletes the rest."""
     rng = random.Random(SEED + 3)
     killed_count = 0
-    garbage = env_int("GC_GARBAGE", 3000)
+    garbage = env_int("GC_GARBAGE", 1000)
     make_garbage(Store(source_home), garbage, "calibrate")
     duration = timed(source_home, "gc", "--grace", "0")
+    mid_delete = 0
+    blobs = Store(source_home).blobs_dir
     for trial in range(TRIALS):
         make_garbage(Store(source_home), garbage, str(trial))
-        killed_count += kill_after(start_cli(source_home, "gc", "--grace", "0"), rng.uniform(0, duration))
+        before = len(list(blobs.iterdir()))
+        killed_count += kill_after(start_cli(source_home, "gc", "--grace", "0"), rng.uniform(0.4, 1.0) * duration)
+        mid_delete += before - garbage < len(list(blobs.iterdir())) < before
         check_store(source_home, f"{registry.host}/{big_remote[0]}")
         result = run_cli(source_home, "gc", "--grace", "0")
         assert result.returncode == 0, result.stderr
         assert Store(source_home).gc_plan(grace=0).blobs == ()
         assert names(source_home) == [f"{registry.host}/{big_remote[0]}"]
     assert store_problems(source_home) == []
-    print(f"\nkill -9 gc: {TRIALS} trials, {killed_count} killed while running (a gc takes {duration:.2f} s)")
+    print(f"\nkill -9 gc: {TRIALS} trials, {killed_count} killed while running, {mid_delete} of them while deleting "
+          f"(a gc of {garbage} blobs takes {duration:.2f} s)")
