@@ -223,6 +223,8 @@ def _answer_line(session: Session, line: str, number: int, model: str, last_runn
             request = json.loads(line)
         except json.JSONDecodeError as e:
             raise InvalidInputError(f"not valid JSON: {e.msg} (column {e.colno})") from e
+        except RecursionError as e:  # arrays or objects nested deeper than Python's stack
+            raise InvalidInputError("not valid JSON: nested too deeply") from e
         if not isinstance(request, dict):
             raise InvalidInputError("a line must be a JSON object with \"prompt\" or \"messages\"")
         if "id" in request:
