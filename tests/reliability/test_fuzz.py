@@ -356,3 +356,20 @@ def test_render_any_conversation(source, messages, tools, think):
     with only_modelpkg_errors():
         out = template.render(source, messages, tools=tools, think=think)
         assert isinstance(out, str) and len(out) <= template.MAX_OUTPUT
+
+
+def test_a_batch_line_nested_past_the_stack_is_that_lines_error(home, gemma_gguf, tmp_path):
+    """`run --batch` reads hostile JSON lines: a line too deep is an error record, the next line still runs."""
+    from click.testing import CliRunner
+
+    from modelpkg.cli import cli
+
+    (tmp_path / "Modelfile").write_text(f"FROM {gemma_gguf}\n")
+    assert CliRunner().invoke(cli, ["create", "batchy", "-f", str(tmp_path / "Modelfile")]).exit_code == 0
+    batch = tmp_path / "in.jsonl"
+    batch.write_text("[" * 100_000 + "\n" + '{"a":' * 50_000 + "\n"
+                     + '{"prompt": "hi", "options": {"num_predict": 1}}\n')
+    result = CliRunner().invoke(cli, ["run", "batchy", "--batch", str(batch)], catch_exceptions=False)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3], result.stderr
+    assert all("nested too deeply" in r["error"] for r in records[:2]) and "error" not in records[2]
