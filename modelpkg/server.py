@@ -1152,7 +1152,7 @@ class Request:
             raise ApiError(400, "missing request body")
         try:
             body = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested past the stack
             raise ApiError(400, f"invalid JSON: {e}") from e
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
