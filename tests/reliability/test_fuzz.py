@@ -373,3 +373,42 @@ def test_a_batch_line_nested_past_the_stack_is_that_lines_error(home, gemma_gguf
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3], result.stderr
     assert all("nested too deeply" in r["error"] for r in records[:2]) and "error" not in records[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Ollama-compatible API server on arbitrary request bodies (an empty store: no model is loaded)
+
+API_PATHS = ["/api/show", "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/delete",
+             "/api/copy", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+API_FIELDS = st.sampled_from(["model", "name", "prompt", "messages", "options", "stream", "format", "keep_alive",
+                              "input", "source", "destination", "think", "tools", "images", "system", "template",
+                              "raw", "suffix", "max_tokens", "temperature", "stop"])
+API_BODIES = st.one_of(
+    st.dictionaries(API_FIELDS, JSON | st.sampled_from(["tiny", "tiny:latest", "../x", "Bad Name", "5m", "-1"]),
+                    max_size=6).map(lambda d: json.dumps(d).encode()),
+    JSON.map(lambda v: json.dumps(v).encode()), DEEP.map(str.encode), st.binary(max_size=40))
+
+
+@pytest.fixture(scope="module")
+def api_server():
+    import threading
+
+    from modelpkg import server as sv
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = sv.make_server(Store(Path(folder) / "store").init(), "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield server
+        server.shutdown()
+        server.close()
+
+
+@fuzz(1000)
+@given(st.sampled_from(API_PATHS), API_BODIES)
+def test_api_server_answers_any_body_without_a_500(api_server, path, body):
+    import requests
+
+    start = time.monotonic()
+    response = requests.post(api_server.url + path, data=body, timeout=10)
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    assert time.monotonic() - start < PER_EXAMPLE_SECONDS
