@@ -12,6 +12,7 @@ arbitrary conversations. Each example must also finish within ``PER_EXAMPLE_SECO
 
 from __future__ import annotations
 
+import base64
 import bz2
 import gzip
 import io
@@ -29,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelpkg import interop, mediatypes as mt, template
-from modelpkg.digest import Digest
 from modelpkg.errors import ModelpkgError
 from modelpkg.manifest import Descriptor, Manifest, canonical_json, model_layers, parse_manifest
 from modelpkg.models import describe
@@ -111,6 +111,38 @@ def test_trust_policy_and_mirrors_toml(text):
             parser(text)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# names and Modelfiles: long pathological inputs (backtracking regular expressions would hang here; the
+# structure is fuzzed in tests/test_reference.py and tests/test_modelfile.py)
+
+NAME_PIECES = st.sampled_from(["a", "A", "-", ".", "_", "__", "/", ":", "@", "sha256:", "0", "é", " ", "localhost",
+                               ":5000", "[::1]", "\x00"])
+LONG = st.builds(lambda pieces, n: "".join(pieces) * n, st.lists(NAME_PIECES, min_size=1, max_size=4),
+                 st.integers(1, 3000))
+
+
+@fuzz(3000)
+@given(LONG | st.lists(NAME_PIECES, max_size=40).map("".join))
+def test_name_parser_on_long_pathological_names(text):
+    with only_modelpkg_errors():
+        parse_reference(text)
+
+
+MODELFILE_PIECES = st.sampled_from(["FROM ", "PARAMETER ", "TEMPLATE ", "SYSTEM ", "MESSAGE ", "LICENSE ",
+                                    "ADAPTER ", '"""', '"', "\\", "\n", "#", " ", "\t", "temperature ", "stop ",
+                                    "user ", "x", "\r\n", "\x00", "\ufeff"])
+
+
+@fuzz(2000)
+@given(st.builds(lambda pieces, n: "".join(pieces) * n, st.lists(MODELFILE_PIECES, min_size=1, max_size=5),
+                 st.integers(1, 2000)))
+def test_modelfile_parser_on_long_pathological_text(text):
+    from modelpkg.modelfile import parse
+
+    with only_modelpkg_errors():
+        parse(text)
+
+
 @fuzz(1000)
 @given(DEEP.map(str.encode) | st.binary(max_size=60) | DEEP.map(lambda d: ('{"schemaVersion":2,"layers":' + d + "}").encode()),
        st.none() | st.sampled_from([mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, "text/html"]))
@@ -136,7 +168,7 @@ def test_credentials_files(tmp_path, monkeypatch):
     files = [credentials.login_path(), docker / "config.json", podman]
     host = "registry.example:5000"
     entries = JSON | st.fixed_dictionaries({}, optional={"auth": st.text(max_size=16) | st.binary(max_size=12).map(
-        lambda b: __import__("base64").b64encode(b).decode()), "username": JSON, "password": JSON,
+        lambda b: base64.b64encode(b).decode()), "username": JSON, "password": JSON,
         "identitytoken": JSON})
 
     @fuzz(1500)
@@ -235,7 +267,7 @@ LAYER_TYPES = st.sampled_from([mt.OLLAMA_MODEL, mt.OLLAMA_PARAMS, mt.OLLAMA_MESS
 CONFIG_TYPES = st.sampled_from([mt.MODELPACK_CONFIG, mt.DOCKER_CONFIG, mt.DMR_CONFIG, mt.OCI_EMPTY, mt.KITOPS_CONFIG])
 
 
-@fuzz(500)
+@fuzz(800)
 @given(CONFIG_TYPES, BLOB | st.builds(lambda inner, outer: json.dumps({**outer, "config": inner}).encode(), JSON,
                                       st.dictionaries(st.sampled_from(["model_family", "model_type", "file_type",
                                                                        "context_length"]), JSON)),
@@ -298,7 +330,7 @@ def _snapshot(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-@fuzz(250)
+@fuzz(400)
 @given(TARS)
 def test_load_reads_any_tar(fuzz_store, data):
     store = fuzz_store
