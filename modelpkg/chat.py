@@ -114,33 +114,25 @@ def verify_weights(store: Store, details: ModelDetails, progress: Progress | Non
 def _verify_blob(store: Store, digest: Digest, name: str, progress: Progress) -> None:
     path = store.blob_path(digest)
     try:
-        st = path.stat()
+        size = path.stat().st_size
     except FileNotFoundError as e:
         raise NotFoundError(f"blob {digest} of {name} is missing from the store",
                             "pull the model again, or create it again") from e
     except OSError as e:
         raise fsutil.os_error(e, path, "reading") from e
-    marker = store.ingest_dir / "verified" / digest.hex
-    stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
-    try:
-        if marker.read_text() == stamp:
-            return
-    except OSError:
-        pass
-    progress.start(digest.short, st.st_size, f"verifying {digest.short}")
+    if store.is_verified(digest):
+        return
+    progress.start(digest.short, size, f"verifying {digest.short}")
     try:
         actual, _ = fsutil.hash_file(path, progress, digest.short)
     except OSError as e:
         raise fsutil.os_error(e, path, "reading") from e
     progress.finish(digest.short)
     if actual != digest:
+        store.forget_verified(digest)
         raise IntegrityError(f"the weights of {name} are corrupted: blob {digest} now has digest {actual}",
                              "pull the model again (or create it again); 'modelpkg verify' checks the whole store")
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.atomic_write(marker, stamp.encode(), store.ingest_dir)
-    except (OSError, ModelpkgError):
-        pass  # a read-only store: verify again next time
+    store.mark_verified(digest)
 
 
 # --------------------------------------------------------------------------------------------------------

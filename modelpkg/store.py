@@ -291,6 +291,14 @@ class Store:
         except (OSError, StoreError):
             pass
 
+    def is_verified(self, digest: Digest) -> bool:
+        """Was the blob hashed and found right, and is it unchanged since (size, mtime, inode)?"""
+        stamp = self._stamp(digest)
+        try:
+            return stamp is not None and self._verified_marker(digest).read_text() == stamp
+        except OSError:
+            return False
+
     def forget_verified(self, digest: Digest) -> None:
         try:
             os.unlink(self._verified_marker(digest))
@@ -303,11 +311,8 @@ class Store:
         stamp = self._stamp(digest)
         if stamp is None or int(stamp.split()[0]) != size:
             return False
-        try:
-            if self._verified_marker(digest).read_text() == stamp:
-                return True
-        except OSError:
-            pass
+        if self.is_verified(digest):
+            return True
         try:
             actual, _ = fsutil.hash_file(self.blob_path(digest))
         except OSError:
