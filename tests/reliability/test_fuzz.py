@@ -330,7 +330,7 @@ def _snapshot(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-@fuzz(400)
+@fuzz(300)
 @given(TARS)
 def test_load_reads_any_tar(fuzz_store, data):
     store = fuzz_store
