@@ -160,10 +160,10 @@ def save(names: tuple[str, ...], output: str, as_json: bool) -> None:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except OSError as e:
-            _unlink(tmp)
+            fsutil.unlink_quietly(tmp)
             raise fsutil.os_error(e, target, "writing") from e
         except BaseException:
-            _unlink(tmp)
+            fsutil.unlink_quietly(tmp)
             raise
     if as_json:
         _echo_json(result.to_json())
@@ -171,12 +171,6 @@ def save(names: tuple[str, ...], output: str, as_json: bool) -> None:
         click.echo(f"saved {', '.join(_short(n) for n in result.names)}: {result.blobs} blobs, "
                    f"{result.bytes} bytes", err=True)
 
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 @click.command()

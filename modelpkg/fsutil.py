@@ -84,15 +84,26 @@ def atomic_write(path: Path, data: bytes, temp_dir: Path | None = None, mode: in
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as e:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise os_error(e, path, "writing") from e
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
+    """Delete a file if possible; cleanup that must never mask the error being handled."""
     try:
         os.unlink(path)
     except OSError:
         pass
+
+
+def remove(path: Path) -> None:
+    """Delete a file; a missing file is fine, any other failure is one ``StoreError``."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise os_error(e, path, "deleting") from e
 
 
 @contextmanager
@@ -101,7 +112,7 @@ def removing_on_error(path: Path) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        _unlink_quietly(path)
+        unlink_quietly(path)
         raise
 
 
@@ -300,7 +311,7 @@ def try_reflink(src: Path, dst: Path) -> bool:
                 os.close(fd)
     except OSError:
         pass
-    _unlink_quietly(dst)
+    unlink_quietly(dst)
     return False
 
 

@@ -25,7 +25,7 @@ from modelpkg import archive, fsutil
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
-from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, model_layers, parse_manifest
+from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, parse_manifest
 from modelpkg.ollama_store import (OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name,
                                    place_file)
 from modelpkg.progress import NullProgress, Progress
@@ -531,15 +531,9 @@ def export_files(store: Store, ref: Reference, dest: Path, *, allow_link: bool =
             except OSError as e:
                 raise fsutil.os_error(e, target, "writing") from e
             finally:
-                _unlink(tmp)  # rename(2) leaves both names when they are links to one file already
+                fsutil.unlink_quietly(tmp)  # rename(2) leaves both names when they are links to one file already
             progress.finish(task, how)
             files.append(ExportedFile(rel, role, layer.digest, layer.size, how))
         fsutil.fsync_dir(dest)
     return ExportFilesResult(entry.name, dest, tuple(files), tuple(notes))
 
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

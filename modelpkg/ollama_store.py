@@ -219,7 +219,7 @@ class OllamaStore:
         except OSError as e:
             raise fsutil.os_error(e, target, "writing") from e
         finally:
-            _unlink(tmp)  # rename(2) leaves both names when they are links to one file already
+            fsutil.unlink_quietly(tmp)  # rename(2) leaves both names when they are links to one file already
         return how
 
     def put_bytes(self, data: bytes) -> Digest:
@@ -277,9 +277,3 @@ def place_file(src: Path, dst: Path, *, allow_link: bool, expected: Digest | Non
                                  "run 'modelpkg verify', then pull the model again")
     return how
 
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

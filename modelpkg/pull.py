@@ -193,19 +193,11 @@ def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor
         progress.finish(task, "verified")
         if store.blob_path(blob.digest).exists():
             # a blob of the wrong size under this name is corrupt: the verified download replaces it
-            _remove(store.blob_path(blob.digest))
+            fsutil.remove(store.blob_path(blob.digest))
         store.commit_temp(partial, blob.digest, pins)
     finally:
         lock.release()
 
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise fsutil.os_error(e, path, "replacing") from e
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -556,10 +556,10 @@ class Store:
 
     def _delete(self, plan: GCPlan) -> None:
         for digest, _ in plan.blobs:
-            _unlink(self.blob_path(digest))
+            fsutil.remove(self.blob_path(digest))
             self.forget_verified(digest)
         for path, _ in plan.partials:
-            _unlink(path)
+            fsutil.remove(path)
 
     def verify(self, digests: list[Digest] | None = None, progress: Progress | None = None) -> list[tuple[Digest, str]]:
         """Re-hash blobs (all of them, or ``digests``); return ``(digest, problem)`` for each bad one."""
@@ -626,7 +626,7 @@ class Pins:
 
     def release(self) -> None:
         for path in (self.path, Path(str(self.path) + ".lock")):
-            _unlink(path)
+            fsutil.remove(path)
         self._lock.release()
 
     @staticmethod
@@ -652,8 +652,8 @@ class Pins:
                 continue
             lock_path = Path(str(path) + ".lock")
             if not Pins.held(lock_path):
-                _unlink(path)
-                _unlink(lock_path)
+                fsutil.remove(path)
+                fsutil.remove(lock_path)
                 continue
             try:
                 pinned.update(Digest(h) for h in json.loads(path.read_text()))
@@ -670,11 +670,3 @@ def _listdir(folder: Path) -> list[Path]:
     except OSError as e:
         raise fsutil.os_error(e, folder, "listing") from e
 
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise fsutil.os_error(e, path, "deleting") from e

@@ -557,7 +557,7 @@ class RegistryClient:
                 actual = Digest(hasher.hexdigest())
                 if actual == desc.digest:
                     return
-                _unlink(dest_partial)
+                fsutil.remove(dest_partial)
                 mismatches += 1
                 if mismatches >= 2:
                     raise IntegrityError(f"blob {desc.digest.short} of {name.split('@')[0]} does not match its "
@@ -586,7 +586,7 @@ class RegistryClient:
         try:
             if offset and not (response.status_code == 206 and _range_start(response) == offset):
                 # the registry ignored Range (or answered another range): start over from byte 0
-                _unlink(dest)
+                fsutil.remove(dest)
                 progress.advance(task, -offset)
                 offset, hasher = 0, sha256()
                 if response.status_code == 206:
@@ -602,7 +602,7 @@ class RegistryClient:
             try:
                 _append_hashing(reader, dest, hasher, progress, task, fresh=offset == 0)
             except _TooLong as e:
-                _unlink(dest)
+                fsutil.remove(dest)
                 raise IntegrityError(f"blob {desc.digest.short} from {self.host} is larger than the manifest says "
                                      f"({desc.size} bytes)", "nothing was stored") from e
             if reader.remaining:
@@ -891,14 +891,6 @@ def _range_end(value: str) -> int | None:
         return None
 
 
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise fsutil.os_error(e, path, "deleting") from e
-
 
 def _append_hashing(reader: _CappedReader, dest: Path, hasher, progress: Progress, task: str, *, fresh: bool) -> None:
     """Append the stream to ``dest`` while hashing it; fsync at the end (and on interruption, so a
@@ -911,7 +903,7 @@ def _append_hashing(reader: _CappedReader, dest: Path, hasher, progress: Progres
 
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_TRUNC if fresh else os.O_APPEND)
     if fresh:
-        _unlink(dest)
+        fsutil.remove(dest)
     try:
         fd = os.open(dest, flags, 0o644)
     except OSError as e:
@@ -1009,9 +1001,9 @@ def _resume_state(dest: Path, size: int):
                 current = keep
         except OSError as e:
             raise fsutil.os_error(e, dest, "resuming") from e
-        _unlink(marker)
+        fsutil.remove(marker)
     if current > size:
-        _unlink(dest)
+        fsutil.remove(dest)
         current = 0
     hasher = sha256()
     if current:
@@ -1089,14 +1081,14 @@ class _PartDownload:
             finally:
                 os.close(fd)
             if self.error is None and hashed >= self.desc.size:
-                _unlink(marker)
+                fsutil.remove(marker)
             else:
                 # keep only the hashed prefix: resume re-hashes it and asks for the rest
                 try:
                     os.truncate(self.dest, hashed)
                 except OSError:
                     pass
-                _unlink(marker)
+                fsutil.remove(marker)
         if self.error is not None:
             if isinstance(self.error, _RangesIgnored):
                 self.client._no_ranges = True
