@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from modelpkg.digest import Digest, sha256
-from modelpkg.errors import StoreError
+from modelpkg.errors import IntegrityError, NotFoundError, StoreError
 from modelpkg.progress import NullProgress, Progress
 
 CHUNK = 4 * 1024 * 1024
@@ -326,3 +326,41 @@ def hash_file(path: Path, progress: Progress | None = None, task: str = "") -> t
             total += len(chunk)
             progress.advance(task, len(chunk))
     return Digest(hasher.hexdigest()), total
+
+
+def place_file(src: Path, dst: Path, *, allow_link: bool, expected: Digest | None = None,
+               progress: Progress | None = None, task: str = "", mode: int = 0o644) -> tuple[Digest, int, str]:
+    """Create ``dst`` with ``src``'s content without copying data where the filesystem allows, and return
+    ``(digest, size, how)`` of what was placed.
+
+    ``how`` is ``reflink`` (blocks shared copy-on-write: independent files), else ``link`` (a hard link,
+    when ``allow_link``: the same inode, so an in-place edit of the source changes ``dst`` too), else
+    ``copy``. The placed bytes are hashed; when ``expected`` is given and differs, ``IntegrityError`` is
+    raised. On any failure ``dst`` is removed.
+    """
+    progress = progress or NullProgress()
+    with removing_on_error(dst):
+        how = "reflink" if try_reflink(src, dst) else ""
+        if not how and allow_link:
+            try:
+                os.link(src, dst)
+                how = "link"
+            except FileNotFoundError as e:
+                raise NotFoundError(f"file not found: {src}") from e
+            except OSError:
+                pass  # another filesystem, or protected_hardlinks: copy instead
+        try:
+            if how:
+                digest, size = hash_file(dst, progress, task)
+            else:
+                how = "copy"
+                digest, size = copy_file_and_hash(src, dst, progress=progress, task=task)
+                os.chmod(dst, mode)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"file not found: {src}") from e
+        except OSError as e:
+            raise os_error(e, src, "reading") from e
+        if expected is not None and digest != expected:
+            raise IntegrityError(f"{src} does not match its digest: expected {expected}, got {digest}",
+                                 "the file is damaged; fetch it again with the tool that made it")
+    return digest, size, how

@@ -26,8 +26,7 @@ from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, parse_manifest
-from modelpkg.ollama_store import (OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name,
-                                   place_file)
+from modelpkg.ollama_store import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.reference import Reference, parse_reference
 from modelpkg.store import RefEntry, Store
@@ -524,7 +523,7 @@ def export_files(store: Store, ref: Reference, dest: Path, *, allow_link: bool =
             tmp = fsutil.temp_name(folder, ".modelpkg-export")
             task = layer.digest.short
             progress.start(task, layer.size, f"writing {rel}")
-            how = place_file(store.blob_path(layer.digest), tmp, allow_link=allow_link and role in _WEIGHTS,
+            _, _, how = fsutil.place_file(store.blob_path(layer.digest), tmp, allow_link=allow_link and role in _WEIGHTS,
                              expected=layer.digest, progress=progress, task=task)
             try:
                 os.replace(tmp, target)

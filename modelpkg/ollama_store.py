@@ -25,7 +25,7 @@ from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, InvalidReferenceError, NotFoundError
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, parse_manifest
-from modelpkg.progress import NullProgress, Progress
+from modelpkg.progress import Progress
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -212,7 +212,7 @@ class OllamaStore:
             pass
         self._mkdirs(self.blobs_dir)
         tmp = self.blobs_dir / f".modelpkg-{os.getpid()}-{digest.hex[:12]}-{os.urandom(4).hex()}"
-        how = place_file(src, tmp, allow_link=allow_link, expected=digest, progress=progress, task=task)
+        _, _, how = fsutil.place_file(src, tmp, allow_link=allow_link, expected=digest, progress=progress, task=task)
         try:
             os.replace(tmp, target)
             fsutil.fsync_dir(self.blobs_dir)
@@ -243,37 +243,4 @@ class OllamaStore:
             folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as e:
             raise fsutil.os_error(e, folder, "creating") from e
-
-
-def place_file(src: Path, dst: Path, *, allow_link: bool, expected: Digest | None = None,
-               progress: Progress | None = None, task: str = "", mode: int = 0o644) -> str:
-    """Create ``dst`` with ``src``'s content: reflink, else hard link (``allow_link``), else copy.
-
-    The placed file is hashed and must match ``expected``; on any failure ``dst`` is removed. Returns how."""
-    progress = progress or NullProgress()
-    with fsutil.removing_on_error(dst):
-        how = "reflink" if fsutil.try_reflink(src, dst) else ""
-        if not how and allow_link:
-            try:
-                os.link(src, dst)
-                how = "link"
-            except FileNotFoundError as e:
-                raise NotFoundError(f"file not found: {src}") from e
-            except OSError:
-                pass  # another filesystem, or protected_hardlinks: copy instead
-        try:
-            if how:
-                digest, _ = fsutil.hash_file(dst, progress, task)
-            else:
-                how = "copy"
-                digest, _ = fsutil.copy_file_and_hash(src, dst, progress=progress, task=task)
-                os.chmod(dst, mode)
-        except FileNotFoundError as e:
-            raise NotFoundError(f"file not found: {src}") from e
-        except OSError as e:
-            raise fsutil.os_error(e, dst, "writing") from e
-        if expected is not None and digest != expected:
-            raise IntegrityError(f"{src} does not match its digest: expected {expected}, got {digest}",
-                                 "run 'modelpkg verify', then pull the model again")
-    return how
 

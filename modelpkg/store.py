@@ -225,28 +225,8 @@ class Store:
         progress = progress or NullProgress()
         tmp = fsutil.temp_name(self.ingest_dir, "ingest")
         with fsutil.removing_on_error(tmp):
-            how = "reflink" if fsutil.try_reflink(src, tmp) else ""
-            if not how and allow_link:
-                try:
-                    os.link(src, tmp)
-                    how = "link"
-                except FileNotFoundError as e:
-                    raise NotFoundError(f"file not found: {src}") from e
-                except OSError:
-                    pass  # another filesystem, or protected_hardlinks: copy instead
-            try:
-                if how:
-                    digest, size = fsutil.hash_file(tmp, progress, task)
-                else:
-                    how = "copy"
-                    digest, size = fsutil.copy_file_and_hash(src, tmp, progress=progress, task=task)
-            except FileNotFoundError as e:
-                raise NotFoundError(f"file not found: {src}") from e
-            except OSError as e:
-                raise fsutil.os_error(e, src, "reading") from e
-            if expected is not None and digest != expected:
-                raise IntegrityError(f"{src} does not match its digest: expected {expected}, got {digest}",
-                                     "the file is damaged; fetch it again with the tool that made it")
+            digest, size, how = fsutil.place_file(src, tmp, allow_link=allow_link, expected=expected,
+                                                  progress=progress, task=task)
             self.commit_temp(tmp, digest, pins)
         return digest, size, how
 
