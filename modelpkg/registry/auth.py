@@ -163,10 +163,10 @@ def check_realm(realm: str, *, registry_secure: bool, resolve=socket.getaddrinfo
                         "the registry is misconfigured or not trustworthy") from e
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
-        raise AuthError(f"the registry's token service {_safe_url(realm)} is not an http(s) URL",
+        raise AuthError(f"the registry's token service {safe_url(realm)} is not an http(s) URL",
                         "the registry is misconfigured or not trustworthy")
     if parts.scheme == "http" and registry_secure:
-        raise AuthError(f"the registry's token service {_safe_url(realm)} uses plain http",
+        raise AuthError(f"the registry's token service {safe_url(realm)} uses plain http",
                         "credentials are not sent over plain http to an https registry")
     if host in _METADATA_HOSTS:
         raise AuthError(f"the registry's token service points at a metadata address ({host})",
@@ -190,8 +190,8 @@ def check_realm(realm: str, *, registry_secure: bool, resolve=socket.getaddrinfo
                             "the registry is misconfigured or not trustworthy")
 
 
-def _safe_url(url: str) -> str:
-    """A URL without its query (which may carry secrets) and without user info."""
+def safe_url(url: str) -> str:
+    """A URL fit for a message: no query string (which may carry secrets), no user info."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:

@@ -55,7 +55,7 @@ from modelpkg.errors import (
 )
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor
 from modelpkg.progress import NullProgress, Progress
-from modelpkg.registry.auth import Authenticator, scope
+from modelpkg.registry.auth import Authenticator, safe_url, scope
 from modelpkg.registry.credentials import Credential
 
 DEFAULT_TIMEOUT = (15.0, 60.0)  # (connect, read): seconds to connect, and at most between two reads
@@ -95,15 +95,6 @@ def is_loopback(host: str) -> bool:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.lower()
-
-
-def safe_url(url: str) -> str:
-    """A URL fit for a message: no query string, no user info."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def _tag(error: ModelpkgError, code: str | None, status: int | None) -> ModelpkgError:
