@@ -57,10 +57,10 @@ def fresh(client_host: str, **kw) -> RegistryClient:
 def big_model(home, tmp_path):
     """A factory for a model whose GGUF is about 2 MiB (enough to cut a download in the middle)."""
 
-    def make(name: str, seed: int = 1):
+    def make(name: str, seed: int = 1, values: int = 1024 * 1024):
         folder = tmp_path / f"big-{seed}"
         folder.mkdir(exist_ok=True)
-        gguf = make_gguf(folder / "big.gguf", tensor_values=1024 * 1024, seed=seed)
+        gguf = make_gguf(folder / "big.gguf", tensor_values=values, seed=seed)
         from modelpkg.create import create
 
         ref = config.reference(name)
@@ -346,12 +346,42 @@ def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
     run("rm", name)
     client = fresh(proxy.host)
     client.part_threshold = 256 * 1024
+    client.split_below = float("inf")  # parts from the start
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=100_000)  # one part breaks and resumes
     pull(store(), ref, client=client)
     gets = proxy.matching("GET", f"/blobs/{blob.digest}")
     assert len(gets) >= 5 and all(g.headers.get("Range") for g in gets)
     assert proxy.bytes_sent("GET", f"/blobs/{blob.digest}") < blob.size + 200_000
     assert_store_sound(store())
+
+
+def test_a_slow_stream_is_split_into_ranged_parts_and_a_fast_one_is_not(registry, fault_proxy, big_model):
+    proxy = fault_proxy(registry)
+    name = f"{proxy.host}/acme/adaptive:v1"
+    ref = big_model(name, values=2 * 1024 * 1024)
+    push(store(), ref)
+    blob = model_blob(ref)
+    assert blob.size > 3 * 1024 * 1024  # room for a probe after the second 1 MiB buffer, and a rest to split
+    run("rm", name)
+    client = fresh(proxy.host)
+    client.part_threshold = 256 * 1024
+    # one connection that stalls for longer than the probe's second: judged too slow
+    proxy.add("stall", "GET", f"/blobs/{blob.digest}", after=1536 * 1024, seconds=1.5)
+    pull(store(), ref, client=client)
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert gets[0].headers.get("Range") is None
+    assert len(gets) >= 3 and all(g.headers.get("Range") for g in gets[1:])  # the rest came in parts
+    # the parts ask for exactly what the dropped stream had not delivered: its prefix is kept
+    ranges = sorted(tuple(int(x) for x in g.headers["Range"].removeprefix("bytes=").split("-")) for g in gets[1:])
+    assert ranges[0][0] >= 2 * 1024 * 1024 and ranges[-1][1] == blob.size - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert_store_sound(store())
+
+    run("rm", name)
+    proxy.clear()
+    pull(store(), ref, client=fresh(proxy.host))  # loopback, no stall: one stream is kept
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert len(gets) == 1 and gets[0].headers.get("Range") is None
 
 
 def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry, fault_proxy, big_model):
@@ -363,6 +393,7 @@ def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry
     run("rm", name)
     client = fresh(proxy.host, retries=0)
     client.part_threshold = 256 * 1024
+    client.split_below = float("inf")  # parts from the start
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", count=None, after=300_000)  # every part breaks
     with pytest.raises(NetworkError):
         pull(store(), ref, client=client)

@@ -56,6 +56,19 @@ from modelpkg.errors import (
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.registry.auth import Authenticator, safe_url, scope
+from modelpkg.registry.download import (
+    PROBE_BYTES,
+    PROBE_SECONDS,
+    SPLIT_BELOW,
+    BodyReader,
+    Interrupted,
+    PartDownload,
+    Probe,
+    TooLong,
+    append_hashing,
+    range_start,
+    resume_state,
+)
 from modelpkg.registry.credentials import Credential
 
 DEFAULT_TIMEOUT = (15.0, 60.0)  # (connect, read): seconds to connect, and at most between two reads
@@ -64,7 +77,6 @@ MAX_RETRY_AFTER = 60.0
 MAX_BACKOFF = 20.0
 MAX_REDIRECTS = 10
 MAX_ERROR_BODY = 64 * 1024
-READ_SIZE = 4 * 1024 * 1024  # large reads: fewer Python round trips per GiB
 UPLOAD_CHUNK = 1024 * 1024
 DEFAULT_PATCH_CHUNK = 8 * 1024 * 1024
 PART_THRESHOLD = 256 * 1024 * 1024  # blobs from this size download as concurrent ranged parts
@@ -102,49 +114,6 @@ def _tag(error: ModelpkgError, code: str | None, status: int | None) -> Modelpkg
     error.code = code  # type: ignore[attr-defined]
     error.status = status  # type: ignore[attr-defined]
     return error
-
-
-class _Interrupted(Exception):
-    """A body stream broke off (reset, timeout, short read): resumable."""
-
-
-class _TooLong(Exception):
-    """The server sent more bytes than the descriptor's size."""
-
-
-class _CappedReader:
-    """``read()`` for ``fsutil.copy_and_hash``: network errors become ``_Interrupted``, excess bytes ``_TooLong``."""
-
-    def __init__(self, raw, limit: int):
-        self.raw = raw
-        self.remaining = limit
-        self._pending: Exception | None = None
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes, gathered from ``read1`` calls: when the connection breaks, what arrived
-        before is returned first (and kept by the caller), and the error is raised on the next call."""
-        if self._pending is not None:
-            error, self._pending = self._pending, None
-            raise _Interrupted(str(error)) from error
-        want = min(n, self.remaining + 1)
-        parts, got = [], 0
-        while got < want:
-            try:
-                chunk = self.raw.read1(want - got)
-            except Exception as e:  # noqa: BLE001 - urllib3/requests/socket errors mid-body are all "interrupted"
-                if not parts:
-                    raise _Interrupted(str(e)) from e
-                self._pending = e
-                break
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(data) > self.remaining:
-            raise _TooLong()
-        self.remaining -= len(data)
-        return data
 
 
 class _FileBody:
@@ -206,7 +175,8 @@ class RegistryClient:
         self.session = session
         self.auth = Authenticator(host, credentials, self._auth_send, registry_secure=self.scheme == "https")
         self._no_ranges = False
-        self.part_threshold = PART_THRESHOLD  # blobs this large download as concurrent ranged parts
+        self.part_threshold = PART_THRESHOLD  # what is left of a blob from this size may be split into parts
+        self.split_below = SPLIT_BELOW  # ... when one stream moves fewer bytes/s than this (inf: split at once)
         self.warnings: list[str] = []
         self._lock = threading.Lock()
 
@@ -516,9 +486,10 @@ class RegistryClient:
 
         On return the file holds exactly the blob. A prefix already in ``dest_partial`` is re-hashed and the
         rest asked for with ``Range``; only a 206 whose Content-Range starts there is appended to,
-        anything else starts over. A blob of ``PART_THRESHOLD`` bytes or more is fetched as ``parts``
-        concurrent ranged requests. Raises ``IntegrityError`` (and removes the file) when the bytes do not
-        match the digest twice in a row.
+        anything else starts over. A blob starts as one stream; when ``part_threshold`` bytes or more are
+        left and the stream proves slower than ``split_below`` bytes/s (one connection is the bottleneck),
+        the rest is fetched as ``parts`` concurrent ranged requests. Raises ``IntegrityError`` (and removes
+        the file) when the bytes do not match the digest twice in a row.
         """
         progress = progress or NullProgress()
         task = task or desc.digest.short
@@ -530,21 +501,26 @@ class RegistryClient:
         counted = [0]  # bytes reported to progress: set back to the kept prefix after an interruption
         progress = _CountingProgress(progress, counted)
         best = -1
+        split = self.split_below == float("inf")
         while True:
-            offset, hasher = _resume_state(dest_partial, desc.size)
+            offset, hasher = resume_state(dest_partial, desc.size)
             if offset > best:
                 best, failures = offset, 0
             if offset != counted[0]:
                 progress.advance(task, offset - counted[0])
             try:
                 if offset < desc.size:
-                    remaining = desc.size - offset
-                    if parts > 1 and remaining >= self.part_threshold and not self._no_ranges:
-                        _PartDownload(self, url, scopes, desc, dest_partial, offset, hasher, progress, task,
-                                      parts, name, subject).run()
+                    can_split = parts > 1 and desc.size - offset >= self.part_threshold and not self._no_ranges
+                    if can_split and split:
+                        PartDownload(self, url, scopes, desc, dest_partial, offset, hasher, progress, task,
+                                     parts, name, subject).run()
                     else:
+                        probe = Probe(self.split_below, PROBE_BYTES, PROBE_SECONDS) if can_split else None
                         hasher = self._download_stream(url, scopes, desc, dest_partial, offset, hasher,
-                                                       progress, task, name, subject)
+                                                       progress, task, name, subject, probe)
+                        if hasher is None:
+                            split = True  # too slow for one connection: the rest comes in ranged parts
+                            continue
                 actual = Digest(hasher.hexdigest())
                 if actual == desc.digest:
                     return
@@ -554,7 +530,7 @@ class RegistryClient:
                     raise IntegrityError(f"blob {desc.digest.short} of {name.split('@')[0]} does not match its "
                                          f"digest (got {actual})",
                                          "the registry or a proxy corrupts data; nothing was stored")
-            except _Interrupted as e:
+            except Interrupted as e:
                 failures += 1
                 if failures > self.retries:
                     raise NetworkError(f"the download of blob {desc.digest.short} from {self.host} kept failing: {e}",
@@ -567,15 +543,16 @@ class RegistryClient:
             self.raise_for(response, kind="blob", name=name, subject=subject)
         return response
 
-    def _download_stream(self, url, scopes, desc, dest, offset, hasher, progress, task, name, subject):
+    def _download_stream(self, url, scopes, desc, dest, offset, hasher, progress, task, name, subject, probe=None):
         """Stream the blob from ``offset`` into ``dest``; returns the hasher over the whole file (a new one
-        when the registry ignored Range and the download started over)."""
+        when the registry ignored Range and the download started over), or None when ``probe`` stopped
+        the stream as too slow (what arrived is kept in ``dest``)."""
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         response = self._blob_get(url, scopes, headers, name, subject)
         try:
-            if offset and not (response.status_code == 206 and _range_start(response) == offset):
+            if offset and not (response.status_code == 206 and range_start(response) == offset):
                 # the registry ignored Range (or answered another range): start over from byte 0
                 fsutil.remove(dest)
                 progress.advance(task, -offset)
@@ -589,15 +566,17 @@ class RegistryClient:
             if length is not None and length.isdigit() and offset + int(length) != desc.size:
                 raise IntegrityError(f"blob {desc.digest.short} from {self.host} has size {offset + int(length)}, "
                                      f"the manifest says {desc.size}")
-            reader = _CappedReader(response.raw, desc.size - offset)
+            body = BodyReader(response, desc.size - offset)
             try:
-                _append_hashing(reader, dest, hasher, progress, task, fresh=offset == 0)
-            except _TooLong as e:
+                if append_hashing(body, dest, hasher, progress, task, fresh=offset == 0, probe=probe):
+                    return None
+                body.check_end()
+            except TooLong as e:
                 fsutil.remove(dest)
                 raise IntegrityError(f"blob {desc.digest.short} from {self.host} is larger than the manifest says "
                                      f"({desc.size} bytes)", "nothing was stored") from e
-            if reader.remaining:
-                raise _Interrupted(f"the connection closed {reader.remaining} bytes early")
+            if body.remaining:
+                raise Interrupted(f"the connection closed {body.remaining} bytes early")
             return hasher
         finally:
             response.close()
@@ -662,7 +641,7 @@ class RegistryClient:
                 else:
                     self._upload_monolithic(repo, desc, path, location, counting, task, name)
                 return UploadResult(desc.digest, "uploaded")
-            except _Interrupted as e:
+            except Interrupted as e:
                 failures += 1
                 if sent_before[0]:
                     progress.advance(task, -sent_before[0])
@@ -691,11 +670,11 @@ class RegistryClient:
             response = self.request(method, url, scopes=scopes, headers=headers, body=body, retry=False)
         except NetworkError as e:
             if isinstance(e.__cause__, _Retryable):
-                raise _Interrupted(str(e)) from e
+                raise Interrupted(str(e)) from e
             raise
         if response.status_code in _RETRY_STATUS:
             response.close()
-            raise _Interrupted(f"{self.host} answered HTTP {response.status_code}")
+            raise Interrupted(f"{self.host} answered HTTP {response.status_code}")
         return response
 
     def _upload_monolithic(self, repo, desc, path, location, progress, task, name) -> None:
@@ -861,16 +840,6 @@ def _with_query(url: str, key: str, value: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{key}={quote(value, safe=':')}"
 
 
-def _range_start(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Range", "")
-    if not value.startswith("bytes "):
-        return None
-    try:
-        return int(value[6:].split("-", 1)[0])
-    except ValueError:
-        return None
-
-
 def _range_end(value: str) -> int | None:
     """``Range: 0-1023`` (distribution's upload status; no ``bytes=`` prefix, but accept one)."""
     value = value.strip().removeprefix("bytes=")
@@ -880,283 +849,3 @@ def _range_end(value: str) -> int | None:
         return int(value.split("-", 1)[1])
     except ValueError:
         return None
-
-
-
-def _append_hashing(reader: _CappedReader, dest: Path, hasher, progress: Progress, task: str, *, fresh: bool) -> None:
-    """Append the stream to ``dest`` while hashing it; fsync at the end (and on interruption, so a
-    resume finds what was written).
-
-    Hashing and writing overlap: a writer thread writes chunk N while this thread hashes chunk N+1
-    (hashlib and os.write both release the GIL). Only whole chunks that were also hashed are written.
-    """
-    import queue
-
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_TRUNC if fresh else os.O_APPEND)
-    if fresh:
-        fsutil.remove(dest)
-    try:
-        fd = os.open(dest, flags, 0o644)
-    except OSError as e:
-        raise fsutil.os_error(e, dest, "creating") from e
-    slots: queue.Queue = queue.Queue(maxsize=2)
-    failure: list[OSError] = []
-
-    position = [os.fstat(fd).st_size]
-
-    def write() -> None:
-        while (chunk := slots.get()) is not None:
-            if failure:
-                continue
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                start_writeback(fd, position[0], len(chunk))
-                position[0] += len(chunk)
-            except OSError as e:
-                failure.append(e)
-
-    writer = threading.Thread(target=write, daemon=True, name="blob-writer")
-    writer.start()
-    try:
-        while not failure:
-            chunk = reader.read(READ_SIZE)
-            if not chunk:
-                break
-            hasher.update(chunk)
-            slots.put(chunk)
-            progress.advance(task, len(chunk))
-    finally:
-        slots.put(None)
-        writer.join()
-        try:
-            if not failure:
-                os.fsync(fd)
-        except OSError as e:
-            failure.append(e)
-        os.close(fd)
-        if failure:
-            raise fsutil.os_error(failure[0], dest, "writing")
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_libc = None
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing this range to disk now, without waiting (Linux
-    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the disk works while the network does, and the fsync
-    before the commit finds little left to do. Elsewhere a no-op."""
-    global _libc
-    if _libc is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-            _libc = libc
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _parts_marker(dest: Path) -> Path:
-    # ends in ".partial" so the store's gc keeps it as long as the partial file it describes
-    return dest.with_name(dest.name + ".parts.partial")
-
-
-def _resume_state(dest: Path, size: int):
-    """The verified-consistent prefix of an earlier download in ``dest``: its length and a hasher over it.
-
-    A download in ranged parts writes ahead of its hashed prefix; its marker file records how far the
-    prefix goes, and the file is cut back to it (the rest is fetched again).
-    """
-    marker = _parts_marker(dest)
-    try:
-        keep = int(marker.read_text().strip() or "0")
-    except FileNotFoundError:
-        keep = None
-    except (OSError, ValueError):
-        keep = 0
-    try:
-        current = dest.stat().st_size
-    except FileNotFoundError:
-        current = 0
-    if keep is not None:
-        try:
-            if current > keep:
-                os.truncate(dest, keep)
-                current = keep
-        except OSError as e:
-            raise fsutil.os_error(e, dest, "resuming") from e
-        fsutil.remove(marker)
-    if current > size:
-        fsutil.remove(dest)
-        current = 0
-    hasher = sha256()
-    if current:
-        try:
-            with open(dest, "rb") as f:
-                while chunk := f.read(READ_SIZE):
-                    hasher.update(chunk)
-        except OSError as e:
-            raise fsutil.os_error(e, dest, "reading") from e
-    return current, hasher
-
-
-class _PartDownload:
-    """One blob as ``parts`` concurrent ranged GETs written in place, hashed in order behind them.
-
-    Each part writes at its offset (``os.pwrite``); the caller's thread hashes the file from the resume
-    offset forward as far as the parts have written contiguously, so hashing overlaps the transfer. The
-    ``.parts.partial`` marker holds the hashed length: that prefix is what a later resume keeps.
-    """
-
-    def __init__(self, client, url, scopes, desc, dest, offset, hasher, progress, task, parts, name, subject):
-        self.client, self.url, self.scopes, self.desc, self.dest = client, url, scopes, desc, dest
-        self.subject = subject
-        self.offset, self.hasher, self.progress, self.task, self.name = offset, hasher, progress, task, name
-        remaining = desc.size - offset
-        step = -(-remaining // parts)
-        self.ranges = [(offset + i * step, min(offset + (i + 1) * step, desc.size)) for i in range(parts)
-                       if offset + i * step < desc.size]
-        self.done = [0] * len(self.ranges)
-        self.cond = threading.Condition()
-        self.error: BaseException | None = None
-        self.stop = False  # set when this thread gives up (interrupt): parts end promptly
-        self.finished = 0
-
-    def run(self) -> None:
-        marker = _parts_marker(self.dest)
-        fsutil.atomic_write(marker, str(self.offset).encode(), self.dest.parent)
-        flags = os.O_RDWR | os.O_CREAT
-        try:
-            fd = os.open(self.dest, flags, 0o644)
-        except OSError as e:
-            raise fsutil.os_error(e, self.dest, "creating") from e
-        hashed = self.offset
-        threads = [threading.Thread(target=self._part, args=(i, fd), daemon=True) for i in range(len(self.ranges))]
-        try:
-            for t in threads:
-                t.start()
-            last_mark = hashed
-            while hashed < self.desc.size:
-                # a failed part does not stop the others: what they fetch is kept if the gap closes
-                with self.cond:
-                    while self._frontier() <= hashed and self.finished < len(threads):
-                        self.cond.wait(1.0)
-                    frontier = self._frontier()
-                if frontier <= hashed:
-                    break  # every part has ended and a failed one left a gap
-                while hashed < frontier:
-                    chunk = os.pread(fd, min(READ_SIZE, frontier - hashed), hashed)
-                    if not chunk:
-                        raise IntegrityError(f"{self.dest} is shorter than what was written to it")
-                    self.hasher.update(chunk)
-                    hashed += len(chunk)
-                if hashed - last_mark >= 64 * 1024 * 1024:
-                    fsutil.atomic_write(marker, str(hashed).encode(), self.dest.parent)
-                    last_mark = hashed
-        except BaseException:
-            self.stop = True
-            raise
-        finally:
-            for t in threads:
-                t.join()
-            try:
-                if self.error is None and hashed >= self.desc.size:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            if self.error is None and hashed >= self.desc.size:
-                fsutil.remove(marker)
-            else:
-                # keep only the hashed prefix: resume re-hashes it and asks for the rest
-                try:
-                    os.truncate(self.dest, hashed)
-                except OSError:
-                    pass
-                fsutil.remove(marker)
-        if self.error is not None:
-            if isinstance(self.error, _RangesIgnored):
-                self.client._no_ranges = True
-                raise _Interrupted("the registry ignores Range; downloading in one stream")
-            raise self.error
-
-    def _frontier(self) -> int:
-        """How far from the first part the bytes are written without a gap."""
-        for (start, end), done in zip(self.ranges, self.done):
-            if start + done < end:
-                return start + done
-        return self.desc.size
-
-    def _part(self, i: int, fd: int) -> None:
-        try:
-            self._part_loop(i, fd)
-        finally:
-            with self.cond:
-                self.finished += 1
-                self.cond.notify_all()
-
-    def _part_loop(self, i: int, fd: int) -> None:
-        start, end = self.ranges[i]
-        failures = 0
-        while not self.stop and start + self.done[i] < end:
-            try:
-                self._fetch(i, fd, start + self.done[i], end)
-            except _Interrupted as e:
-                failures += 1
-                if failures > self.client.retries:
-                    self._fail(NetworkError(f"the download of blob {self.desc.digest.short} from "
-                                            f"{self.client.host} kept failing: {e}",
-                                            "run the command again: it resumes where it stopped"))
-                    return
-                self.client._sleep(self.client._backoff(failures - 1))
-            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread
-                self._fail(e)
-                return
-
-    def _fail(self, e: BaseException) -> None:
-        with self.cond:
-            if self.error is None or isinstance(self.error, NetworkError) and not isinstance(e, NetworkError):
-                self.error = e  # the most telling error wins: a disk or integrity error over a network one
-            if not isinstance(e, NetworkError):
-                self.stop = True  # a full disk or a broken registry fails every part alike
-            self.cond.notify_all()
-
-    def _fetch(self, i: int, fd: int, pos: int, end: int) -> None:
-        headers = {"Accept-Encoding": "identity", "Range": f"bytes={pos}-{end - 1}"}
-        response = self.client._blob_get(self.url, self.scopes, headers, self.name, self.subject)
-        try:
-            if response.status_code != 206 or _range_start(response) != pos:
-                raise _RangesIgnored()
-            raw = response.raw
-            while pos < end and not self.stop:
-                try:
-                    chunk = raw.read1(min(1024 * 1024, end - pos))  # what has arrived: kept if the next read fails
-                except Exception as e:  # noqa: BLE001
-                    raise _Interrupted(str(e)) from e
-                if not chunk:
-                    raise _Interrupted("the connection closed early")
-                view = memoryview(chunk)
-                while view:
-                    try:
-                        written = os.pwrite(fd, view, pos)
-                    except OSError as e:
-                        raise fsutil.os_error(e, self.dest, "writing") from e
-                    view = view[written:]
-                    pos += written
-                start_writeback(fd, pos - len(chunk), len(chunk))
-                with self.cond:
-                    self.done[i] += len(chunk)
-                    self.cond.notify_all()
-                self.progress.advance(self.task, len(chunk))
-        finally:
-            response.close()
-
-
-class _RangesIgnored(Exception):
-    pass
