@@ -3,9 +3,8 @@
 Targets (issue 3), measured in the same run against a local CNCF distribution `docker-registry`:
 
 - pull (manifest, download, sha256 verification, fsync and atomic commit into an empty store)
-  <= 1.15x `curl -o` of the same blob. curl leaves its file in the page cache while pull fsyncs before
-  naming the blob, so `curl -o && sync -d` (the same durability) is shown too: on a disk slower than the
-  network that, not curl -o, is the floor;
+  <= 1.15x `curl -o` of the same blob. curl leaves its file in the page cache while pull has every blob
+  on the disk before naming it, so `curl -o && sync -d` (the same durability) is shown for reference;
 - push (HEAD, POST, streamed PUT, manifest) to an empty registry <= 1.15x a streamed `curl -T` POST + PUT;
 - peak RSS of each modelpkg run < 100 MB (os.wait4 on the child: its own peak);
 - a no-op pull (everything present: one manifest request) < 0.5 s.
