@@ -14,6 +14,10 @@ The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md s
    unless it is damaged: a blob changed since it was last verified (``Store.has_good_blob``) is re-hashed,
    and fetched again when it no longer matches its digest.
 
+On a store this process cannot write (a read-only mount), a pull with nothing to write (the name already
+names this manifest, every blob present and sound) succeeds without pinning or writing anything; any other
+pull fails at the pin with the store's one-line error, before anything is downloaded.
+
 Where each blob came from is remembered (``ingest/origins/<host>.json``), so a later push to another
 repository on that registry can mount it instead of uploading it.
 
@@ -81,6 +85,14 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
                 raise RegistryError(f"the index of {ref} points at another index; nested indexes are not supported")
         media_type = manifest.media_type
         store.init()
+        if not store.writable():
+            # A read-only store still answers a pull with nothing to write. No pin: a pin guards blobs a pull
+            # is about to reference, this one references nothing new, and nobody can gc a store nobody can
+            # write. A pull with anything to write goes on to the pin, which fails with the store's error.
+            entry = _up_to_date(store, ref, digest, manifest, trust, progress)
+            if entry is not None:
+                progress.message("success")
+                return entry
         with store.session() as pins:
             blobs = _unique(manifest.blobs())
             pins.add(digest, *(blob.digest for blob in blobs))
@@ -139,16 +151,38 @@ def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
     return list(seen.values())
 
 
+def _up_to_date(store: Store, ref: Reference, digest: Digest, manifest: Manifest, trust: sign.PullCheck,
+                progress: Progress) -> RefEntry | None:
+    """``ref``'s entry when it already names ``digest`` with every blob present and sound, each derived blob
+    made and no new signature to keep (a pull with nothing to write); None otherwise."""
+    entry = next((e for e in store.refs() if e.name == str(ref)), None)
+    if entry is None or entry.digest != digest or trust.found or not store.has_blob(digest):
+        return None
+    derived = dict(entry.derived)
+    if any(layer.digest not in derived or not store.has_blob(derived[layer.digest]) for layer in _derivable(manifest)):
+        return None
+    blobs = _unique(manifest.blobs())
+    if not all(store.has_good_blob(blob.digest, blob.size) for blob in blobs):
+        return None
+    for blob in blobs:
+        _report_exists(progress, blob)
+    return entry
+
+
+def _report_exists(progress: Progress, blob: Descriptor) -> None:
+    task = blob.digest.short
+    progress.start(task, blob.size, f"pulling {task}")
+    progress.advance(task, blob.size)
+    progress.finish(task, "exists")
+
+
 def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: list[Descriptor], pins: Pins,
                   progress: Progress, workers: int) -> None:
     missing = []
     for blob in blobs:
-        task = blob.digest.short
         if store.has_good_blob(blob.digest, blob.size):  # re-hashed unless verified unchanged since
             store.touch(blob.digest)
-            progress.start(task, blob.size, f"pulling {task}")
-            progress.advance(task, blob.size)
-            progress.finish(task, "exists")
+            _report_exists(progress, blob)
         else:
             missing.append(blob)
     if not missing:
@@ -247,13 +281,9 @@ MIN_CAP = 256 * 1024 * 1024
 def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
                  progress: Progress | None = None) -> tuple[tuple[Digest, Digest], ...]:
     """Derived blobs for the layers that need one: (layer digest, derived digest) pairs."""
-    from modelpkg.manifest import is_kitops_tar, layer_role
-
     out = []
     known = {layer: made for entry in store.refs() for layer, made in entry.derived}
-    for layer in manifest.layers:
-        if not (is_kitops_tar(layer) and layer_role(layer) == "model"):
-            continue
+    for layer in _derivable(manifest):
         made = known.get(layer.digest)
         if made is not None and store.has_blob(made):
             pins.add(made)
@@ -263,6 +293,13 @@ def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
             made = extract_gguf(store, layer, pins)
         out.append((layer.digest, made))
     return tuple(out)
+
+
+def _derivable(manifest: Manifest) -> list[Descriptor]:
+    """The layers that get a derived blob: a KitOps model tar."""
+    from modelpkg.manifest import is_kitops_tar, layer_role
+
+    return [layer for layer in manifest.layers if is_kitops_tar(layer) and layer_role(layer) == "model"]
 
 
 def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:

@@ -130,6 +130,11 @@ class Store:
         finally:
             lock.release()
 
+    def writable(self) -> bool:
+        """Can this process write to the store (index, blobs, pins)? False on a read-only mount (EROFS)
+        or without write permission. A store nobody can write to is also one nobody can gc."""
+        return all(os.access(folder, os.W_OK) for folder in (self.root, self.blobs_dir, self.pins_dir))
+
     @contextmanager
     def session(self) -> Iterator[Pins]:
         """An operation's pins: every digest pinned stays safe from gc until the block ends."""

@@ -108,10 +108,56 @@ def test_read_only_store(registry, small_fs, big_remote, big_gguf, tmp_path):
         result = run_cli(home, *readers)
         assert result.returncode == 0, (readers, result.stderr)
     result = run_cli(home, "pull", name)  # nothing to write: an up-to-date model needs no write
-    assert result.returncode in (0, 8), result.stderr
-    if result.returncode == 8:
-        one_clear_error(result, "read-only")
+    assert result.returncode == 0, result.stderr
     assert store_problems(home) == [] and names(home) == [name]
+
+
+def _files(home: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``home`` with its size and mtime: a read-only pull must change none of them."""
+    return {str(p.relative_to(home)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(home.rglob("*")) if p.is_file()}
+
+
+def test_pull_on_a_read_only_store(registry, fault_proxy, small_fs, big_remote, big_gguf, tmp_path):
+    """Up to date: one manifest request, exit 0, nothing written. Anything to write, even with every blob
+    already here (a tag moved to big's manifest, big's manifest under a new name): the one-line store error,
+    no blob fetched, not a byte of the store changed."""
+    from modelpkg.create import create
+    from modelpkg.push import push
+    from modelpkg.reference import parse_reference
+    from modelpkg.store import Store
+
+    repo, size, _ = big_remote
+    home = small_fs(size // MB + 16) / "home"
+    proxy = fault_proxy(registry)
+    big = f"{proxy.host}/{repo}"
+    moved, same_blobs = f"{proxy.host}/rel/ro:moved", f"{proxy.host}/rel/ro:same-blobs"
+    scratch = Store(tmp_path / "scratch")
+
+    def publish(name: str, modelfile: str) -> None:
+        ref = parse_reference(name.replace(proxy.host, registry.host))
+        create(scratch, ref, modelfile, big_gguf.parent)
+        push(scratch, ref)
+
+    publish(moved, f"FROM {big_gguf}\nSYSTEM first\n")
+    for name in (big, moved):
+        assert run_cli(home, "pull", name).returncode == 0
+    publish(moved, f"FROM {big_gguf}\nPARAMETER temperature 0.5\n")  # the tag moves to big's manifest
+    publish(same_blobs, f"FROM {big_gguf}\nPARAMETER temperature 0.5\n")  # big's manifest under another tag
+    assert _mount("-o", "remount,ro", str(home.parent)) is None
+    before = _files(home)
+    proxy.clear()
+
+    result = run_cli(home, "pull", big)
+    assert result.returncode == 0, result.stderr
+    assert "pulled" in result.stderr and "Error" not in result.stderr
+    assert len(proxy.matching("GET", "/manifests/")) == 1 and proxy.matching("GET", "/blobs/") == []
+
+    for name in (moved, same_blobs):
+        one_clear_error(run_cli(home, "pull", name), "read-only")
+    assert proxy.matching("GET", "/blobs/") == []
+    assert _files(home) == before
+    assert store_problems(home) == [] and names(home) == sorted([big, moved])
 
 
 def _limit_file_size(limit: int):
