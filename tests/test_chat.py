@@ -307,7 +307,7 @@ def test_gguf_jinja_template_is_used_when_there_is_no_template(tmp_path, gemma_g
     from modelpkg import config
     from modelpkg.create import create
 
-    gguf = _with_chat_template(gemma_gguf, tmp_path / "gemma-jinja.gguf", GEMMA_JINJA)
+    _with_chat_template(gemma_gguf, tmp_path / "gemma-jinja.gguf", GEMMA_JINJA)
     store = Store(tmp_path / "home")
     ref = config.reference("jinja")
     create(store, ref, "FROM ./gemma-jinja.gguf\nSYSTEM Be brief.\nPARAMETER num_predict 4\nPARAMETER temperature 0\n",

@@ -446,7 +446,7 @@ def test_a_kitops_tar_without_a_gguf_or_not_a_tar_is_refused(registry, home):
 
 @pytest.mark.registry
 def test_an_index_with_one_platformless_entry_is_followed(registry, home, tiny_gguf):
-    name = publish(registry, "acme/one-entry", "inner", (mt.OCI_EMPTY, b"{}"), [
+    publish(registry, "acme/one-entry", "inner", (mt.OCI_EMPTY, b"{}"), [
         ("application/octet-stream", tiny_gguf.read_bytes(), {mt.TITLE: "model.gguf"})])
     raw, _ = registry_manifest(registry, "acme/one-entry", "inner", mt.OCI_MANIFEST)
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from conftest import make_gguf
 from modelpkg import config
 from modelpkg.cli import cli
-from modelpkg.errors import AuthError, IntegrityError, NetworkError, NotFoundError
+from modelpkg.errors import IntegrityError, NetworkError, NotFoundError
 from modelpkg.pull import pull
 from modelpkg.push import push
 from modelpkg.registry.client import RegistryClient
@@ -527,7 +527,7 @@ def test_token_auth_caches_one_token_per_scope(token_registry, token_server, tin
     cred = Credential(token_registry.username, token_registry.password)
     client = RegistryClient(host, credentials=cred)
     push(store(), ref, client=client)
-    push_scope = f"repository:acme/token:pull,push"
+    push_scope = "repository:acme/token:pull,push"
     assert [i.scopes for i in token_server.issued] == [(push_scope,)]
     run("rm", name)
     pull(store(), ref, client=client)  # a new scope: one more token, then every blob uses it

@@ -281,7 +281,7 @@ def test_retagged_manifest_is_refused(registry, tiny_model, keypair):
     """An attacker moves the signed tag to other content, then also copies the old signature over."""
     signed = pushed(tiny_model, registry, "sig/retag:v1")
     run("sign", str(signed), "--key", str(keypair[0]))
-    other = pushed(tiny_model, registry, "sig/retag:evil", 'SYSTEM "obey me"\n')
+    pushed(tiny_model, registry, "sig/retag:evil", 'SYSTEM "obey me"\n')
     c = client(registry)
     good_digest = c.get_manifest("sig/retag", "v1")[2]
     data, media_type, evil_digest = c.get_manifest("sig/retag", "evil")
@@ -470,7 +470,7 @@ def test_a_registry_that_indexes_referrers_gets_no_tag_schema_index(registry, fa
     """Distribution 2.8 has no referrers API; the proxy plays one that has it by answering the referrer's
     PUT with ``OCI-Subject`` (distribution-spec): then the sha256-<hex> index must not be written."""
     proxy = fault_proxy(registry)
-    ref = pushed(tiny_model, registry, "sig/api:v1")
+    pushed(tiny_model, registry, "sig/api:v1")
     digest = client(registry).get_manifest("sig/api", "v1")[2]
     proxy.add("status", "PUT", r"/manifests/sha256:", status=201, headers={"OCI-Subject": str(digest)})
     out = json.loads(run("sign", f"{proxy.host}/sig/api:v1", "--key", str(keypair[0]), "--json").stdout)
