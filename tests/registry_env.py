@@ -553,6 +553,11 @@ FAULT_KINDS: dict[str, dict] = {
     "ignore_range": {},                   # drop Range/If-Range: upstream answers 200 with the whole body
     "stall": {"after": 0, "seconds": 1.0},  # send `after` bytes, pause `seconds`, then the rest
     "redirect_other_host": {"status": 307},  # redirect to proxy.other_host, which serves the same bytes
+    # request side: receive (and forward) `after` bytes of the request body, then reset both connections,
+    # as when the network breaks mid-upload; upstream sees a short body, the client a reset. Matches only
+    # requests whose Content-Length is larger than `after` (or unknown: chunked), so a small upload (a
+    # config blob) does not use the fault up
+    "cut_request": {"after": 0},
 }
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "trailers", "transfer-encoding", "upgrade", "expect", "host", "content-length"}
@@ -582,7 +587,9 @@ class Fault:
         except KeyError:
             raise AttributeError(name) from None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body_length: int | None = None) -> bool:
+        if self.kind == "cut_request" and body_length is not None and body_length <= self.params["after"]:
+            return False
         return ((self.method is None or self.method == method) and self.path.search(path) is not None
                 and (self.remaining is None or self.remaining > 0))
 
@@ -598,6 +605,7 @@ class ProxiedRequest:
         self.method, self.path, self.query, self.headers, self.fault = method, path, query, headers, fault
         self.status: int | None = None
         self.bytes_sent = 0   # response body bytes handed to the client socket
+        self.bytes_received = 0   # request body bytes read from the client (and forwarded upstream)
 
     def __repr__(self) -> str:
         fault = f" [{self.fault}]" if self.fault else ""
@@ -713,10 +721,10 @@ class FaultProxy:
         self._httpd.server_close()
         self.other_host.close()
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, body_length: int | None = None) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, body_length):
                     fault.hits += 1
                     if fault.remaining is not None:
                         fault.remaining -= 1
@@ -735,7 +743,7 @@ class _ProxyHandler(_QuietHandler):
     def do_GET(self):
         proxy: FaultProxy = self.server.owner
         path, _, query = self.path.partition("?")
-        fault = proxy._take(self.command, path)
+        fault = proxy._take(self.command, path, self._body_length())
         record = ProxiedRequest(self.command, path, query, self.headers, fault.kind if fault else None)
         proxy.requests.append(record)
         try:
@@ -753,6 +761,13 @@ class _ProxyHandler(_QuietHandler):
     do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
 
     # -- request side --
+    def _body_length(self) -> int | None:
+        """The request body's declared length: 0 without one, None when chunked (unknown until it ends)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return None
+        length = self.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else 0
+
     def _request_body(self):
         """The request body as an iterator (chunked or Content-Length), or None; forwarded as it streams."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -792,11 +807,27 @@ class _ProxyHandler(_QuietHandler):
 
     def _forward(self, proxy: FaultProxy, record: ProxiedRequest, fault: Fault | None) -> None:
         conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+        body = self._request_body()
+        if body is not None:
+            body = self._counted(record, body, fault.after if fault is not None and fault.kind == "cut_request"
+                                 else None)
         try:
-            conn.request(self.command, self.path, body=self._request_body(), headers=self._upstream_headers(fault))
+            conn.request(self.command, self.path, body=body, headers=self._upstream_headers(fault))
             self._relay(proxy, record, conn.getresponse(), fault)
         finally:
             conn.close()
+
+    def _counted(self, record: ProxiedRequest, body, cut: int | None):
+        """The request body, counted into ``record``; with ``cut``, reset after that many bytes (what came
+        before is forwarded: upstream sees a body that breaks off, as over a real broken link)."""
+        for data in body:
+            if cut is not None:
+                data = data[:cut - record.bytes_received]
+            record.bytes_received += len(data)
+            if data:
+                yield data
+            if cut is not None and record.bytes_received >= cut:
+                self._cut("reset")
 
     # -- response side --
     def _relay(self, proxy: FaultProxy, record: ProxiedRequest, upstream, fault: Fault | None) -> None:

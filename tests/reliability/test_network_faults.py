@@ -12,7 +12,7 @@ import time
 import pytest
 from reliability_helpers import big_gguf, big_remote, env_int, make_gguf, store_problems  # noqa: F401 - fixtures
 
-from modelpkg.errors import ModelpkgError
+from modelpkg.errors import IntegrityError, ModelpkgError
 from modelpkg.pull import pull
 from modelpkg.push import push
 from modelpkg.reference import parse_reference
@@ -145,3 +145,307 @@ def test_faults_per_gib(registry, fault_proxy, home, tmp_path):
           f"{sent / stored:.3f} bytes sent per byte stored; {elapsed:.1f} s")
     assert faults >= soak // every - 1
     assert sent <= stored + MB
+
+
+# ---------------------------------------------------------------------------------------------------------
+# faults inside the ranged-parts path: parts forced from the first byte (split_below=inf), a ~6 MiB blob
+# in 4 parts of ~1.5 MiB
+
+
+@pytest.fixture(scope="module")
+def parts_remote(registry, tmp_path_factory):
+    """A model whose weights (about 6 MiB) split into 4 ranged parts; ``(repo, size, digest)``."""
+    from modelpkg.create import create
+    from modelpkg.fsutil import hash_file
+
+    folder = tmp_path_factory.mktemp("parts")
+    gguf = make_gguf(folder / "parts.gguf", tensor_values=3 * MB, seed=23)
+    store = Store(folder / "store")
+    ref = parse_reference(f"{registry.host}/rel/parts:v1")
+    create(store, ref, f"FROM {gguf}\n", folder)
+    push(store, ref)
+    digest, size = hash_file(gguf)
+    return "rel/parts:v1", size, digest
+
+
+def parts_client(proxy, read_timeout: float = 5.0, retries: int = 5, sleep=None) -> RegistryClient:
+    c = RegistryClient(proxy.host, timeout=(2.0, read_timeout), backoff=0.01, retries=retries,
+                       sleep=sleep or (lambda s: None))
+    c.part_threshold = 256 * 1024
+    c.split_below = float("inf")  # parts from the first byte
+    return c
+
+
+def pull_parts(proxy, home, repo: str, **kw):
+    store = Store(home)
+    with parts_client(proxy, **kw) as c:
+        return store, pull(store, parse_reference(f"{proxy.host}/{repo}"), client=c)
+
+
+def part_gets(proxy, digest) -> list:
+    return proxy.matching("GET", f"/blobs/{digest}")
+
+
+def assert_pulled(store: Store, home, digest, size) -> None:
+    assert store_problems(home) == []
+    assert store.has_blob(digest, size)
+    assert len(store.refs()) == 1
+    assert not store.partial_path(digest).exists()
+
+
+PART_FAULTS = [
+    # kind, params, count, bound on the bytes sent beyond one copy of the blob
+    ("reset", dict(after=200_000), 1, 200_000),       # a RST loses at most what was sent before it
+    ("reset", dict(after=200_000), 3, 3 * 200_000),   # several parts broken at once
+    ("truncate", dict(after=300_000), 3, 0),          # a clean close loses nothing: not one byte again
+    ("status", dict(status=503), 4, 0),               # a 5xx burst on part GETs: retried, no body sent
+    ("status", dict(status=502), 2, 0),
+    ("retry_after", dict(seconds=1), 2, 0),           # 429 + Retry-After (the sleep is recorded, not slept)
+]
+
+
+@pytest.mark.parametrize("kind,params,count,extra", PART_FAULTS,
+                         ids=[f"{k}{p.get('status', '')}x{c}" for k, p, c, _ in PART_FAULTS])
+def test_ranged_parts_survive(registry, fault_proxy, home, parts_remote, kind, params, count, extra):
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add(kind, "GET", f"/blobs/{digest}", count=count, **params)
+    slept: list[float] = []
+    store, _ = pull_parts(proxy, home, repo, sleep=slept.append)
+    assert_pulled(store, home, digest, size)
+    gets = part_gets(proxy, digest)
+    assert sum(1 for g in gets if g.fault == kind) == count
+    assert len(gets) >= 4 + (count if kind in ("reset", "truncate") else 0)
+    assert all(g.headers.get("Range") for g in gets)  # never fell back to one stream
+    sent = proxy.bytes_sent("GET", f"/blobs/{digest}")
+    assert size <= sent <= size + extra  # each part resumed where it broke, none restarted
+    if kind == "retry_after":
+        assert slept.count(1.0) == count
+
+
+def test_a_corrupt_part_is_fetched_again(registry, fault_proxy, home, parts_remote):
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("corrupt", "GET", f"/blobs/{digest}", count=1, offset=100_000, length=4)
+    store, _ = pull_parts(proxy, home, repo)
+    assert_pulled(store, home, digest, size)
+    assert proxy.bytes_sent("GET", f"/blobs/{digest}") == 2 * size  # the bad copy, then a good one
+
+
+def test_a_part_stalled_past_the_read_timeout_is_fetched_again(registry, fault_proxy, home, parts_remote):
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "GET", f"/blobs/{digest}", count=1, after=100_000, seconds=4.0)
+    started = time.monotonic()
+    store, _ = pull_parts(proxy, home, repo, read_timeout=0.5)
+    assert time.monotonic() - started < 3.5  # gave up on the stalled connection, did not wait it out
+    assert_pulled(store, home, digest, size)
+    gets = part_gets(proxy, digest)
+    assert len(gets) == 5 and all(g.headers.get("Range") for g in gets)
+    # the stalled part resumed from what it had: at most one 64 KiB relay chunk sent into the dead socket
+    assert proxy.bytes_sent("GET", f"/blobs/{digest}") <= size + 64 * 1024
+
+
+def test_a_200_to_a_part_falls_back_to_one_stream(registry, fault_proxy, home, parts_remote):
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("ignore_range", "GET", f"/blobs/{digest}", count=None)
+    store, _ = pull_parts(proxy, home, repo)
+    assert_pulled(store, home, digest, size)
+    gets = part_gets(proxy, digest)
+    assert len(gets) <= 5  # up to 4 part GETs answered 200, then one stream; no retry loop
+    assert gets[-1].headers.get("Range") is None and gets[-1].status == 200
+    assert gets[-1].bytes_sent == size
+
+
+def test_a_failed_ranged_pull_is_one_clear_error_and_a_rerun_fetches_only_the_rest(registry, fault_proxy,
+                                                                                    home, parts_remote):
+    """Every part's first GET breaks after 300 kB, then part GETs answer 503 for longer than the retries."""
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("truncate", "GET", f"/blobs/{digest}", count=4, after=300_000)
+    proxy.add("status", "GET", f"/blobs/{digest}", count=None, status=503)
+    with pytest.raises(ModelpkgError) as info:
+        pull_parts(proxy, home, repo, retries=2)
+    assert "\n" not in info.value.message and "503" in info.value.message
+    store = Store(home)
+    assert store.refs() == [] and not store.has_blob(digest)
+    assert store_problems(home) == []
+    partial = store.partial_path(digest)
+    kept = partial.stat().st_size if partial.exists() else 0
+    # the verified prefix: the first part's 300 kB, or nothing when another part's retry (no backoff
+    # here) took the last truncation before the first part's request came and met a 503; what the other
+    # parts wrote beyond the gap is cut off
+    assert kept in (0, 300_000)
+    assert not partial.with_name(partial.name + ".parts.partial").exists()
+
+    proxy.clear()
+    store, _ = pull_parts(proxy, home, repo)
+    assert_pulled(store, home, digest, size)
+    assert proxy.bytes_sent("GET", f"/blobs/{digest}") == size - kept
+    assert min(int(g.headers["Range"].split("=")[1].split("-")[0]) for g in part_gets(proxy, digest)) == kept
+
+
+def test_persistent_corruption_in_parts_is_an_integrity_error(registry, fault_proxy, home, parts_remote):
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("corrupt", "GET", f"/blobs/{digest}", count=None, offset=10, length=1)
+    with pytest.raises(IntegrityError) as info:
+        pull_parts(proxy, home, repo)
+    assert "does not match its digest" in info.value.message
+    store = Store(home)
+    assert store.refs() == [] and not store.has_blob(digest)
+    assert not store.partial_path(digest).exists()
+    assert store_problems(home) == []
+
+    proxy.clear()
+    store, _ = pull_parts(proxy, home, repo)
+    assert_pulled(store, home, digest, size)
+    assert proxy.bytes_sent("GET", f"/blobs/{digest}") == size  # nothing was kept, nothing fetched twice
+
+
+def test_a_stalled_stream_is_split_and_its_parts_survive_resets(registry, fault_proxy, home, parts_remote):
+    """The adaptive switch under faults: one stream stalls past the probe's second (not past the read
+    timeout), is judged too slow and dropped; the rest comes in ranged parts, three of which are reset."""
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "GET", f"/blobs/{digest}", count=1, after=1536 * 1024, seconds=1.5)
+    proxy.add("reset", "GET", f"/blobs/{digest}", count=3, after=100_000)
+    store = Store(home)
+    with RegistryClient(proxy.host, timeout=(2.0, 5.0), backoff=0.01, sleep=lambda s: None) as c:
+        c.part_threshold = 256 * 1024  # split_below stays the default: only a slow stream is split
+        pull(store, parse_reference(f"{proxy.host}/{repo}"), client=c)
+    assert_pulled(store, home, digest, size)
+    gets = part_gets(proxy, digest)
+    assert gets[0].headers.get("Range") is None and gets[0].fault == "stall"
+    parts = gets[1:]
+    assert sum(1 for g in parts if g.fault == "reset") == 3
+    assert all(g.headers.get("Range") for g in parts)
+    first = min(int(g.headers["Range"].split("=")[1].split("-")[0]) for g in parts)
+    assert first >= 2 * MB  # the dropped stream's prefix was kept
+    assert sum(g.bytes_sent for g in parts) <= size - first + 3 * 100_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# broken upload bodies: the proxy resets the connection after N bytes of a PUT/PATCH body arrived
+
+
+def test_the_proxy_breaks_a_request_body_mid_upload(registry, fault_proxy):
+    """The fixture itself: the client sees a broken connection, upstream a short body, the rest never sent."""
+    import requests
+
+    proxy = fault_proxy(registry)
+    start = requests.post(f"{proxy.url}/v2/rel/cut-check/blobs/uploads/", timeout=10)
+    location = start.headers["Location"]
+    proxy.add("cut_request", "PUT", r"/blobs/uploads/", after=100_000)
+    with pytest.raises(requests.ConnectionError):
+        requests.put(f"{location}&digest=sha256:{'0' * 64}", data=b"x" * (4 * MB), timeout=10)
+    record = proxy.matching("PUT", r"/blobs/uploads/")[-1]
+    assert record.fault == "cut_request" and record.bytes_received == 100_000
+
+
+@pytest.fixture
+def local_model(tmp_path, request):
+    """A model of about 3 MiB in a store of its own (weights the registry has not seen); ``(store, ref
+    name without host, weights digest)``."""
+    from modelpkg.create import create
+    from modelpkg.fsutil import hash_file
+
+    seed = 100 + sum(map(ord, request.node.name))
+    gguf = make_gguf(tmp_path / "up.gguf", tensor_values=1536 * 1024, seed=seed)
+    store = Store(tmp_path / "src")
+    repo = f"rel/upload-{seed}-{time.monotonic_ns() % 10**9}:v1"
+    create(store, parse_reference(f"localhost:1/{repo}"), f"FROM {gguf}\n", tmp_path)
+    digest, size = hash_file(gguf)
+    return store, repo, digest, size
+
+
+def push_through(proxy, store: Store, repo: str, chunked: bool = False, retries: int = 5):
+    ref = parse_reference(f"{proxy.host}/{repo}")
+    entry, _ = store.manifest(parse_reference(f"localhost:1/{repo}"))
+    store.set_ref(ref, entry.digest, entry.media_type, entry.size)
+    with client(proxy, retries=retries) as c:
+        c._sleep = lambda s: None
+        return push(store, ref, client=c, chunked=chunked)
+
+
+def registry_blob_digest(registry, repo: str, digest) -> str | None:
+    """sha256 of the blob as the registry serves it (straight, not through the proxy); None if absent."""
+    import hashlib
+
+    import requests
+
+    name = repo.split(":")[0]
+    head = requests.head(f"{registry.url}/v2/{name}/blobs/{digest}", timeout=10)
+    if head.status_code == 404:
+        return None
+    assert head.headers["Docker-Content-Digest"] == str(digest)
+    body = requests.get(f"{registry.url}/v2/{name}/blobs/{digest}", timeout=30).content
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_push_survives_broken_upload_bodies(registry, fault_proxy, local_model, chunked):
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    method = "PATCH" if chunked else "PUT"
+    proxy.add("cut_request", method, r"/blobs/uploads/", count=2, after=MB)
+    manifest = push_through(proxy, store, repo, chunked=chunked)
+    cut = [r for r in proxy.matching(method, r"/blobs/uploads/") if r.fault == "cut_request"]
+    assert len(cut) == 2 and all(r.bytes_received == MB for r in cut)
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+    # each broken session was given up (DELETE) and a new one started
+    assert len(proxy.matching("POST", r"/blobs/uploads/")) >= 2 + 2
+    # and the registry serves the pushed model
+    proxy.clear()
+    home2 = Store(store.root.parent / "check")
+    with client(proxy) as c:
+        assert pull(home2, parse_reference(f"{proxy.host}/{repo}"), client=c).digest == manifest
+    assert store_problems(home2.root) == []
+
+
+def test_chunked_upload_survives_a_break_in_a_later_chunk(registry, fault_proxy, local_model):
+    """1 MiB PATCHes; the third chunk's body breaks off, then the first chunk of the next session: each
+    time the upload starts a new session, and it still ends with the blob the registry verified."""
+    from modelpkg.manifest import Descriptor
+
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    name = repo.split(":")[0]
+    desc = Descriptor("application/octet-stream", digest, size)
+    proxy.add("stall", "PATCH", r"/blobs/uploads/", count=2, seconds=0)  # a no-op: lets two chunks through
+    proxy.add("cut_request", "PATCH", r"/blobs/uploads/", count=2, after=MB // 2)
+    with client(proxy) as c:
+        c._sleep = lambda s: None
+        # 1 MiB + 1 byte: above the cut's length, so only these chunks are broken, and none is 0-0
+        result = c.upload_blob(name, desc, store.blob_path(digest), chunked=True, chunk_size=MB + 1)
+    assert result.how == "uploaded"
+    patches = proxy.matching("PATCH", r"/blobs/uploads/")
+    chunks = -(-size // (MB + 1))
+    assert [r.fault for r in patches] == ["stall", "stall", "cut_request", "cut_request"] + [None] * chunks
+    assert [r.status for r in patches[:2] + patches[4:]] == [202] * (2 + chunks)
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_a_push_whose_uploads_always_break_is_one_clear_error_and_a_rerun_succeeds(registry, fault_proxy,
+                                                                                   local_model, chunked):
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    method = "PATCH" if chunked else "PUT"
+    proxy.add("cut_request", method, r"/blobs/uploads/", count=None, after=MB)
+    with pytest.raises(ModelpkgError) as info:
+        push_through(proxy, store, repo, chunked=chunked, retries=2)
+    assert "\n" not in info.value.message and digest.short in info.value.message
+    assert len([r for r in proxy.matching(method) if r.fault == "cut_request"]) == 3
+    assert registry_blob_digest(registry, repo, digest) is None  # no half blob under its digest
+    import requests
+
+    tag = requests.head(f"{registry.url}/v2/{repo.replace(':', '/manifests/')}", timeout=10)
+    assert tag.status_code == 404  # no manifest pointing at a missing blob
+
+    proxy.clear()
+    push_through(proxy, store, repo, chunked=chunked)
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+    assert requests.head(f"{registry.url}/v2/{repo.replace(':', '/manifests/')}", timeout=10,
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).status_code == 200
