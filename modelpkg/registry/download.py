@@ -471,13 +471,14 @@ class PartDownload:
 
     def _part_loop(self, i: int, fd: int) -> None:
         start, end = self.ranges[i]
-        failures = 0
+        failures = 0  # interruptions in a row that added no byte: a part that keeps moving is resumed
         buffer = bytearray(BUFFER_SIZE)
         while not self.stop and start + self.done[i] < end:
+            before = self.done[i]
             try:
                 self._fetch(i, fd, start + self.done[i], end, buffer)
             except Interrupted as e:
-                failures += 1
+                failures = 1 if self.done[i] > before else failures + 1
                 if failures > self.client.retries:
                     self._fail(NetworkError(f"the download of blob {self.desc.digest.short} from "
                                             f"{self.client.host} kept failing: {e}",
