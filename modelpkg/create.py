@@ -1,9 +1,10 @@
 """``create``: turn a Modelfile into a model in the store.
 
 Parsing is pure (``modelpkg.modelfile``); this module resolves what the Modelfile names (FROM a GGUF
-file, a folder holding one, or a model already in the store; ADAPTER files), ingests files in one pass,
-and writes the manifest and its name last, so a failure at any point leaves the store as it was (blobs
-already written are unreferenced and go at the next gc).
+file, a folder holding one, a blob already in the store as ``sha256:<hex>``, or a model already in the
+store; ADAPTER files), ingests files in one pass, and writes the manifest and its name last, so a failure at
+any point leaves the store as it was (blobs already written are unreferenced and go at the next gc). The
+Modelfile kept in the manifest names files by digest, never by local path (``published_modelfile``).
 
 Orchestration: imports the core and the store adapters.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from modelpkg import ggufmeta
 from modelpkg import mediatypes as mt
 from modelpkg import modelfile as mf
+from modelpkg.digest import Digest
 from modelpkg.errors import InvalidInputError, ModelfileError, NotFoundError, TemplateError
 from modelpkg.manifest import (
     Descriptor,
@@ -55,18 +57,63 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: boo
         _check_template(template, parsed)
     store.init()
     with store.session() as pins:
-        base, info = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
+        base, info, from_file = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
         base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size, info.context_length))
         layers = _layers(store, parsed, params, base, base_dir, pins, progress)
+        adapter = next((layer.digest for layer in layers if layer.annotations.get(mt.ROLE) == "adapter"), None)
+        published = published_modelfile(parsed, base_dir, base.model.digest if from_file else None,
+                                         adapter if parsed.adapter is not None else None)
         config_bytes = modelpack_config(
             architecture=info.architecture, param_size=info.param_size, quantization=info.file_type,
             name=info.name, diff_ids=[layer.digest for layer in layers],
         )
         config = Descriptor(mt.MODELPACK_CONFIG, store.put_bytes(config_bytes, pins), len(config_bytes))
-        manifest = modelpack_manifest(config, layers, {mt.MODELFILE: text, mt.FORMAT_VERSION: "1"})
+        manifest = modelpack_manifest(config, layers, {mt.MODELFILE: published, mt.FORMAT_VERSION: "1"})
         progress.message("writing manifest")
         entry = store.tag(ref, manifest.to_bytes(), mt.OCI_MANIFEST, pins)
     return CreateResult(entry, tuple(layers))
+
+
+def published_modelfile(parsed: mf.Modelfile, base_dir: Path, weights: Digest | None,
+                        adapter: Digest | None) -> str:
+    """The Modelfile as the manifest annotation keeps it, and so as every push publishes it: no local paths.
+
+    The FROM that named a local file (or folder) names the weights layer by digest instead, ``FROM
+    sha256:<hex>``, and the ADAPTER its layer: the digest is what the manifest already says, reveals no
+    folder or file name, and is what ``create`` accepts back for a blob in the store (Ollama's create API
+    names uploaded files by digest the same way). A FROM naming a model (``FROM llama3``) stays. Other
+    FROM/ADAPTER/DRAFT lines naming a path went unused by create (a second FROM, an earlier ADAPTER, DRAFT)
+    and are left out, and so are comments: the text is written in canonical form (``mf.format``), so the
+    manifest digest depends on the model's definition only, not on the folder or file names it came from.
+    """
+    positions = {ins.keyword: n for n, ins in reversed(list(enumerate(parsed.instructions)))}  # first of each
+    used = {positions["from"]: weights}  # the first FROM is the model (Modelfile.from_)
+    if adapter is not None:  # the last ADAPTER is the one loaded (Modelfile.adapter)
+        used[max(n for n, ins in enumerate(parsed.instructions) if ins.keyword == "adapter")] = adapter
+    kept = []
+    for n, ins in enumerate(parsed.instructions):
+        if used.get(n) is not None:
+            kept.append(replace(ins, value=str(used[n])))
+        elif n not in used and ins.keyword in ("from", "adapter", "draft") and _is_local(ins.value, base_dir):
+            continue
+        else:
+            kept.append(ins)
+    return mf.format(mf.Modelfile(tuple(kept)))
+
+
+def _is_local(value: str, base_dir: Path) -> bool:
+    """Does a FROM/ADAPTER/DRAFT value name a local path (rather than a model or a blob digest)?"""
+    return _blob_digest(value) is None and (_looks_like_path(value) or expand_path(value, base_dir).exists())
+
+
+def _blob_digest(value: str) -> Digest | None:
+    """``sha256:<hex>`` in FROM or ADAPTER names a blob in the store (as the published Modelfile writes it)."""
+    if not value.startswith("sha256:"):
+        return None
+    try:
+        return Digest.parse(value)
+    except InvalidInputError:
+        return None
 
 
 def _check_template(template: str, parsed: mf.Modelfile) -> None:
@@ -99,10 +146,19 @@ def _find_gguf(path: Path) -> Path:
 
 
 def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins, link: bool,
-                  progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo]:
+                  progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
+    """The base model's layers, its GGUF's metadata, and whether FROM named a file (or a blob) rather
+    than a model."""
     value = parsed.from_
     line = next((i.line for i in parsed.instructions if i.keyword == "from"), None)
     path = expand_path(value, base_dir)
+    blob = _blob_digest(value) if not path.exists() else None
+    if blob is not None:
+        gguf = _stored_gguf(store, blob, pins, "FROM", line)
+        info = ggufmeta.read_info(gguf)
+        if info.model_type == "adapter":
+            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        return ModelLayers(model=modelpack_layer("model", blob, gguf.stat().st_size)), info, True
     if path.exists():
         gguf = _find_gguf(path)
         ggufmeta.check_magic(gguf)
@@ -113,7 +169,7 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins
             info = reading.result()
         if info.model_type == "adapter":
             raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
-        return ModelLayers(model=model), info
+        return ModelLayers(model=model), info, True
     if _looks_like_path(value):
         raise ModelfileError(f"FROM {value}: file not found ({path})", line)
     try:
@@ -132,7 +188,18 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins
     pins.add(*(blob.digest for blob in manifest.layers), weights)
     if weights != base.model.digest:  # a derived GGUF (from a KitOps tar): the new model uses it directly
         base = replace(base, model=Descriptor(mt.MODELPACK_WEIGHT, weights, store.blob_path(weights).stat().st_size))
-    return base, ggufmeta.read_info(store.blob_path(weights))
+    return base, ggufmeta.read_info(store.blob_path(weights)), False
+
+
+def _stored_gguf(store: Store, digest: Digest, pins: Pins, keyword: str, line: int | None) -> Path:
+    """The GGUF blob ``digest`` in the store, pinned (FROM/ADAPTER ``sha256:<hex>``)."""
+    pins.add(digest)
+    path = store.blob_path(digest)
+    if not store.has_blob(digest):
+        raise ModelfileError(f"{keyword} {digest}: no such blob in the store", line,
+                             "pull or create the model it belongs to first, or name the file")
+    ggufmeta.check_magic(path)
+    return path
 
 
 def _looks_like_path(value: str) -> bool:
@@ -160,9 +227,13 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
     assert base.model is not None
     layers: list[Descriptor] = [base.model]
     adapter = parsed.adapter
-    if adapter is not None:
+    if adapter is not None and _blob_digest(adapter) is not None and not expand_path(adapter, base_dir).exists():
+        line = parsed.get("adapter")[-1].line
+        digest = _blob_digest(adapter)
+        layers.append(modelpack_layer("adapter", digest, _stored_gguf(store, digest, pins, "ADAPTER", line).stat().st_size))
+    elif adapter is not None:
         path = expand_path(adapter, base_dir)
-        line = next((i.line for i in parsed.instructions if i.keyword == "adapter"), None)
+        line = parsed.get("adapter")[-1].line
         if not path.exists():
             raise ModelfileError(f"ADAPTER {adapter}: file not found ({path})", line)
         gguf = _find_gguf(path)
