@@ -461,3 +461,20 @@ def test_a_push_whose_uploads_always_break_is_one_clear_error_and_a_rerun_succee
     assert registry_blob_digest(registry, repo, digest) == str(digest)
     assert requests.head(f"{registry.url}/v2/{repo.replace(':', '/manifests/')}", timeout=10,
                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).status_code == 200
+
+
+def test_a_split_stream_whose_parts_get_200_falls_back_to_one_stream(registry, fault_proxy, home, parts_remote):
+    """The probe splits a stalled stream; the registry then ignores Range on the parts: detected, and the
+    blob is fetched again as one stream from byte 0 (a 200 is never appended to the kept prefix)."""
+    repo, size, digest = parts_remote
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "GET", f"/blobs/{digest}", count=1, after=1536 * 1024, seconds=1.5)
+    proxy.add("ignore_range", "GET", f"/blobs/{digest}", count=None)
+    store = Store(home)
+    with RegistryClient(proxy.host, timeout=(2.0, 5.0), backoff=0.01, sleep=lambda s: None) as c:
+        c.part_threshold = 256 * 1024
+        pull(store, parse_reference(f"{proxy.host}/{repo}"), client=c)
+    assert_pulled(store, home, digest, size)
+    gets = part_gets(proxy, digest)
+    assert gets[0].fault == "stall" and all(g.status == 200 for g in gets)
+    assert gets[-1].bytes_sent == size and len(gets) <= 1 + 4 + 2
