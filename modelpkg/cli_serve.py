@@ -26,17 +26,24 @@ from modelpkg.errors import UsageError
                    "(seconds, or a Go duration: 30s, 5m, 1h30m; -1 forever; 0 unloads at once).")
 @click.option("--max-loaded", "max_loaded", default=3, type=click.IntRange(1), show_default=True, metavar="N",
               help="Models kept in memory at once; loading one more unloads the least recently used idle one.")
-def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: int) -> None:
+@click.option("--origins", envvar="MODELPKG_ORIGINS", metavar="LIST", default="",
+              help="More browser origins allowed to call the API, comma-separated, * as a wildcard "
+                   "(e.g. 'https://app.example.com,chrome-extension://*'; '*' allows any web page). This "
+                   "machine's own pages and desktop-app schemes are always allowed (or set MODELPKG_ORIGINS).")
+def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: int, origins: str) -> None:
     """Serve the store over Ollama's API and OpenAI's /v1 API.
 
     Ollama's clients, Open WebUI and OpenAI's SDKs work unchanged against it. Models load on first use
     and stay in memory for the keep-alive time; requests to one model are answered one at a time.
+    Browsers may call it only from this machine's pages and desktop apps unless --origins allows more;
+    on a loopback address, requests whose Host is not this machine are refused (DNS rebinding).
 
     \b
     Examples:
       modelpkg serve
       modelpkg serve --port 8080 --keep-alive 30m
       MODELPKG_SERVE_TOKEN=s3cret modelpkg serve --host 0.0.0.0
+      modelpkg serve --origins 'https://chat.example.com,chrome-extension://*'
       curl http://127.0.0.1:11434/api/tags
       OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
     """
@@ -47,7 +54,7 @@ def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: 
     store.init()
     try:
         server = make_server(store, host, port, token=token, keep_alive=seconds, max_loaded=max_loaded,
-                             log=stderr_log)
+                             log=stderr_log, origins=tuple(o.strip() for o in origins.split(",") if o.strip()))
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "is another server (ollama serve?) using the port? pick another with --port") from e

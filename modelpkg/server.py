@@ -66,6 +66,13 @@ from modelpkg.store import Store
 DEFAULT_KEEP_ALIVE = 300.0   # seconds: Ollama's OLLAMA_KEEP_ALIVE default, 5m
 MAX_LOADED = 3               # models in memory at once (Ollama's OLLAMA_MAX_LOADED_MODELS on a CPU)
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is refused (blobs are streamed instead)
+# Browser origins allowed to call the API (Ollama's defaults): the machine itself, and the schemes of
+# desktop and editor apps. Any other page a browser has open is refused, so a web site cannot make the
+# browser pull, create or delete models here. More with --origins / MODELPKG_ORIGINS ("*": any).
+DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for scheme in ("http", "https")
+                        for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]") for port in ("", ":*")) + (
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
+CORS_MAX_AGE = 43200
 FOREVER = None               # keep_alive < 0
 
 # --------------------------------------------------------------------------------------------------------
@@ -520,9 +527,12 @@ class App:
     """The API: routes requests to handlers that use the store and the model cache."""
 
     def __init__(self, store: Store, *, token: str | None = None, keep_alive: float | None = DEFAULT_KEEP_ALIVE,
-                 max_loaded: int = MAX_LOADED, log: Callable[[str], None] | None = None):
+                 max_loaded: int = MAX_LOADED, log: Callable[[str], None] | None = None,
+                 origins: tuple[str, ...] = (), loopback_only: bool = False):
         self.store = store
         self.token = token or None
+        self.origins = DEFAULT_ORIGINS + tuple(origins)
+        self.loopback_only = loopback_only  # bound to a loopback address: check Host (DNS rebinding)
         self.cache = ModelCache(keep_alive, max_loaded=max_loaded)
         self.log = log or (lambda line: None)
         self.events: list[Event] = []  # the last generations (at most 100)
@@ -557,6 +567,11 @@ class App:
         started = time.perf_counter()
         status = 200
         try:
+            self._check_browser(req)
+            if req.method == "OPTIONS":
+                req.send_empty(204)  # a CORS preflight (an allowed origin's headers are added) or a probe
+                self.log(f"{req.method} {req.path} 204 {time.perf_counter() - started:.3f}s")
+                return
             if self.token and not self._authorised(req):
                 raise ApiError(401, "unauthorized: a valid 'Authorization: Bearer <token>' header is required",
                                "authentication_error", "invalid_api_key")
@@ -579,6 +594,26 @@ class App:
                 traceback.print_exception(e)
             req.send_error_answer(err)
         self.log(f"{req.method} {req.path} {status} {time.perf_counter() - started:.3f}s")
+
+    def _check_browser(self, req: Request) -> None:
+        """Refuse what a browser would send on behalf of a web page we do not trust: an ``Origin`` outside
+        the allowed list, and, on a loopback server, a ``Host`` that is not this machine (DNS rebinding:
+        a page whose own name resolves to 127.0.0.1). Allowed origins get CORS headers."""
+        if self.loopback_only and not local_host_header(req.headers.get("Host", "")):
+            raise ApiError(403, "forbidden: the Host header does not name this machine")
+        origin = req.headers.get("Origin")
+        if origin is None:
+            return
+        if not origin_allowed(origin, self.origins):
+            raise ApiError(403, f"forbidden: origin {origin[:100]!r} is not allowed "
+                                "(allow it with: modelpkg serve --origins ORIGIN, or MODELPKG_ORIGINS)")
+        req.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if req.method == "OPTIONS":
+            asked = req.headers.get("Access-Control-Request-Headers", "")
+            req.extra_headers += [
+                ("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+                ("Access-Control-Allow-Headers", asked[:1000] or "Authorization, Content-Type"),
+                ("Access-Control-Max-Age", str(CORS_MAX_AGE))]
 
     def _authorised(self, req: Request) -> bool:
         if (req.method, req.path) in (("HEAD", "/"), ("GET", "/api/version")):
@@ -1122,6 +1157,7 @@ class Request:
         self.status = 200
         self.streaming = False
         self._body_read = False
+        self.extra_headers: list[tuple[str, str]] = []  # e.g. CORS headers, sent with any answer
 
     @property
     def openai(self) -> bool:
@@ -1187,6 +1223,8 @@ class Request:
         self.status = status
         h = self.h
         h.send_response(status)
+        for key, value in self.extra_headers:
+            h.send_header(key, value)
         if content_type:
             h.send_header("Content-Type", content_type)
         if length is None:
@@ -1331,6 +1369,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         self._dispatch("PUT")
 
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch("OPTIONS")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the App logs each request instead
         pass
 
@@ -1359,9 +1400,10 @@ class ApiServer(ThreadingHTTPServer):
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
                 keep_alive: float | None = DEFAULT_KEEP_ALIVE, max_loaded: int = MAX_LOADED,
-                log: Callable[[str], None] | None = None) -> ApiServer:
+                log: Callable[[str], None] | None = None, origins: tuple[str, ...] = ()) -> ApiServer:
     """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it)."""
-    app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log)
+    app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log, origins=origins,
+              loopback_only=_is_loopback(host))
     if ":" in host:
         class _V6(ApiServer):
             address_family = socket.AF_INET6
@@ -1371,6 +1413,46 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, tok
     except OSError:
         app.close()
         raise
+
+
+def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
+    """``origin`` (scheme://host[:port]) matches one of ``patterns`` (``*`` matches any run of characters)."""
+    import fnmatch
+
+    origin = origin.strip().lower()
+    return any(fnmatch.fnmatchcase(origin, pattern.strip().lower()) for pattern in patterns)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def local_host_header(value: str) -> bool:
+    """Does a ``Host`` header name this machine? localhost (and *.localhost, *.local, *.internal), this
+    machine's name, or an IP address that is loopback, private, link-local or unspecified (Ollama's rule)."""
+    import ipaddress
+
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host in ("", "localhost") or host == socket.gethostname().lower():
+        return True
+    if host.rsplit(".", 1)[-1] in ("localhost", "local", "internal"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
 
 
 def stderr_log(line: str) -> None:

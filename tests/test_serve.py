@@ -435,3 +435,94 @@ def test_serve_command_help():
 
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0 and "Examples" in result.output and "--token" in result.output
+
+
+# ------------------------------------------------------------------------------------------------------
+# browsers: origins (CORS) and Host (DNS rebinding)
+
+
+def test_origin_and_host_rules_as_pure_functions():
+    assert sv.origin_allowed("http://localhost:3000", sv.DEFAULT_ORIGINS)
+    assert sv.origin_allowed("https://127.0.0.1", sv.DEFAULT_ORIGINS)
+    assert sv.origin_allowed("app://obsidian.md", sv.DEFAULT_ORIGINS)
+    assert sv.origin_allowed("vscode-webview://abc", sv.DEFAULT_ORIGINS)
+    assert not sv.origin_allowed("https://evil.example", sv.DEFAULT_ORIGINS)
+    assert not sv.origin_allowed("http://localhost.evil.example", sv.DEFAULT_ORIGINS)
+    assert not sv.origin_allowed("null", sv.DEFAULT_ORIGINS)
+    assert sv.origin_allowed("chrome-extension://abcdef", ("chrome-extension://*",))
+    assert sv.origin_allowed("https://anything.example", ("*",))
+    for good in ("127.0.0.1:11434", "localhost", "LOCALHOST:1", "[::1]:11434", "10.0.0.5:11434",
+                 "192.168.1.2", "myapp.localhost:80", "box.local", "0.0.0.0:11434", ""):
+        assert sv.local_host_header(good), good
+    for bad in ("evil.example", "evil.example:11434", "8.8.8.8", "localhost.evil.example", "[2606:4700::1111]:1"):
+        assert not sv.local_host_header(bad), bad
+
+
+def _raw(url: str, method: str, path: str, headers: dict, body: bytes | None = None):
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in headers)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_a_web_page_of_another_origin_cannot_use_the_api(served):
+    before = sorted(m.model for m in ollama.Client(host=served.url).list().models)
+    # what a page on evil.example can make a browser send without a preflight: a text/plain POST
+    status, headers, body = _raw(served.url, "POST", "/api/copy",
+                                 {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+                                 json.dumps({"source": BASE, "destination": "stolen"}).encode())
+    assert status == 403 and "origin" in json.loads(body)["error"]
+    assert "Access-Control-Allow-Origin" not in headers
+    assert sorted(m.model for m in ollama.Client(host=served.url).list().models) == before
+    status, headers, _ = _raw(served.url, "OPTIONS", "/api/chat", {
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert status == 403 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_this_machines_pages_get_cors_headers_and_preflights_pass(served):
+    status, headers, body = _raw(served.url, "GET", "/api/tags", {"Origin": "http://localhost:5173"})
+    assert status == 200 and json.loads(body)["models"]
+    assert headers["Access-Control-Allow-Origin"] == "http://localhost:5173" and headers["Vary"] == "Origin"
+    status, headers, _ = _raw(served.url, "OPTIONS", "/v1/chat/completions", {
+        "Origin": "http://127.0.0.1:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-stainless-lang"})
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:3000"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-lang"
+
+
+def test_dns_rebinding_is_refused_on_a_loopback_server(served):
+    status, _, body = _raw(served.url, "GET", "/api/tags", {"Host": "rebind.evil.example:11434"})
+    assert status == 403 and "Host" in json.loads(body)["error"]
+    assert _raw(served.url, "GET", "/api/tags", {"Host": "localhost:11434"})[0] == 200
+
+
+def test_more_origins_and_a_token_with_preflight(served):
+    server = sv.make_server(served.app.store, "127.0.0.1", 0, token="s3cret",
+                            origins=("https://chat.example.com",))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        origin = {"Origin": "https://chat.example.com"}
+        # browsers send no Authorization on a preflight: it must pass without the token
+        assert _raw(server.url, "OPTIONS", "/api/chat", {**origin, "Access-Control-Request-Method": "POST"})[0] == 204
+        assert _raw(server.url, "GET", "/api/tags", origin)[0] == 401
+        status, headers, _ = _raw(server.url, "GET", "/api/tags", {**origin, "Authorization": "Bearer s3cret"})
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+        assert _raw(server.url, "GET", "/api/tags", {"Origin": "https://other.example",
+                                                     "Authorization": "Bearer s3cret"})[0] == 403
+    finally:
+        server.shutdown()
+        server.close()
