@@ -3,7 +3,8 @@
 The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md section 3.1):
 
 1. fetch the manifest (OCI or Docker, manifest or index; digest and size checked by the client); an index
-   picks the entry for this platform, or its only one;
+   picks the entry for this platform, or its only one, and its bytes are kept (``RefEntry.index``): what a
+   signer signed, and what the tag names, is the index digest;
    the trust policy is applied to its digest here (``sign.check_pull``), before any blob is fetched;
 2. pin every digest, then download what the store lacks, a few blobs at a time; each blob streams into
    ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
@@ -76,7 +77,9 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
         manifest = _parse(data, media_type, str(ref))
         # the trust policy, before any blob is fetched: under enforce a refusal leaves the store untouched
         trust = sign.check_pull(client, ref, digest, store=store, progress=progress)
+        index: tuple[bytes, Digest] | None = None  # kept: signatures of a multi-platform model name the index
         if isinstance(manifest, Index):
+            index = (data, digest)
             child = select_manifest(manifest, str(ref), platform or current_platform())
             data, media_type, digest = client.get_manifest(ref.repository, str(child.digest),
                                                            name=f"{ref.name}@{child.digest}")
@@ -89,7 +92,7 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             # A read-only store still answers a pull with nothing to write. No pin: a pin guards blobs a pull
             # is about to reference, this one references nothing new, and nobody can gc a store nobody can
             # write. A pull with anything to write goes on to the pin, which fails with the store's error.
-            entry = _up_to_date(store, ref, digest, manifest, trust, progress)
+            entry = _up_to_date(store, ref, digest, manifest, trust, progress, index[1] if index else None)
             if entry is not None:
                 progress.message("success")
                 return entry
@@ -99,7 +102,10 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             _download_all(store, client, ref, blobs, pins, progress, workers)
             derived = derive_blobs(store, manifest, pins, progress)  # e.g. the GGUF inside a KitOps tar
             progress.message("writing manifest")
-            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins), derived=derived)
+            if index is not None:
+                store.put_bytes(index[0], pins)
+            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins), derived=derived,
+                              index=index[1] if index else None)
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return entry
@@ -152,11 +158,13 @@ def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
 
 
 def _up_to_date(store: Store, ref: Reference, digest: Digest, manifest: Manifest, trust: sign.PullCheck,
-                progress: Progress) -> RefEntry | None:
-    """``ref``'s entry when it already names ``digest`` with every blob present and sound, each derived blob
-    made and no new signature to keep (a pull with nothing to write); None otherwise."""
+                progress: Progress, index: Digest | None = None) -> RefEntry | None:
+    """``ref``'s entry when it already names ``digest`` (pulled through ``index``) with every blob present and
+    sound, each derived blob made and no new signature to keep (a pull with nothing to write); None otherwise."""
     entry = next((e for e in store.refs() if e.name == str(ref)), None)
     if entry is None or entry.digest != digest or trust.found or not store.has_blob(digest):
+        return None
+    if entry.index != index or (index is not None and not store.has_blob(index)):
         return None
     derived = dict(entry.derived)
     if any(layer.digest not in derived or not store.has_blob(derived[layer.digest]) for layer in _derivable(manifest)):

@@ -15,6 +15,10 @@ from the model (the weights and text blobs are the same blobs), store them as bl
 name keeps pointing at the stored manifest, and gc removes the converted ones later) and send those. What a format cannot carry
 is reported in ``notes``.
 
+Signatures ``pull`` kept for the manifest pushed go with it, after it (``sign.push_kept``): the
+``sha256-<hex>.sig`` tag and any kept referrer. A conversion has another digest, so they do not carry over
+one (a note says so).
+
 Orchestration: imports the core, the store and ``modelpkg.registry``.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from modelpkg import formats
+from modelpkg import formats, sign
 from modelpkg import mediatypes as mt
 from modelpkg.digest import Digest
 from modelpkg.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
@@ -87,12 +91,33 @@ def push(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             progress.message("pushing manifest")
             reference = ref.tag or str(ref.digest)
             digest = client.put_manifest(ref.repository, reference, data, media_type, name=str(ref))
+            _carry_signatures(store, client, ref, entry, digest, progress, notes)
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return digest
     finally:
         if own:
             client.close()
+
+
+def _carry_signatures(store: Store, client: RegistryClient, ref: Reference, entry: RefEntry, digest: Digest,
+                      progress: Progress, notes: list[str] | None) -> None:
+    """After the manifest: the signatures pull kept for exactly this digest (a conversion has another one)."""
+    if not entry.attached:
+        return
+    if digest != entry.digest:
+        if notes is not None:
+            notes.append("the model's signatures (they name the stored manifest's digest; sign the pushed one)")
+        return
+    if entry.index is not None:
+        progress.message(f"the signatures kept for {entry.name} name the index it was pulled through "
+                         f"({entry.index.short}), not this manifest: sign {ref} to sign what was pushed")
+        return
+    if sign.push_kept(store, client, ref.repository, entry, digest):
+        progress.message(f"pushed the signatures kept for {digest.short}")
+    else:
+        progress.message(f"the signatures kept for {entry.name} name another digest than {digest.short}: "
+                         f"sign {ref} to sign what was pushed")
 
 
 def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descriptor, origins: list[str],

@@ -15,7 +15,9 @@ Verifying reads ``sha256-<hex>.sig`` first and the referrers (the API, else the 
 gives no accepted signature; a signature counts when a trusted key verifies it *and* its payload names the
 digest being checked. ``pull`` keeps the signature manifests it found (with payloads and configs) in the
 store, attached to the model's index entry, so ``show`` and ``verify-signature --local`` work offline and gc
-keeps them.
+keeps them. For a model pulled through a multi-platform index, what was signed is the index: its bytes are
+kept too (``RefEntry.index``) and local checks verify the index digest and that the index lists the model.
+``push`` sends the kept signatures of the digest it pushes (``push_kept``).
 
 Orchestration: imports the core, ``keys``, the store and ``modelpkg.registry``.
 """
@@ -283,10 +285,26 @@ def local_signatures(store: Store, entry: RefEntry) -> list[Found]:
     return out
 
 
+def signed_digest(store: Store, entry: RefEntry) -> Digest:
+    """The digest ``entry``'s kept signatures name: the model's manifest, or, for a model pulled through a
+    multi-platform index, that index, whose stored bytes must list the manifest (else ``IntegrityError``)."""
+    if entry.index is None:
+        return entry.digest
+    try:
+        index = parse_manifest(store.read_blob(entry.index))  # read_blob checks the bytes against the digest
+    except InvalidInputError as e:
+        raise IntegrityError(f"the index {entry.index.short} {entry.name} was pulled through is unreadable: "
+                             f"{e.message}", "pull the model again") from e
+    if not isinstance(index, Index) or not any(m.digest == entry.digest for m in index.manifests):
+        raise IntegrityError(f"the index {entry.index.short} {entry.name} was pulled through does not list its "
+                             f"manifest {entry.digest.short}", "pull the model again")
+    return entry.index
+
+
 def verify_local(store: Store, ref: Reference, keys: list[TrustedKey]) -> Verdict:
     entry = store.resolve(ref)
     found = local_signatures(store, entry)
-    return signing.evaluate([c for f in found for c in f.candidates()], entry.digest, keys)
+    return signing.evaluate([c for f in found for c in f.candidates()], signed_digest(store, entry), keys)
 
 
 def signers_for_show(store: Store, entry: RefEntry) -> list[dict]:
@@ -300,13 +318,79 @@ def signers_for_show(store: Store, entry: RefEntry) -> list[dict]:
         trusted = keyfiles.policy_keys(paths, base)
     except ModelpkgError:
         trusted = []
+    try:
+        digest = signed_digest(store, entry)
+    except ModelpkgError:
+        digest = entry.digest  # nothing verifies then; 'verify-signature --local' says why
     out = []
     for candidate in {(c.payload, c.signature): c for f in found for c in f.candidates()}.values():
-        verdict = signing.evaluate([candidate], entry.digest, trusted)
+        verdict = signing.evaluate([candidate], digest, trusted)
         signer = verdict.signers[0] if verdict.signers else None
         out.append({"key": signer.key if signer else None, "fingerprint": signer.fingerprint if signer else None,
                     "verified": signer is not None})
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# carrying kept signatures along with push
+
+
+def push_kept(store: Store, client: RegistryClient, repo: str, entry: RefEntry, digest: Digest) -> int:
+    """Push the signatures kept with ``entry`` that name ``digest`` (just pushed to ``repo``): the ``.sig``
+    tag and any kept referrer. A ``.sig`` tag already there keeps its signatures (ours are added, as
+    ``sign`` does); returns how many kept signature manifests name ``digest`` (0: none was pushed)."""
+    kept = [f for f in local_signatures(store, entry) if _names(f, digest) and store.has_blob(f.manifest.config.digest)]
+    tagged = [f for f in kept if f.manifest.subject is None]
+    if tagged:
+        _push_sig_tag(store, client, repo, digest, tagged)
+    for f in kept:
+        if f.manifest.subject is not None:
+            _upload_kept(store, client, repo, f)
+            if not _put_referrer(client, repo, f.manifest):
+                _add_to_tag_schema(client, repo, digest, f.manifest)
+    return len(kept)
+
+
+def _names(found: Found, digest: Digest) -> bool:
+    """True when every signature in ``found`` is there whole and its payload names ``digest``."""
+    layers = signing.signature_layers(found.manifest)
+    if not layers or (found.manifest.subject is not None and found.manifest.subject.digest != digest):
+        return False
+    try:
+        return all(layer.digest in found.blobs and signing.parse_payload(found.blobs[layer.digest]).digest == digest
+                   for layer in layers)
+    except InvalidInputError:
+        return False
+
+
+def _upload_kept(store: Store, client: RegistryClient, repo: str, found: Found) -> None:
+    _upload(client, repo, store.read_blob(found.manifest.config.digest))
+    for data in found.blobs.values():
+        _upload(client, repo, data)
+
+
+def _push_sig_tag(store: Store, client: RegistryClient, repo: str, digest: Digest, tagged: list[Found]) -> None:
+    tag = signing.signature_tag(digest)
+    existing = _get_manifest(client, repo, tag)
+    key = lambda layer: (layer.digest, layer.annotations.get(mt.COSIGN_SIGNATURE))  # noqa: E731
+    there = signing.signature_layers(existing[1]) if existing and isinstance(existing[1], Manifest) else []
+    if existing is None and len(tagged) == 1:  # the kept manifest as it is: same bytes, same digest
+        _upload_kept(store, client, repo, tagged[0])
+        client.put_manifest(repo, tag, tagged[0].data, mt.OCI_MANIFEST, name=f"{client.host}/{repo}:{tag}")
+        return
+    have = {key(layer) for layer in there}
+    new = list({key(layer): layer for f in tagged for layer in signing.signature_layers(f.manifest)
+                if key(layer) not in have}.values())
+    if not new:
+        return  # the target already has every kept signature
+    for f in tagged:
+        for data in f.blobs.values():
+            _upload(client, repo, data)
+    layers = (*there, *new)
+    config = signing.signature_config(layers, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _upload(client, repo, config)
+    client.put_manifest(repo, tag, signing.signature_manifest(config, layers).to_bytes(), mt.OCI_MANIFEST,
+                        name=f"{client.host}/{repo}:{tag}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,11 +418,12 @@ def check_pull(client: RegistryClient, ref: Reference, digest: Digest, *, store:
     """
     progress = progress or NullProgress()
     local = _local_entry(store, ref)
-    previous = local.attached if local is not None and local.digest == digest else ()
+    same = local is not None and digest in (local.digest, local.index)  # digest: the manifest's or its index's
+    previous = local.attached if same else ()
     policy, base = keyfiles.load_policy()
     rule = policy.match(str(ref))
     if rule.mode == "off":
-        if local is not None and local.digest == digest:
+        if same:
             return PullCheck("off", None, (), previous)
         try:
             return PullCheck("off", None, tuple(signatures_by_tag(client, ref.repository, digest)), previous)

@@ -40,6 +40,9 @@ from modelpkg.reference import Reference
 
 LOCK_TIMEOUT = 600.0
 MODIFIED = "dev.modelpkg.modified"
+# on an index.json entry: the image index the manifest was chosen from (a pull through a multi-platform
+# index); its bytes are a blob, kept by gc with the name, because signatures kept for it name its digest
+SOURCE_INDEX = "dev.modelpkg.index"
 MAX_SMALL_BLOB = 16 * 1024 * 1024  # templates, params, configs: read whole; weights are never read whole
 
 
@@ -56,6 +59,7 @@ class RefEntry:
     # blobs made from this manifest's layers (layer digest -> derived blob, e.g. the GGUF inside a KitOps
     # tar); gc keeps them while the name exists (index annotation mt.DERIVED)
     derived: tuple[tuple[Digest, Digest], ...] = ()
+    index: Digest | None = None  # the index this manifest was pulled through (SOURCE_INDEX), if any
 
     def local(self, digest: Digest) -> Digest:
         """The blob to read for layer ``digest``: its derived blob when there is one, else the layer's own."""
@@ -358,19 +362,22 @@ class Store:
         return entry, parsed
 
     def tag(self, ref: Reference, manifest_bytes: bytes, media_type: str, pins: Pins,
-            attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = ()) -> RefEntry:
-        """Store a manifest and point ``ref`` at it. Every blob it names (and each derived one) must already
-        be in the store."""
+            attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = (),
+            index: Digest | None = None) -> RefEntry:
+        """Store a manifest and point ``ref`` at it. Every blob it names (and each derived one, and the
+        ``index`` it was pulled through) must already be in the store."""
         parsed = parse_manifest(manifest_bytes, media_type)
         digest = self.put_bytes(manifest_bytes, pins)
         children = parsed.blobs() if isinstance(parsed, Manifest) else list(parsed.manifests)
-        missing = [d for d in [*(c.digest for c in children), *(b for _, b in derived)] if not self.has_blob(d)]
+        wanted = [*(c.digest for c in children), *(b for _, b in derived), *((index,) if index else ())]
+        missing = [d for d in wanted if not self.has_blob(d)]
         if missing:
             raise StoreError(f"cannot name {ref}: blob {missing[0]} is not in the store")
-        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached, derived)
+        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached, derived, index=index)
 
     def set_ref(self, ref: Reference, digest: Digest, media_type: str, size: int,
-                attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = ()) -> RefEntry:
+                attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = (), *,
+                index: Digest | None = None) -> RefEntry:
         entry = {
             "mediaType": media_type,
             "digest": str(digest),
@@ -381,6 +388,8 @@ class Store:
             entry["annotations"][mt.ATTACHED] = " ".join(str(d) for d in attached)
         if derived:
             entry["annotations"][mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(derived))
+        if index is not None:
+            entry["annotations"][SOURCE_INDEX] = str(index)
         with self.lock():
             manifests = [m for m in self._read_index() if self._name(m) != str(ref)]
             manifests.append(entry)
@@ -440,9 +449,13 @@ class Store:
                 derived.append((Digest.parse(layer), Digest.parse(made)))
             except InvalidInputError:  # a damaged pair only loses that derived blob; pull makes it again
                 pass
+        try:
+            index = Digest.parse(str(annotations[SOURCE_INDEX])) if SOURCE_INDEX in annotations else None
+        except InvalidInputError:  # a damaged record: the signatures kept for that index no longer apply
+            index = None
         return RefEntry(str(annotations.get(mt.REF_NAME, "")), Digest.parse(m["digest"]),
                         str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified, tuple(attached),
-                        tuple(derived))
+                        tuple(derived), index)
 
     # ----------------------------------------------------------------------------------------------------
     # garbage collection and verification
@@ -456,6 +469,8 @@ class Store:
                 self._mark(digest, mt.OCI_MANIFEST, entry.name, marked, depth=1)
             for _, made in entry.derived:
                 marked.setdefault(made, entry.name)
+            if entry.index is not None:  # the index's bytes only: its other platforms' manifests were never pulled
+                marked.setdefault(entry.index, entry.name)
         return marked
 
     def _mark(self, digest: Digest, media_type: str, name: str, marked: dict[Digest, str], depth: int) -> None:

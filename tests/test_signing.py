@@ -527,3 +527,114 @@ def test_noop_pull_under_enforce_is_one_request(registry, fault_proxy, tiny_mode
     proxy.clear()
     pull(store(), ref)
     assert [(r.method, r.path) for r in proxy.requests] == [("GET", "/v2/trust/noop/manifests/v1")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a model pulled through a multi-platform index; signatures carried by push
+
+
+def publish_index(registry, tiny_model, repo: str) -> tuple[str, str, str]:
+    """Two models as the linux/amd64 and linux/arm64 entries of an index tagged ``idx``; returns the index
+    reference and the two manifest digests."""
+    digests = []
+    for tag, extra in (("amd64", ""), ("arm64", "SYSTEM arm\n")):
+        ref = tiny_model(f"{registry.host}/{repo}:{tag}", extra)
+        digests.append(str(push(store(), ref)))
+    entries = []
+    for digest, arch in zip(digests, ("amd64", "arm64")):
+        raw = registry_get(registry, f"{repo}/manifests/{digest}").content
+        entries.append({"mediaType": mt.OCI_MANIFEST, "digest": digest, "size": len(raw),
+                        "platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}).encode()
+    client(registry).put_manifest(repo, "idx", index, mt.OCI_INDEX)
+    return f"{registry.host}/{repo}:idx", digests[0], digests[1]
+
+
+@pytest.mark.registry
+def test_local_verification_of_a_model_pulled_through_a_signed_index(registry, tiny_model, keypair, other_keypair,
+                                                                     tmp_path, monkeypatch):
+    name, _, arm = publish_index(registry, tiny_model, "sig/multi")
+    signed = run("sign", name, "--key", str(keypair[0]), "--json")
+    assert signed.exit_code == 0, signed.stderr
+    index_digest = Digest.parse(json.loads(signed.stdout)["digest"])  # what the tag names: the index
+    fresh_home(tmp_path, monkeypatch, "puller")
+    ref = config.reference(name)
+    entry = pull(store(), ref, platform=("linux", "arm64"))
+    assert str(entry.digest) == arm and entry.index == index_digest and entry.attached
+    assert run("gc", "--grace", "0s").exit_code == 0  # gc keeps the index bytes with the name
+    assert store().has_blob(index_digest)
+    local = run("verify-signature", "--local", name, "--key", str(keypair[1]), "--json")
+    assert local.exit_code == 0, local.stderr
+    assert json.loads(local.stdout)["digest"] == str(index_digest)
+    assert run("verify-signature", "--local", name, "--key", str(other_keypair[1])).exit_code == TrustError.exit_code
+    assert pull(store(), ref, platform=("linux", "arm64")).attached == entry.attached  # a no-op pull keeps them
+    write_policy(tmp_path, monkeypatch, f"{registry.host}/elsewhere", "warn", keypair[1])  # show names its keys
+    shown = json.loads(run("show", "--json", name).stdout)["signatures"]
+    assert [(s["key"], s["verified"]) for s in shown] == [("trusted.pub", True)]
+    # pushing the arm64 manifest alone: the signatures name the index, so they stay behind, and push says so
+    copy = f"{registry.host}/sig/multi-copy:v1"
+    assert run("cp", name, copy).exit_code == 0
+    pushed_copy = run("push", "--json", copy)
+    assert pushed_copy.exit_code == 0, pushed_copy.stderr
+    assert any("name another digest" in json.loads(line).get("status", "") for line in pushed_copy.stdout.splitlines())
+    assert run("verify-signature", copy, "--key", str(keypair[1])).exit_code == TrustError.exit_code
+    # an index that does not list the model proves nothing, whoever signed it
+    with store().session() as pins:
+        other = store().put_bytes(signing.index_bytes(Index(mt.OCI_INDEX, (Descriptor(mt.OCI_MANIFEST, D1, 3),))),
+                                  pins)
+        store().set_ref(ref, entry.digest, entry.media_type, entry.size, entry.attached, index=other)
+    broken = run("verify-signature", "--local", name, "--key", str(keypair[1]))
+    assert broken.exit_code != 0 and "does not list its manifest" in broken.stderr
+
+
+@pytest.mark.registry
+def test_push_carries_the_kept_signatures_to_another_repository(registry, tiny_model, keypair, tmp_path,
+                                                                monkeypatch):
+    ref = pushed(tiny_model, registry, "sig/carry-a:v1")
+    assert run("sign", str(ref), "--key", str(keypair[0])).exit_code == 0
+    fresh_home(tmp_path, monkeypatch, "puller")
+    assert pull(store(), ref).attached
+    target = f"{registry.host}/sig/carry-b:v1"
+    assert run("verify-signature", target, "--key", str(keypair[1])).exit_code != 0  # not there yet
+    assert run("cp", str(ref), target).exit_code == 0
+    result = run("push", target)
+    assert result.exit_code == 0, result.stderr
+    verified = run("verify-signature", target, "--key", str(keypair[1]), "--json")
+    assert verified.exit_code == 0, verified.stderr
+    assert json.loads(verified.stdout)["signers"][0]["source"] == "tag"
+    assert run("push", target).exit_code == 0  # again: the signature is there already, nothing piles up
+    digest = store().resolve(config.reference(target)).digest
+    sig = registry_get(registry, f"sig/carry-b/manifests/{signing.signature_tag(digest)}").json()
+    assert len(sig["layers"]) == 1
+    # a conversion has another digest: the signatures stay behind, and push says so
+    converted = f"{registry.host}/sig/carry-c:v1"
+    assert run("cp", str(ref), converted).exit_code == 0
+    result = run("push", "--format", "docker", converted)
+    assert result.exit_code == 0, result.stderr
+    assert "signatures" in result.stderr
+    assert run("verify-signature", converted, "--key", str(keypair[1])).exit_code == TrustError.exit_code
+
+
+@pytest.mark.registry
+def test_push_adds_kept_signatures_to_a_sig_tag_already_there(registry, tiny_model, keypair, other_keypair,
+                                                               tmp_path, monkeypatch):
+    ref = pushed(tiny_model, registry, "sig/merge-a:v1")
+    assert run("sign", str(ref), "--key", str(keypair[0])).exit_code == 0
+    fresh_home(tmp_path, monkeypatch, "puller")
+    pull(store(), ref)
+    target = f"{registry.host}/sig/merge-b:v1"
+    assert run("cp", str(ref), target).exit_code == 0
+    assert run("push", target).exit_code == 0
+    tag = signing.signature_tag(store().resolve(config.reference(target)).digest)
+    monkeypatch.setenv("MODELPKG_HOME", str(tmp_path / "other-signer"))  # someone else signs the copy in B
+    assert run("sign", target, "--key", str(other_keypair[0])).exit_code == 0
+    # leave only the other signer's signature under the .sig tag
+    sig = registry_get(registry, f"sig/merge-b/manifests/{tag}").json()
+    sig["layers"] = sig["layers"][-1:]
+    client(registry).put_manifest("sig/merge-b", tag, json.dumps(sig).encode(), mt.OCI_MANIFEST)
+    assert run("verify-signature", target, "--key", str(keypair[1])).exit_code == TrustError.exit_code
+    monkeypatch.setenv("MODELPKG_HOME", str(tmp_path / "puller"))
+    assert run("push", target).exit_code == 0
+    assert len(registry_get(registry, f"sig/merge-b/manifests/{tag}").json()["layers"]) == 2
+    for public in (keypair[1], other_keypair[1]):  # both signatures stand
+        assert run("verify-signature", target, "--key", str(public)).exit_code == 0
