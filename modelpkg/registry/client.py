@@ -617,7 +617,9 @@ class RegistryClient:
 
         With ``mount_from`` a cross-repository mount is tried first. The default is a monolithic
         POST + PUT; ``chunked`` sends PATCHes of ``chunk_size`` (at least ``OCI-Chunk-Min-Length``),
-        recovering from 416 through the upload's status. A failed attempt starts a new upload session.
+        recovering from 416 through the upload's status. A broken PATCH resumes the same session from the
+        offset the registry reports; a broken PUT, or a session the registry no longer knows, starts a new
+        one. Only breaks that got no further than an earlier one count against the retries.
         """
         progress = progress or NullProgress()
         task = task or desc.digest.short
@@ -628,7 +630,7 @@ class RegistryClient:
             if location is None:
                 progress.advance(task, desc.size)
                 return UploadResult(desc.digest, "mounted")
-        failures = 0
+        tries = _Tries(self, f"the upload of blob {desc.digest.short} to {self.host}")
         while True:
             min_chunk = 0
             if not location:
@@ -637,20 +639,18 @@ class RegistryClient:
             counting = _CountingProgress(progress, sent_before)
             try:
                 if chunked:
-                    self._upload_chunked(repo, desc, path, location, max(chunk_size, min_chunk), counting, task, name)
+                    self._upload_chunked(repo, desc, path, location, max(chunk_size, min_chunk), counting, task,
+                                         name, tries)
                 else:
                     self._upload_monolithic(repo, desc, path, location, counting, task, name)
                 return UploadResult(desc.digest, "uploaded")
             except Interrupted as e:
-                failures += 1
                 if sent_before[0]:
                     progress.advance(task, -sent_before[0])
-                if failures > self.retries:
-                    raise NetworkError(f"the upload of blob {desc.digest.short} to {self.host} kept failing: {e}",
-                                       "check the network and run the command again") from e
+                if not isinstance(e, _SessionLost):  # a lost session's break was counted where it happened
+                    tries.failed(e, 0)
                 self._cancel_upload(location)
                 location = None
-                self._sleep(self._backoff(failures - 1))
 
     def _cancel_upload(self, location: str) -> None:
         try:
@@ -692,17 +692,32 @@ class RegistryClient:
         if reported and reported != str(desc.digest):
             raise IntegrityError(f"{self.host} stored blob {desc.digest.short} under another digest ({reported})")
 
-    def _upload_chunked(self, repo, desc, path, location, chunk_size, progress, task, name) -> None:
+    def _upload_chunked(self, repo, desc, path, location, chunk_size, progress, task, name, tries) -> None:
         scopes = (scope(repo, "pull", "push"),)
+        counted = [0]  # bytes reported to progress, set back to the registry's offset after a break
+        progress = _CountingProgress(progress, counted)
         offset = 0
         stalls = 0
+        resumed = False
         while offset < desc.size:
             length = min(chunk_size, desc.size - offset)
             body = _FileBody(path, offset, length, progress, task)
-            response = self._send_once("PATCH", location, scopes, {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{offset + length - 1}",
-            }, body=lambda: body)
+            try:
+                response = self._send_once("PATCH", location, scopes, {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + length - 1}",
+                }, body=lambda: body)
+            except Interrupted as e:
+                # the chunk broke off (reset, timeout, 5xx): the registry may have kept all, part or none
+                # of it, so ask it (distribution-spec "Get upload status") and resend only what is missing
+                tries.failed(e, offset)
+                point = self._resume_point(location, scopes, name, offset + length)
+                if point is None:
+                    raise _SessionLost(str(e)) from e
+                offset, location = point
+                progress.advance(task, offset - counted[0])
+                resumed = True
+                continue
             if response.status_code == 416:
                 # out of order: ask the upload where it is (distribution-spec "Resuming an upload")
                 response.close()
@@ -714,6 +729,14 @@ class RegistryClient:
                 progress.advance(task, new_offset - offset)
                 offset = new_offset
                 continue
+            if response.status_code == 404 and (offset or resumed):
+                # the session ended under us (expired, or a broken body left it inconsistent: distribution
+                # answers BLOB_UPLOAD_INVALID then): a new one, counted as a break
+                code, _ = _error_body(response)
+                response.close()
+                e = _SessionLost(f"{self.host} lost the upload session ({code or 'HTTP 404'})")
+                tries.failed(e, offset)
+                raise e
             if response.status_code != 202:
                 self.raise_for(response, kind="upload of", name=name)
             location = urljoin(location, response.headers.get("Location") or location)
@@ -726,7 +749,37 @@ class RegistryClient:
             offset = expected
         response = self._send_once("PUT", _with_query(location, "digest", str(desc.digest)), scopes,
                                    {"Content-Type": "application/octet-stream", "Content-Length": "0"})
+        if resumed and response.status_code in (400, 404):
+            # a status asked before the registry had seen the break can be stale; distribution then finds
+            # the session's bytes do not add up (BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID): it
+            # stored nothing under the digest, so a new session, counted as a break
+            code, _ = _error_body(response)
+            response.close()
+            e = _SessionLost(f"{self.host} refused the resumed upload ({code or response.status_code})")
+            tries.failed(e, offset)
+            raise e
         self._finish_upload(response, desc, name)
+
+    def _resume_point(self, location: str, scopes, name: str, sent_to: int) -> tuple[int, str] | None:
+        """After a broken PATCH: the registry's offset and the upload URL to continue with, or None when
+        the session is gone (404, BLOB_UPLOAD_UNKNOWN/INVALID) or its answer makes no sense (no Range, an
+        offset past what was sent). distribution 2.8 keeps the bytes of a broken body but not the offset
+        in its ``_state``, so there any break that delivered a byte ends as BLOB_UPLOAD_INVALID here."""
+        response = self.request("GET", location, scopes=scopes)  # idempotent: the normal retries apply
+        if response.status_code in (401, 403):
+            self.raise_for(response, kind="upload of", name=name)
+        if response.status_code not in (202, 204):
+            response.close()
+            return None
+        end = _range_end(response.headers.get("Range", ""))
+        fresh = urljoin(location, response.headers.get("Location") or location)
+        response.close()
+        if end is None or end < 0:
+            return None
+        offset = end + 1 if end else 0  # "0-0": empty (see _upload_status)
+        if offset > sent_to:
+            return None
+        return offset, fresh
 
     def _upload_status(self, location: str, scopes, name: str) -> tuple[int, str]:
         response = self._send_once("GET", location, scopes, {})
@@ -738,6 +791,29 @@ class RegistryClient:
         # distribution answers "0-0" both for an empty upload and for one byte; chunks are never one
         # byte long, so it means empty
         return (end + 1 if end else 0), location
+
+
+class _SessionLost(Interrupted):
+    """A broken chunk whose upload session the registry no longer has: start a new one."""
+
+
+class _Tries:
+    """The retry budget of one upload: breaks in a row that got no further than an earlier one (as
+    ``download_blob`` counts them), so a chunked upload that keeps moving forward is never given up."""
+
+    def __init__(self, client: RegistryClient, what: str):
+        self.client, self.what = client, what
+        self.failures, self.best = 0, -1
+
+    def failed(self, e: Exception, reached: int) -> None:
+        """Count a break at ``reached`` (bytes the registry had confirmed), then back off; raises
+        NetworkError once the budget is spent."""
+        if reached > self.best:
+            self.best, self.failures = reached, 0
+        self.failures += 1
+        if self.failures > self.client.retries:
+            raise NetworkError(f"{self.what} kept failing: {e}", "check the network and run the command again") from e
+        self.client._sleep(self.client._backoff(self.failures - 1))
 
 
 class _Retryable(Exception):

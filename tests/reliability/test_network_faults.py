@@ -406,8 +406,15 @@ def test_push_survives_broken_upload_bodies(registry, fault_proxy, local_model, 
     cut = [r for r in proxy.matching(method, r"/blobs/uploads/") if r.fault == "cut_request"]
     assert len(cut) == 2 and all(r.bytes_received == MB for r in cut)
     assert registry_blob_digest(registry, repo, digest) == str(digest)
-    # each broken session was given up (DELETE) and a new one started
-    assert len(proxy.matching("POST", r"/blobs/uploads/")) >= 2 + 2
+    if chunked:
+        # each broken chunk made the client ask the upload's status; a session distribution no longer
+        # has (404, usually) was given up and a new one started (a stale 204 can let it go on instead)
+        statuses = [r.status for r in proxy.matching("GET", r"/blobs/uploads/")]
+        assert len(statuses) == 2 and set(statuses) <= {204, 404}
+        assert len(proxy.matching("POST", r"/blobs/uploads/")) >= 2 + statuses.count(404)
+    else:
+        # each broken session was given up (DELETE) and a new one started
+        assert len(proxy.matching("POST", r"/blobs/uploads/")) >= 2 + 2
     # and the registry serves the pushed model
     proxy.clear()
     home2 = Store(store.root.parent / "check")
@@ -417,8 +424,10 @@ def test_push_survives_broken_upload_bodies(registry, fault_proxy, local_model, 
 
 
 def test_chunked_upload_survives_a_break_in_a_later_chunk(registry, fault_proxy, local_model):
-    """1 MiB PATCHes; the third chunk's body breaks off, then the first chunk of the next session: each
-    time the upload starts a new session, and it still ends with the blob the registry verified."""
+    """1 MiB PATCHes; the third chunk's body breaks off mid-body, then the first chunk of the next session.
+    The client asks the upload's status each time; distribution 2.8 kept the bytes that arrived but not the
+    offset (its ``_state`` still says the old one), so it answers 404 BLOB_UPLOAD_INVALID: the session is
+    gone, the upload starts a new one, and it still ends with the blob the registry verified."""
     from modelpkg.manifest import Descriptor
 
     store, repo, digest, size = local_model
@@ -436,6 +445,84 @@ def test_chunked_upload_survives_a_break_in_a_later_chunk(registry, fault_proxy,
     chunks = -(-size // (MB + 1))
     assert [r.fault for r in patches] == ["stall", "stall", "cut_request", "cut_request"] + [None] * chunks
     assert [r.status for r in patches[:2] + patches[4:]] == [202] * (2 + chunks)
+    # distribution lost the session after each break (a status asked before it saw the break can still
+    # answer a stale 204: the client then goes on, and is told the session is gone at the next request)
+    statuses = [r.status for r in proxy.matching("GET", r"/blobs/uploads/")]
+    assert len(statuses) == 2 and set(statuses) <= {204, 404} and 404 in statuses
+    assert len(proxy.matching("POST", r"/blobs/uploads/")) >= 1 + statuses.count(404)
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+
+
+def upload_in_chunks(proxy, store, repo, digest, size, retries: int = 5):
+    """``upload_blob`` of the weights in 1 MiB PATCHes through ``proxy``."""
+    from modelpkg.manifest import Descriptor
+
+    with client(proxy, retries=retries) as c:
+        c._sleep = lambda s: None
+        return c.upload_blob(repo.split(":")[0], Descriptor("application/octet-stream", digest, size),
+                             store.blob_path(digest), chunked=True, chunk_size=MB)
+
+
+UPLOAD_BODY = r"/blobs/uploads/"
+
+
+@pytest.mark.parametrize("fault,params", [("cut_request", dict(after=0)), ("status", dict(status=503))],
+                         ids=["reset", "503"])
+def test_a_broken_chunk_resumes_in_the_same_session(registry, fault_proxy, local_model, fault, params):
+    """The third PATCH breaks (a reset before the registry got a byte of it, or a 503): the client asks
+    the upload's status (204, Range 0-2097151), resends only what is missing, in the same session."""
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "PATCH", UPLOAD_BODY, count=2, seconds=0)  # a no-op: lets two chunks through
+    proxy.add(fault, "PATCH", UPLOAD_BODY, count=1, **params)
+    assert upload_in_chunks(proxy, store, repo, digest, size).how == "uploaded"
+    patches = proxy.matching("PATCH", UPLOAD_BODY)
+    assert [r.fault for r in patches] == ["stall", "stall", fault, None, None]
+    assert [r.status for r in proxy.matching("GET", UPLOAD_BODY)] == [204]
+    assert len(proxy.matching("POST", UPLOAD_BODY)) == 1 and not proxy.matching("DELETE")
+    # a "status" fault reads the body without counting it: its Content-Length is what was sent
+    received = sum(int(r.headers["Content-Length"]) if r.fault == "status" else r.bytes_received for r in patches)
+    print(f"\n{fault}: {received} request-body bytes for a {size}-byte blob")
+    assert size <= received <= size + MB
+    assert patches[3].headers["Content-Range"].startswith(f"{2 * MB}-")
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+
+
+def test_a_chunk_whose_session_vanished_starts_a_new_session(registry, fault_proxy, local_model):
+    """The third PATCH breaks and the status GET answers 404 BLOB_UPLOAD_UNKNOWN (as after a registry's
+    upload purge): the client does not guess an offset; it gives the session up and starts a new one."""
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "PATCH", UPLOAD_BODY, count=2, seconds=0)
+    proxy.add("cut_request", "PATCH", UPLOAD_BODY, count=1, after=0)
+    unknown = b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}'
+    proxy.add("status", "GET", UPLOAD_BODY, count=1, status=404, body=unknown)
+    assert upload_in_chunks(proxy, store, repo, digest, size).how == "uploaded"
+    assert [r.status for r in proxy.matching("GET", UPLOAD_BODY)] == [404]
+    posts = proxy.matching("POST", UPLOAD_BODY)
+    assert len(posts) == 2
+    # the new session sent the whole blob from byte 0
+    patches = proxy.matching("PATCH", UPLOAD_BODY)
+    assert [r.headers["Content-Range"].split("-")[0] for r in patches[3:]] == ["0", str(MB), str(2 * MB), str(3 * MB)]
+    assert registry_blob_digest(registry, repo, digest) == str(digest)
+
+
+def test_a_chunk_that_always_breaks_is_one_clear_error_and_a_rerun_succeeds(registry, fault_proxy, local_model):
+    """Every try of the third chunk breaks and the registry keeps none of it: no progress, so the retry
+    budget runs out (retries + 1 tries of that chunk), one clear line; a re-run push then succeeds."""
+    store, repo, digest, size = local_model
+    proxy = fault_proxy(registry)
+    proxy.add("stall", "PATCH", UPLOAD_BODY, count=2, seconds=0)
+    proxy.add("cut_request", "PATCH", UPLOAD_BODY, count=None, after=0)
+    with pytest.raises(ModelpkgError) as info:
+        upload_in_chunks(proxy, store, repo, digest, size, retries=2)
+    assert "\n" not in info.value.message and digest.short in info.value.message
+    assert "kept failing" in info.value.message
+    assert len([r for r in proxy.matching("PATCH") if r.fault == "cut_request"]) == 3
+    assert registry_blob_digest(registry, repo, digest) is None
+
+    proxy.clear()
+    push_through(proxy, store, repo, chunked=True)
     assert registry_blob_digest(registry, repo, digest) == str(digest)
 
 
