@@ -29,7 +29,7 @@ from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, l
 from modelpkg.ollama_store import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.reference import Reference, parse_reference
-from modelpkg.store import RefEntry, Store
+from modelpkg.store import SOURCE_INDEX, RefEntry, Store
 
 LINK_CAVEAT = ("hard links share the file (its inode) with Ollama: an in-place edit of either would change both; "
                "Ollama never edits a blob in place (it writes new files and renames them), so this is safe in "
@@ -220,8 +220,11 @@ def _blob_size(store: Store, digest: Digest) -> int:
 
 
 def _entry_annotations(entry: RefEntry) -> dict[str, str]:
-    """The index annotations that travel with a name: its signatures kept with it, its derived blobs."""
+    """The index annotations that travel with a name: its signatures kept with it, its derived blobs, the
+    image index it was pulled through (what those signatures name)."""
     out = {mt.REF_NAME: entry.name}
+    if entry.index is not None:
+        out[SOURCE_INDEX] = str(entry.index)
     if entry.attached:
         out[mt.ATTACHED] = " ".join(str(d) for d in entry.attached)
     if entry.derived:
@@ -259,6 +262,8 @@ def save(store: Store, refs: list[Reference], out: BinaryIO, *, progress: Progre
                 _tree(store, signature, None, _blob_size(store, signature), blobs)
             for _, made in entry.derived:  # e.g. the GGUF taken out of a KitOps tar: no unpacking on load
                 blobs.setdefault(made, _blob_size(store, made))
+            if entry.index is not None:  # the index's own bytes only: its other platforms were never pulled
+                blobs.setdefault(entry.index, _blob_size(store, entry.index))
             entries.append(entry)
         pins.add(*blobs)
         for digest, size in blobs.items():
@@ -317,17 +322,20 @@ def _check_tree(store: Store, contents: archive.ArchiveContents, desc: Descripto
         _check_tree(store, contents, child, depth + 1)
 
 
-def _extras(desc: Descriptor) -> tuple[tuple[Digest, ...], tuple[tuple[Digest, Digest], ...]]:
-    """modelpkg's own index annotations: signature manifests kept with the name, derived blobs."""
+def _extras(desc: Descriptor) -> tuple[tuple[Digest, ...], tuple[tuple[Digest, Digest], ...], Digest | None]:
+    """modelpkg's own index annotations: signature manifests kept with the name, derived blobs, the image
+    index the model was pulled through."""
     try:
         attached = tuple(Digest.parse(t) for t in desc.annotations.get(mt.ATTACHED, "").split())
         derived = []
         for pair in desc.annotations.get(mt.DERIVED, "").split():
             layer, _, made = pair.partition("=")
             derived.append((Digest.parse(layer), Digest.parse(made)))
+        source = desc.annotations.get(SOURCE_INDEX)
+        index = Digest.parse(source) if source else None
     except InvalidInputError as e:
         raise InvalidInputError(f"refusing the archive: a bad digest in index.json annotations: {e.message}") from e
-    return attached, tuple(derived)
+    return attached, tuple(derived), index
 
 
 def _found(store: Store, contents: archive.ArchiveContents, digest: Digest, media_type: str | None) -> Descriptor:
@@ -363,23 +371,26 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
         index = parse_manifest(contents.index_json, mt.OCI_INDEX)
         if not isinstance(index, Index):
             raise InvalidInputError("the archive's index.json is not an OCI index")
-        named: list[tuple[Reference, Descriptor, tuple[Digest, ...], tuple[tuple[Digest, Digest], ...]]] = []
+        named: list[tuple[Reference, Descriptor, tuple[Digest, ...], tuple[tuple[Digest, Digest], ...],
+                          Digest | None]] = []
         unnamed = 0
         for desc in index.manifests:
             text = desc.annotations.get(mt.REF_NAME)
             if not text:
                 unnamed += 1
                 continue
-            attached, derived = _extras(desc)
-            named.append((resolve_name(text), desc, attached, derived))
+            attached, derived, source_index = _extras(desc)
+            named.append((resolve_name(text), desc, attached, derived, source_index))
         if not named:
             raise InvalidInputError("the archive names no model (no org.opencontainers.image.ref.name in index.json)")
-        for _, desc, attached, derived in named:
+        for _, desc, attached, derived, source_index in named:
             _check_tree(store, contents, desc)
             for signature in attached:
                 _check_tree(store, contents, _found(store, contents, signature, None))
             for _, made in derived:
                 _found(store, contents, made, "application/octet-stream")
+            if source_index is not None:
+                _found(store, contents, source_index, "application/octet-stream")
         new_blobs = len(contents.staged)
         new_bytes = sum(size for _, size in contents.staged.values())
         with store.session() as pins:
@@ -390,8 +401,8 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
                 del contents.staged[digest]
             for digest in contents.present:
                 store.touch(digest)
-            for ref, desc, attached, derived in named:  # the names last
-                store.set_ref(ref, desc.digest, desc.media_type, desc.size, attached, derived)
+            for ref, desc, attached, derived, source_index in named:  # the names last
+                store.set_ref(ref, desc.digest, desc.media_type, desc.size, attached, derived, index=source_index)
     finally:
         contents.discard()
     names = tuple(str(ref) for ref, *_ in named)

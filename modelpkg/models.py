@@ -221,4 +221,5 @@ def copy(store: Store, src: Reference, dst: Reference) -> RefEntry:
         pins.add(entry.digest)
         if not store.has_blob(entry.digest):
             raise NotFoundError(f"the manifest of {src} is missing from the store", "run 'modelpkg verify'")
-        return store.set_ref(dst, entry.digest, entry.media_type, entry.size, entry.attached, entry.derived)
+        return store.set_ref(dst, entry.digest, entry.media_type, entry.size, entry.attached, entry.derived,
+                             index=entry.index)

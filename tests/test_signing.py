@@ -574,9 +574,20 @@ def test_local_verification_of_a_model_pulled_through_a_signed_index(registry, t
     # pushing the arm64 manifest alone: the signatures name the index, so they stay behind, and push says so
     copy = f"{registry.host}/sig/multi-copy:v1"
     assert run("cp", name, copy).exit_code == 0
+    # a copy keeps the index it came through, so it verifies offline too
+    copied = run("verify-signature", "--local", copy, "--key", str(keypair[1]))
+    assert copied.exit_code == 0, copied.stderr
+    # ... and so does a save/rm/load round trip (the archive carries the index's bytes and the record)
+    archive_file = tmp_path / "multi.tar"
+    assert run("save", copy, "-o", str(archive_file)).exit_code == 0
+    assert run("rm", copy).exit_code == 0
+    assert run("load", "-i", str(archive_file)).exit_code == 0
+    reloaded = run("verify-signature", "--local", copy, "--key", str(keypair[1]))
+    assert reloaded.exit_code == 0, reloaded.stderr
     pushed_copy = run("push", "--json", copy)
     assert pushed_copy.exit_code == 0, pushed_copy.stderr
-    assert any("name another digest" in json.loads(line).get("status", "") for line in pushed_copy.stdout.splitlines())
+    assert any("name the index it was pulled through" in json.loads(line).get("status", "")
+               for line in pushed_copy.stdout.splitlines())
     assert run("verify-signature", copy, "--key", str(keypair[1])).exit_code == TrustError.exit_code
     # an index that does not list the model proves nothing, whoever signed it
     with store().session() as pins:
