@@ -331,10 +331,12 @@ class Loaded:
 
 
 class ModelCache:
-    """The models in memory, by full name. ``use`` queues a request on its model's lock; after it the
-    model stays for its keep_alive, and the reaper unloads it when that has passed and nobody uses it.
-    At most ``max_loaded`` models stay in memory: loading one more first unloads the least recently used
-    idle one (Ollama's scheduler does the same when its limit is reached)."""
+    """The models in memory, by manifest digest: two names of one model (``cp``, e.g. an alias for an
+    OpenAI client) share one load, as Ollama's scheduler shares one runner per model file. ``use`` queues
+    a request on its model's lock; after it the model stays for its keep_alive, and the reaper unloads it
+    when that has passed and nobody uses it. At most ``max_loaded`` models stay in memory: loading one
+    more first unloads the least recently used idle one (Ollama's scheduler does the same when its limit
+    is reached)."""
 
     def __init__(self, default_keep_alive: float | None = DEFAULT_KEEP_ALIVE, clock=time.monotonic,
                  max_loaded: int = MAX_LOADED):
@@ -352,14 +354,19 @@ class ModelCache:
     @contextlib.contextmanager
     def use(self, details: ModelDetails, keep_alive: Any) -> Iterator[Loaded]:
         seconds = parse_keep_alive(keep_alive, self.default_keep_alive)
+        key = str(details.digest)
         with self._guard:
-            entry = self._entries.get(details.name)
-            if entry is None or entry.details.digest != details.digest:
-                if entry is not None:  # the name now points at another model: the old one goes when free
-                    entry.expires = 0.0
-                    self._retired.append(entry)
+            for other_key, other in list(self._entries.items()):
+                if other.name == details.name and other_key != key:
+                    # the name now points at another model: the old one goes when free
+                    other.expires = 0.0
+                    self._retired.append(other)
+                    del self._entries[other_key]
+            entry = self._entries.get(key)
+            if entry is None:
                 entry = Loaded(details.name, details)
-                self._entries[details.name] = entry
+                self._entries[key] = entry
+            entry.name = details.name  # /api/ps shows the name it was last asked for
             entry.users += 1
         try:
             with entry.lock:
@@ -376,8 +383,8 @@ class ModelCache:
         finally:
             with self._guard:
                 entry.users -= 1
-                if not entry.in_memory and entry.users == 0 and self._entries.get(entry.name) is entry:
-                    del self._entries[entry.name]
+                if not entry.in_memory and entry.users == 0 and self._entries.get(key) is entry:
+                    del self._entries[key]
             self._wake.set()
 
     def _make_room(self, newcomer: Loaded) -> None:
@@ -401,16 +408,18 @@ class ModelCache:
             entries = [e for e in self._entries.values() if e.in_memory]
         return [(e, None if e.expires is None else now + (e.expires - now_mono)) for e in entries]
 
-    def unload(self, name: str) -> None:
-        """Drop ``name`` (deleted or replaced) once its current requests end."""
+    def unload(self, name: str, digest: Digest | None = None) -> None:
+        """Drop the model last asked for as ``name`` (deleted or replaced), or the model ``digest`` (keep_alive
+        0, whatever name loaded it), once its current requests end."""
         with self._guard:
-            entry = self._entries.get(name)
-        if entry is not None:
+            found = [(k, e) for k, e in self._entries.items()
+                     if e.name == name or digest is not None and k == str(digest)]
+        for key, entry in found:
             with entry.lock:
                 entry.close()
             with self._guard:
-                if entry.users == 0 and self._entries.get(name) is entry:
-                    del self._entries[name]
+                if entry.users == 0 and self._entries.get(key) is entry:
+                    del self._entries[key]
 
     def reap(self) -> None:
         """Unload every model whose keep_alive has passed (and that no request is using)."""
@@ -432,8 +441,9 @@ class ModelCache:
                     if entry.users == 0 and entry.expires is not None and entry.expires <= self._clock():
                         entry.close()
                         with self._guard:
-                            if entry.users == 0 and self._entries.get(entry.name) is entry:
-                                del self._entries[entry.name]
+                            key = str(entry.details.digest)
+                            if entry.users == 0 and self._entries.get(key) is entry:
+                                del self._entries[key]
                 finally:
                     entry.lock.release()
 
@@ -883,7 +893,7 @@ class App:
         """An empty prompt loads the model (or, with keep_alive 0, unloads it), as ``ollama run``/``stop``."""
         seconds = parse_keep_alive(keep_alive, self.cache.default_keep_alive)
         if seconds == 0:
-            self.cache.unload(details.name)
+            self.cache.unload(details.name, details.digest)
             reason = "unload"
         else:
             with self.cache.use(details, keep_alive) as loaded:

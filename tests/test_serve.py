@@ -219,6 +219,22 @@ def test_ps_and_keep_alive(client, served):
     assert f"{BASE}:latest" not in {m.model for m in client.ps().models}
 
 
+def test_two_names_of_one_model_share_one_load(client, served):
+    client.copy(BASE, "gpt-alias")
+    try:
+        first = client.generate(BASE, "Hi", options=FAST, keep_alive="10m")
+        digest = [m for m in client.list().models if m.model == f"{BASE}:latest"][0].digest
+        aliased = client.generate("gpt-alias", "Hi", options=FAST, keep_alive="10m")
+        assert aliased.response == first.response
+        assert aliased.load_duration < 0.05e9  # no second load: the alias found the model in memory
+        in_memory = [m for m in client.ps().models if m.digest == digest]
+        assert len(in_memory) == 1 and in_memory[0].model == "gpt-alias:latest"  # the name last asked for
+        assert client.generate(BASE, "", keep_alive=0).done_reason == "unload"  # stops it under any name
+        assert not [m for m in client.ps().models if m.digest == digest]
+    finally:
+        client.delete("gpt-alias")
+
+
 def test_least_recently_used_model_makes_room(client, served):
     cache = served.app.cache
     saved, cache.max_loaded = cache.max_loaded, 1
