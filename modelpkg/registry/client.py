@@ -57,13 +57,12 @@ from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.registry.auth import Authenticator, safe_url, scope
 from modelpkg.registry.download import (
-    PROBE_BYTES,
-    PROBE_SECONDS,
     SPLIT_BELOW,
     BodyReader,
     Interrupted,
     PartDownload,
     Probe,
+    RetryBudget,
     TooLong,
     append_hashing,
     range_start,
@@ -496,16 +495,13 @@ class RegistryClient:
         name = f"{self.host}/{repo}@{desc.digest}"
         url = self.url(repo, "blobs", str(desc.digest))
         scopes = (scope(repo, "pull"),)
-        failures = 0  # interruptions in a row that added no byte: a stream that keeps moving is resumed
+        tries = RetryBudget(self, f"the download of blob {desc.digest.short} from {self.host}")
         mismatches = 0
         counted = [0]  # bytes reported to progress: set back to the kept prefix after an interruption
         progress = _CountingProgress(progress, counted)
-        best = -1
         split = self.split_below == float("inf")
         while True:
             offset, hasher = resume_state(dest_partial, desc.size)
-            if offset > best:
-                best, failures = offset, 0
             if offset != counted[0]:
                 progress.advance(task, offset - counted[0])
             try:
@@ -515,7 +511,7 @@ class RegistryClient:
                         PartDownload(self, url, scopes, desc, dest_partial, offset, hasher, progress, task,
                                      parts, name, subject).run()
                     else:
-                        probe = Probe(self.split_below, PROBE_BYTES, PROBE_SECONDS) if can_split else None
+                        probe = Probe(self.split_below) if can_split else None
                         hasher = self._download_stream(url, scopes, desc, dest_partial, offset, hasher,
                                                        progress, task, name, subject, probe)
                         if hasher is None:
@@ -531,11 +527,7 @@ class RegistryClient:
                                          f"digest (got {actual})",
                                          "the registry or a proxy corrupts data; nothing was stored")
             except Interrupted as e:
-                failures += 1
-                if failures > self.retries:
-                    raise NetworkError(f"the download of blob {desc.digest.short} from {self.host} kept failing: {e}",
-                                       "run the command again: it resumes where it stopped") from e
-                self._sleep(self._backoff(failures - 1))
+                tries.failed(e, offset)  # a stream that keeps moving is resumed
 
     def _blob_get(self, url: str, scopes, headers: dict, name: str, subject: str | None = None) -> requests.Response:
         response = self.request("GET", url, scopes=scopes, headers=headers, stream=True)
@@ -630,7 +622,8 @@ class RegistryClient:
             if location is None:
                 progress.advance(task, desc.size)
                 return UploadResult(desc.digest, "mounted")
-        tries = _Tries(self, f"the upload of blob {desc.digest.short} to {self.host}")
+        tries = RetryBudget(self, f"the upload of blob {desc.digest.short} to {self.host}",
+                            "check the network and run the command again")
         while True:
             min_chunk = 0
             if not location:
@@ -771,13 +764,8 @@ class RegistryClient:
         if response.status_code not in (202, 204):
             response.close()
             return None
-        end = _range_end(response.headers.get("Range", ""))
-        fresh = urljoin(location, response.headers.get("Location") or location)
-        response.close()
-        if end is None or end < 0:
-            return None
-        offset = end + 1 if end else 0  # "0-0": empty (see _upload_status)
-        if offset > sent_to:
+        offset, fresh = _status_point(response, location)
+        if offset is None or offset > sent_to:
             return None
         return offset, fresh
 
@@ -785,35 +773,12 @@ class RegistryClient:
         response = self._send_once("GET", location, scopes, {})
         if response.status_code not in (202, 204):
             self.raise_for(response, kind="upload of", name=name)
-        end = _range_end(response.headers.get("Range", ""))
-        location = urljoin(location, response.headers.get("Location") or location)
-        response.close()
-        # distribution answers "0-0" both for an empty upload and for one byte; chunks are never one
-        # byte long, so it means empty
-        return (end + 1 if end else 0), location
+        offset, location = _status_point(response, location)
+        return offset or 0, location
 
 
 class _SessionLost(Interrupted):
     """A broken chunk whose upload session the registry no longer has: start a new one."""
-
-
-class _Tries:
-    """The retry budget of one upload: breaks in a row that got no further than an earlier one (as
-    ``download_blob`` counts them), so a chunked upload that keeps moving forward is never given up."""
-
-    def __init__(self, client: RegistryClient, what: str):
-        self.client, self.what = client, what
-        self.failures, self.best = 0, -1
-
-    def failed(self, e: Exception, reached: int) -> None:
-        """Count a break at ``reached`` (bytes the registry had confirmed), then back off; raises
-        NetworkError once the budget is spent."""
-        if reached > self.best:
-            self.best, self.failures = reached, 0
-        self.failures += 1
-        if self.failures > self.client.retries:
-            raise NetworkError(f"{self.what} kept failing: {e}", "check the network and run the command again") from e
-        self.client._sleep(self.client._backoff(self.failures - 1))
 
 
 class _Retryable(Exception):
@@ -914,6 +879,18 @@ def _read_capped(response: requests.Response, limit: int) -> bytes | None:
 def _with_query(url: str, key: str, value: str) -> str:
     """Append ``key=value`` to a URL that may already carry a query (e.g. distribution's ``_state``)."""
     return f"{url}{'&' if '?' in url else '?'}{key}={quote(value, safe=':')}"
+
+
+def _status_point(response: requests.Response, location: str) -> tuple[int | None, str]:
+    """An upload status answer (closed here): the registry's offset (None without a usable ``Range``) and
+    the URL to continue with. distribution answers "0-0" both for an empty upload and for one byte; chunks
+    are never one byte long, so it means empty."""
+    end = _range_end(response.headers.get("Range", ""))
+    fresh = urljoin(location, response.headers.get("Location") or location)
+    response.close()
+    if end is None or end < 0:
+        return None, fresh
+    return (end + 1 if end else 0), fresh
 
 
 def _range_end(value: str) -> int | None:

@@ -59,6 +59,30 @@ class RangesIgnored(Exception):
     """A ranged GET was not answered with the asked-for 206."""
 
 
+RESUME_HINT = "run the command again: it resumes where it stopped"
+
+
+class RetryBudget:
+    """The retry budget of one transfer: breaks in a row that got no further than an earlier one. A
+    transfer that keeps moving forward is resumed however often it breaks; one that is stuck gives up
+    after ``client.retries`` breaks, backing off (``client._backoff``) in between. Downloads, ranged parts
+    and chunked uploads all count this way."""
+
+    def __init__(self, client, what: str, hint: str = RESUME_HINT):
+        self.client, self.what, self.hint = client, what, hint
+        self.failures, self.best = 0, -1
+
+    def failed(self, e: Exception, reached: int) -> None:
+        """Count a break after ``reached`` bytes were safely kept, then back off; raises ``NetworkError``
+        once the budget is spent."""
+        if reached > self.best:
+            self.best, self.failures = reached, 0
+        self.failures += 1
+        if self.failures > self.client.retries:
+            raise NetworkError(f"{self.what} kept failing: {e}", self.hint) from e
+        self.client._sleep(self.client._backoff(self.failures - 1))
+
+
 class BodyReader:
     """Reads at most ``limit`` bytes of a streamed ``requests`` response into buffers.
 
@@ -216,7 +240,7 @@ class Probe:
     capped (CDNs, long fat links). The probe tells the two apart on the real transfer.
     """
 
-    def __init__(self, below: float, after_bytes: int, after_seconds: float):
+    def __init__(self, below: float, after_bytes: int = PROBE_BYTES, after_seconds: float = PROBE_SECONDS):
         self.below, self.after_bytes, self.after_seconds = below, after_bytes, after_seconds
         self.started: float | None = None
         self.received = 0
@@ -471,21 +495,15 @@ class PartDownload:
 
     def _part_loop(self, i: int, fd: int) -> None:
         start, end = self.ranges[i]
-        failures = 0  # interruptions in a row that added no byte: a part that keeps moving is resumed
+        tries = RetryBudget(self.client, f"the download of blob {self.desc.digest.short} from {self.client.host}")
         buffer = bytearray(BUFFER_SIZE)
         while not self.stop and start + self.done[i] < end:
-            before = self.done[i]
             try:
-                self._fetch(i, fd, start + self.done[i], end, buffer)
-            except Interrupted as e:
-                failures = 1 if self.done[i] > before else failures + 1
-                if failures > self.client.retries:
-                    self._fail(NetworkError(f"the download of blob {self.desc.digest.short} from "
-                                            f"{self.client.host} kept failing: {e}",
-                                            "run the command again: it resumes where it stopped"))
-                    return
-                self.client._sleep(self.client._backoff(failures - 1))
-            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread
+                try:
+                    self._fetch(i, fd, start + self.done[i], end, buffer)
+                except Interrupted as e:
+                    tries.failed(e, self.done[i])  # a part that keeps moving is resumed
+            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread (a spent budget too)
                 self._fail(e)
                 return
 
