@@ -1412,8 +1412,10 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, tok
                 keep_alive: float | None = DEFAULT_KEEP_ALIVE, max_loaded: int = MAX_LOADED,
                 log: Callable[[str], None] | None = None, origins: tuple[str, ...] = ()) -> ApiServer:
     """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it)."""
+    from modelpkg.registry.client import is_loopback
+
     app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log, origins=origins,
-              loopback_only=_is_loopback(host))
+              loopback_only=is_loopback(host))
     if ":" in host:
         class _V6(ApiServer):
             address_family = socket.AF_INET6
@@ -1431,17 +1433,6 @@ def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
 
     origin = origin.strip().lower()
     return any(fnmatch.fnmatchcase(origin, pattern.strip().lower()) for pattern in patterns)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def local_host_header(value: str) -> bool:
