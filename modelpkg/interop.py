@@ -29,7 +29,7 @@ from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, l
 from modelpkg.ollama_store import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
 from modelpkg.progress import NullProgress, Progress
 from modelpkg.reference import Reference, parse_reference
-from modelpkg.store import SOURCE_INDEX, RefEntry, Store
+from modelpkg.store import RefEntry, Store, link_annotations
 
 LINK_CAVEAT = ("hard links share the file (its inode) with Ollama: an in-place edit of either would change both; "
                "Ollama never edits a blob in place (it writes new files and renames them), so this is safe in "
@@ -222,14 +222,7 @@ def _blob_size(store: Store, digest: Digest) -> int:
 def _entry_annotations(entry: RefEntry) -> dict[str, str]:
     """The index annotations that travel with a name: its signatures kept with it, its derived blobs, the
     image index it was pulled through (what those signatures name)."""
-    out = {mt.REF_NAME: entry.name}
-    if entry.index is not None:
-        out[SOURCE_INDEX] = str(entry.index)
-    if entry.attached:
-        out[mt.ATTACHED] = " ".join(str(d) for d in entry.attached)
-    if entry.derived:
-        out[mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(entry.derived))
-    return out
+    return {mt.REF_NAME: entry.name, **link_annotations(entry.attached, entry.derived, entry.index)}
 
 
 def _tree(store: Store, digest: Digest, media_type: str | None, size: int, out: dict[Digest, int],
@@ -331,7 +324,7 @@ def _extras(desc: Descriptor) -> tuple[tuple[Digest, ...], tuple[tuple[Digest, D
         for pair in desc.annotations.get(mt.DERIVED, "").split():
             layer, _, made = pair.partition("=")
             derived.append((Digest.parse(layer), Digest.parse(made)))
-        source = desc.annotations.get(SOURCE_INDEX)
+        source = desc.annotations.get(mt.SOURCE_INDEX)
         index = Digest.parse(source) if source else None
     except InvalidInputError as e:
         raise InvalidInputError(f"refusing the archive: a bad digest in index.json annotations: {e.message}") from e

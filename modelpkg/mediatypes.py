@@ -65,3 +65,4 @@ COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 COSIGN_SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"  # cosign's OCI 1.1 referrer type
 COSIGN_SIGNATURE = "dev.cosignproject.cosign/signature"  # layer annotation: base64 DER ECDSA signature
 ATTACHED = "dev.modelpkg.attached"  # store index entry: digests of signature manifests kept with the model
+SOURCE_INDEX = "dev.modelpkg.index"  # store index entry: the image index a manifest was pulled through

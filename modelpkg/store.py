@@ -40,9 +40,6 @@ from modelpkg.reference import Reference
 
 LOCK_TIMEOUT = 600.0
 MODIFIED = "dev.modelpkg.modified"
-# on an index.json entry: the image index the manifest was chosen from (a pull through a multi-platform
-# index); its bytes are a blob, kept by gc with the name, because signatures kept for it name its digest
-SOURCE_INDEX = "dev.modelpkg.index"
 MAX_SMALL_BLOB = 16 * 1024 * 1024  # templates, params, configs: read whole; weights are never read whole
 
 
@@ -59,7 +56,9 @@ class RefEntry:
     # blobs made from this manifest's layers (layer digest -> derived blob, e.g. the GGUF inside a KitOps
     # tar); gc keeps them while the name exists (index annotation mt.DERIVED)
     derived: tuple[tuple[Digest, Digest], ...] = ()
-    index: Digest | None = None  # the index this manifest was pulled through (SOURCE_INDEX), if any
+    # the image index this manifest was chosen from (a pull through a multi-platform index; mt.SOURCE_INDEX):
+    # its bytes are a blob kept by gc with the name, because signatures kept for it name its digest
+    index: Digest | None = None
 
     def local(self, digest: Digest) -> Digest:
         """The blob to read for layer ``digest``: its derived blob when there is one, else the layer's own."""
@@ -76,6 +75,20 @@ class GCPlan:
     @property
     def bytes(self) -> int:
         return sum(size for _, size in self.blobs) + sum(size for _, size in self.partials)
+
+
+def link_annotations(attached: tuple[Digest, ...], derived: tuple[tuple[Digest, Digest], ...],
+                     index: Digest | None) -> dict[str, str]:
+    """The index.json annotations that tie other blobs to a name: kept signatures, derived blobs, the image
+    index it was pulled through (what ``set_ref`` writes, and what an archive's index.json carries)."""
+    out = {}
+    if attached:
+        out[mt.ATTACHED] = " ".join(str(d) for d in attached)
+    if derived:
+        out[mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(derived))
+    if index is not None:
+        out[mt.SOURCE_INDEX] = str(index)
+    return out
 
 
 class Store:
@@ -382,14 +395,9 @@ class Store:
             "mediaType": media_type,
             "digest": str(digest),
             "size": size,
-            "annotations": {mt.REF_NAME: str(ref), MODIFIED: f"{time.time():.3f}"},
+            "annotations": {mt.REF_NAME: str(ref), MODIFIED: f"{time.time():.3f}",
+                            **link_annotations(attached, derived, index)},
         }
-        if attached:
-            entry["annotations"][mt.ATTACHED] = " ".join(str(d) for d in attached)
-        if derived:
-            entry["annotations"][mt.DERIVED] = " ".join(f"{a}={b}" for a, b in sorted(derived))
-        if index is not None:
-            entry["annotations"][SOURCE_INDEX] = str(index)
         with self.lock():
             manifests = [m for m in self._read_index() if self._name(m) != str(ref)]
             manifests.append(entry)
@@ -450,7 +458,7 @@ class Store:
             except InvalidInputError:  # a damaged pair only loses that derived blob; pull makes it again
                 pass
         try:
-            index = Digest.parse(str(annotations[SOURCE_INDEX])) if SOURCE_INDEX in annotations else None
+            index = Digest.parse(str(annotations[mt.SOURCE_INDEX])) if mt.SOURCE_INDEX in annotations else None
         except InvalidInputError:  # a damaged record: the signatures kept for that index no longer apply
             index = None
         return RefEntry(str(annotations.get(mt.REF_NAME, "")), Digest.parse(m["digest"]),
