@@ -111,12 +111,8 @@ def sign(ref: Reference, private_key, client: RegistryClient, *, progress: Progr
         return old.digest == layer.digest and der is not None and signing.verifies(me, old_payloads.get(
             old.digest, payload), der)
 
-    layers = signing.merge_layers(old_layers, layer, replaces)
-    config = signing.signature_config(layers, created)
-    _upload(client, repo, config)
-    sig_manifest = signing.signature_manifest(config, layers)
+    sig_manifest = _put_sig_tag(client, repo, digest, signing.merge_layers(old_layers, layer, replaces), created)
     tag = signing.signature_tag(digest)
-    client.put_manifest(repo, tag, sig_manifest.to_bytes(), mt.OCI_MANIFEST, name=f"{ref.name}:{tag}")
 
     progress.message("attaching referrer")
     ref_config = signing.signature_config([layer], created)
@@ -127,6 +123,17 @@ def sign(ref: Reference, private_key, client: RegistryClient, *, progress: Progr
         _add_to_tag_schema(client, repo, digest, referrer)
     return SignResult(str(ref), digest, tag, sig_manifest.digest, referrer.digest,
                       "api" if indexed else "tag-schema", me.fingerprint)
+
+
+def _put_sig_tag(client: RegistryClient, repo: str, digest: Digest, layers, created: str) -> Manifest:
+    """Write the ``sha256-<hex>.sig`` tag of ``digest`` holding these signature layers (their payloads
+    already uploaded): its config, then the manifest."""
+    config = signing.signature_config(layers, created)
+    _upload(client, repo, config)
+    manifest = signing.signature_manifest(config, layers)
+    tag = signing.signature_tag(digest)
+    client.put_manifest(repo, tag, manifest.to_bytes(), mt.OCI_MANIFEST, name=f"{client.host}/{repo}:{tag}")
+    return manifest
 
 
 def _upload(client: RegistryClient, repo: str, data: bytes) -> Digest:
@@ -386,11 +393,7 @@ def _push_sig_tag(store: Store, client: RegistryClient, repo: str, digest: Diges
     for f in tagged:
         for data in f.blobs.values():
             _upload(client, repo, data)
-    layers = (*there, *new)
-    config = signing.signature_config(layers, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    _upload(client, repo, config)
-    client.put_manifest(repo, tag, signing.signature_manifest(config, layers).to_bytes(), mt.OCI_MANIFEST,
-                        name=f"{client.host}/{repo}:{tag}")
+    _put_sig_tag(client, repo, digest, (*there, *new), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 # ---------------------------------------------------------------------------------------------------------
