@@ -86,8 +86,8 @@ def published_modelfile(parsed: mf.Modelfile, base_dir: Path, weights: Digest | 
     and are left out, and so are comments: the text is written in canonical form (``mf.format``), so the
     manifest digest depends on the model's definition only, not on the folder or file names it came from.
     """
-    positions = {ins.keyword: n for n, ins in reversed(list(enumerate(parsed.instructions)))}  # first of each
-    used = {positions["from"]: weights}  # the first FROM is the model (Modelfile.from_)
+    froms = [n for n, ins in enumerate(parsed.instructions) if ins.keyword == "from"]
+    used = {froms[0]: weights}  # the first FROM is the model (Modelfile.from_)
     if adapter is not None:  # the last ADAPTER is the one loaded (Modelfile.adapter)
         used[max(n for n, ins in enumerate(parsed.instructions) if ins.keyword == "adapter")] = adapter
     kept = []
@@ -227,10 +227,10 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
     assert base.model is not None
     layers: list[Descriptor] = [base.model]
     adapter = parsed.adapter
-    if adapter is not None and _blob_digest(adapter) is not None and not expand_path(adapter, base_dir).exists():
+    stored = _blob_digest(adapter) if adapter is not None and not expand_path(adapter, base_dir).exists() else None
+    if stored is not None:
         line = parsed.get("adapter")[-1].line
-        digest = _blob_digest(adapter)
-        layers.append(modelpack_layer("adapter", digest, _stored_gguf(store, digest, pins, "ADAPTER", line).stat().st_size))
+        layers.append(modelpack_layer("adapter", stored, _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size))
     elif adapter is not None:
         path = expand_path(adapter, base_dir)
         line = parsed.get("adapter")[-1].line
