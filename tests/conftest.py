@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated store per test, tiny synthetic GGUF files, and the real Gemma 3 270M model.
 
-Registry fixtures live in ``registry_env.py`` (loaded below as a plugin).
+Registry fixtures live in ``registry_env.py``, the reliability suite's in ``reliability/reliability_helpers.py``
+(both loaded below as plugins: registered once, so a session-scoped fixture is built once per run).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-pytest_plugins = ["registry_env"] if (Path(__file__).parent / "registry_env.py").exists() else []
+sys.path.insert(0, str(Path(__file__).parent / "reliability"))
+pytest_plugins = [name for name, path in (("registry_env", "registry_env.py"),
+                                          ("reliability_helpers", "reliability/reliability_helpers.py"))
+                  if (Path(__file__).parent / path).exists()]
 
 REPO = Path(__file__).resolve().parents[1]
 

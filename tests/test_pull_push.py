@@ -77,6 +77,17 @@ def model_blob(ref):
     return model_layers(manifest).model
 
 
+def remote_only(proxy, big_model, repo: str, **kw):
+    """A big model pushed through ``proxy`` to ``repo``, then removed from the store, so that a pull has to
+    fetch it: (name, reference, its weights blob)."""
+    name = f"{proxy.host}/{repo}"
+    ref = big_model(name, **kw)
+    push(store(), ref)
+    blob = model_blob(ref)
+    run("rm", name)
+    return name, ref, blob
+
+
 def assert_store_sound(s: Store) -> None:
     """Every blob in the store matches its name (no half or corrupt file under a digest)."""
     assert s.verify() == []
@@ -336,11 +347,7 @@ def test_push_of_an_unknown_model(home):
 ])
 def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/fault-{fault.replace('_', '-')}:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, f"acme/fault-{fault.replace('_', '-')}:v1")
     # twice in a row, except corruption: one corrupt copy is fetched again, two are an IntegrityError
     proxy.add(fault, "GET", f"/blobs/{blob.digest}", count=1 if fault == "corrupt" else 2, **params)
     client = fresh(proxy.host, timeout=(5, 1.0))
@@ -353,11 +360,7 @@ def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
 
 def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/ignore-range:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/ignore-range:v1")
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=700_000)
     proxy.add("ignore_range", "GET", f"/blobs/{blob.digest}")
     pull(store(), ref, client=fresh(proxy.host))
@@ -368,11 +371,7 @@ def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_mo
 
 def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/corrupt:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/corrupt:v1")
     proxy.add("corrupt", "GET", f"/blobs/{blob.digest}", count=None, offset=5, length=1)
     with pytest.raises(IntegrityError, match=f"blob {blob.digest.short}"):
         pull(store(), ref, client=fresh(proxy.host))
@@ -407,11 +406,7 @@ def test_429_honours_retry_after(registry, fault_proxy, tiny_model):
 
 def test_an_interrupted_pull_resumes_without_downloading_again(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/resume:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/resume:v1")
     cut = 1_000_000
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", count=None, after=cut)
     with pytest.raises(NetworkError):
@@ -431,11 +426,7 @@ def test_an_interrupted_pull_resumes_without_downloading_again(registry, fault_p
 
 def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/parts:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/parts:v1")
     client = fresh(proxy.host)
     client.part_threshold = 256 * 1024
     client.split_below = float("inf")  # parts from the start
@@ -449,12 +440,8 @@ def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
 
 def test_a_slow_stream_is_split_into_ranged_parts_and_a_fast_one_is_not(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/adaptive:v1"
-    ref = big_model(name, values=2 * 1024 * 1024)
-    push(store(), ref)
-    blob = model_blob(ref)
+    name, ref, blob = remote_only(proxy, big_model, "acme/adaptive:v1", values=2 * 1024 * 1024)
     assert blob.size > 3 * 1024 * 1024  # room for a probe after the second 1 MiB buffer, and a rest to split
-    run("rm", name)
     client = fresh(proxy.host)
     client.part_threshold = 256 * 1024
     # one connection that stalls for longer than the probe's second: judged too slow
@@ -478,11 +465,7 @@ def test_a_slow_stream_is_split_into_ranged_parts_and_a_fast_one_is_not(registry
 
 def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/parts-resume:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/parts-resume:v1")
     client = fresh(proxy.host, retries=0)
     client.part_threshold = 256 * 1024
     client.split_below = float("inf")  # parts from the start
@@ -501,11 +484,7 @@ def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry
 
 def test_two_concurrent_pulls_download_each_blob_once(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name = f"{proxy.host}/acme/concurrent:v1"
-    ref = big_model(name)
-    push(store(), ref)
-    blob = model_blob(ref)
-    run("rm", name)
+    name, ref, blob = remote_only(proxy, big_model, "acme/concurrent:v1")
     proxy.clear()
     proxy.add("stall", "GET", f"/blobs/{blob.digest}", after=10, seconds=0.5)
     errors = []

@@ -1,7 +1,8 @@
 """Helpers for the reliability suite: a model of a few tens of MB in the registry, CLI subprocesses, and the
-store invariants every fault test checks afterwards (verify clean, no half model listed). Test modules
-import the fixtures from here (no conftest.py: the folder has no ``__init__`` and a second ``conftest``
-module would shadow tests/conftest.py's).
+store invariants every fault test checks afterwards (verify clean, no half model listed). tests/conftest.py
+loads this module as a plugin, so its fixtures are registered once (imported into each test module, the
+session-scoped model would be built once per module); no conftest.py here: the folder has no ``__init__``
+and a second ``conftest`` module would shadow tests/conftest.py's.
 
 Counts and sizes come from env vars with CI-sized defaults (see ``env_int``), so a longer soak is one
 variable away: ``MODELPKG_REL_KILL_TRIALS=200 MODELPKG_REL_BIG_MB=128 pytest tests/reliability``.

@@ -11,15 +11,7 @@ import threading
 import time
 
 import pytest
-from reliability_helpers import (  # noqa: F401 - fixtures
-    big_gguf,
-    big_remote,
-    env_int,
-    names,
-    run_cli,
-    start_cli,
-    store_problems,
-)
+from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 from modelpkg.store import Store
 

@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from reliability_helpers import big_gguf, big_remote, names, run_cli, store_problems  # noqa: F401 - fixtures
+from reliability_helpers import names, run_cli, store_problems
 
 from modelpkg.digest import Digest
 from modelpkg.pull import pull

@@ -14,15 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (  # noqa: F401 - fixtures
-    big_gguf,
-    big_remote,
-    cli_env,
-    modelpkg_cmd,
-    names,
-    run_cli,
-    store_problems,
-)
+from reliability_helpers import cli_env, modelpkg_cmd, names, run_cli, store_problems
 
 pytestmark = pytest.mark.registry
 MB = 1024 * 1024

@@ -17,15 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from reliability_helpers import (  # noqa: F401 - fixtures
-    big_gguf,
-    big_remote,
-    env_int,
-    names,
-    run_cli,
-    start_cli,
-    store_problems,
-)
+from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 from modelpkg.reference import parse_reference
 from modelpkg.store import Store

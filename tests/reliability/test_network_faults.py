@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from reliability_helpers import big_gguf, big_remote, env_int, make_gguf, store_problems  # noqa: F401 - fixtures
+from reliability_helpers import env_int, make_gguf, store_problems
 
 from modelpkg.errors import IntegrityError, ModelpkgError
 from modelpkg.pull import pull
