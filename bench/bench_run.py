@@ -73,8 +73,8 @@ def child_plain(blob: str, tokens: int) -> dict:
 def child_modelpkg(home: str, tokens: int) -> dict:
     start = time.perf_counter()
     os.environ["MODELPKG_HOME"] = home
-    from modelpkg import config
-    from modelpkg.chat import Session, open_model
+    from modelpkg.base import config
+    from modelpkg.ops.chat import Session, open_model
     from modelpkg.store import Store
 
     details = open_model(Store(config.home()), config.reference("bench"), pull=False)

@@ -1,5 +1,5 @@
 """``python -m modelpkg``: the same as the ``modelpkg`` command."""
 
-from modelpkg.cli import main
+from modelpkg.cli.app import main
 
 main()

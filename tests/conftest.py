@@ -65,8 +65,8 @@ def tiny_gguf(tmp_path) -> Path:
 @pytest.fixture
 def tiny_model(home, tiny_gguf):
     """A factory: ``tiny_model(name, extra_modelfile_lines)`` creates a model from the tiny GGUF, returns its Reference."""
-    from modelpkg import config
-    from modelpkg.create import create
+    from modelpkg.base import config
+    from modelpkg.ops.create import create
     from modelpkg.store import Store
 
     def make(name: str = "tiny", extra: str = ""):

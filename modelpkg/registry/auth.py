@@ -11,7 +11,7 @@ The realm is checked before any request goes to it (an SSRF guard, as Docker Mod
 does): http(s) only, plain http only when the registry itself is plain http, and never a link-local or
 cloud-metadata address.
 
-Adapter: HTTP via a ``send`` function the client passes in. Imports ``modelpkg.errors`` and
+Adapter: HTTP via a ``send`` function the client passes in. Imports ``modelpkg.core.errors`` and
 ``modelpkg.registry.credentials`` (for the type); never the store.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from modelpkg.errors import AuthError, RegistryError
+from modelpkg.core.errors import AuthError, RegistryError
 from modelpkg.registry.credentials import Credential
 
 DEFAULT_EXPIRY = 60  # token.md: "if not specified, the token lasts 60 seconds"

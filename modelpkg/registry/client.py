@@ -41,10 +41,10 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-from modelpkg import fsutil
-from modelpkg import mediatypes as mt
-from modelpkg.digest import Digest, sha256
-from modelpkg.errors import (
+from modelpkg.base import fsutil
+from modelpkg.core import mediatypes as mt
+from modelpkg.core.digest import Digest, sha256
+from modelpkg.core.errors import (
     AuthError,
     IntegrityError,
     InvalidInputError,
@@ -53,8 +53,8 @@ from modelpkg.errors import (
     NotFoundError,
     RegistryError,
 )
-from modelpkg.manifest import MAX_MANIFEST_BYTES, Descriptor
-from modelpkg.progress import NullProgress, Progress
+from modelpkg.core.manifest import MAX_MANIFEST_BYTES, Descriptor
+from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.registry.auth import Authenticator, safe_url, scope
 from modelpkg.registry.download import (
     SPLIT_BELOW,

@@ -15,15 +15,14 @@ Lookup order for a host (first hit wins):
 
 Secrets live in ``Credential`` objects whose ``repr`` hides them; no function here puts one in a message.
 
-Adapter: files, environment and subprocesses. Imports ``modelpkg.errors``, ``modelpkg.fsutil`` and
-``modelpkg.config``; never ``requests``.
+Adapter: files, environment and subprocesses. Imports ``modelpkg.core.errors``, ``modelpkg.base.fsutil`` and
+``modelpkg.base.config``; never ``requests``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from modelpkg import config, fsutil
-from modelpkg.errors import AuthError, InvalidInputError, NotFoundError, StoreError
+from modelpkg.base import config, fsutil
+from modelpkg.core.errors import AuthError, InvalidInputError, NotFoundError, StoreError
 
 LOGIN_FILE = "auth.json"
 HELPER_TIMEOUT = 30.0
@@ -165,20 +164,18 @@ def run_helper(name: str, server: str, *, runner: Callable[..., subprocess.Compl
 # the sources
 
 def docker_config_path() -> Path:
-    folder = os.environ.get("DOCKER_CONFIG")
-    return (Path(folder).expanduser() if folder else Path.home() / ".docker") / "config.json"
+    return (config.docker_config() or Path.home() / ".docker") / "config.json"
 
 
 def podman_auth_paths() -> list[Path]:
     paths = []
-    explicit = os.environ.get("REGISTRY_AUTH_FILE")
+    explicit = config.registry_auth_file()
     if explicit:
-        paths.append(Path(explicit).expanduser())
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+        paths.append(explicit)
+    runtime = config.xdg_runtime_dir()
     if runtime:
-        paths.append(Path(runtime) / "containers" / "auth.json")
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    paths.append((Path(xdg) if xdg else Path.home() / ".config") / "containers" / "auth.json")
+        paths.append(runtime / "containers" / "auth.json")
+    paths.append((config.xdg_config_home() or Path.home() / ".config") / "containers" / "auth.json")
     return paths
 
 
@@ -188,13 +185,13 @@ def login_path() -> Path:
 
 def from_env(host: str) -> Credential | None:
     key = _env_key(host)
-    user, password = os.environ.get(f"MODELPKG_REGISTRY_USER_{key}"), os.environ.get(f"MODELPKG_REGISTRY_PASSWORD_{key}")
+    user, password = config.registry_login(key)
     if user and password:
         return Credential(user, password, source=f"MODELPKG_REGISTRY_USER_{key}")
-    only = os.environ.get("MODELPKG_REGISTRY_HOST")
+    only = config.registry_login_host()
     if only and only != host:
         return None
-    user, password = os.environ.get("MODELPKG_REGISTRY_USER"), os.environ.get("MODELPKG_REGISTRY_PASSWORD")
+    user, password = config.registry_login()
     if user and password:
         return Credential(user, password, source="MODELPKG_REGISTRY_USER")
     return None

@@ -31,10 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-from modelpkg import fsutil
-from modelpkg.digest import sha256
-from modelpkg.errors import IntegrityError, NetworkError
-from modelpkg.progress import Progress
+from modelpkg.base import fsutil
+from modelpkg.core.digest import sha256
+from modelpkg.core.errors import IntegrityError, NetworkError
+from modelpkg.core.progress import Progress
 
 BUFFER_SIZE = 1024 * 1024  # one receive/hash/write unit: fits the CPU cache, so hashing reads it from there
 BUFFER_COUNT = 16  # the ring between the receiving thread, the hashing worker and the writing worker

@@ -60,7 +60,7 @@ def start_cli(home: Path, *args: str, **extra: str) -> subprocess.Popen:
 
 def store_problems(home: Path) -> list[str]:
     """What is wrong with the store at ``home``: blobs failing verification, names missing a blob."""
-    from modelpkg.manifest import Manifest, parse_manifest
+    from modelpkg.core.manifest import Manifest, parse_manifest
     from modelpkg.store import Store
 
     store = Store(home)
@@ -99,16 +99,16 @@ def big_gguf(tmp_path_factory) -> Path:
 def big_remote(registry, big_gguf, tmp_path_factory):
     """The big model, created in a scratch store and pushed to the session registry; returns
     ``(repository path, size of its weights blob, the path regex of that blob)``."""
-    from modelpkg.create import create
-    from modelpkg.push import push
-    from modelpkg.reference import parse_reference
+    from modelpkg.ops.create import create
+    from modelpkg.ops.push import push
+    from modelpkg.core.reference import parse_reference
     from modelpkg.store import Store
 
     store = Store(tmp_path_factory.mktemp("big-store"))
     ref = parse_reference(f"{registry.host}/rel/big:v1")
     create(store, ref, f"FROM {big_gguf}\nPARAMETER temperature 0.5\n", big_gguf.parent)
     push(store, ref)
-    from modelpkg.fsutil import hash_file
+    from modelpkg.base.fsutil import hash_file
 
     digest, size = hash_file(big_gguf)
     return "rel/big:v1", size, f"/blobs/{digest}"

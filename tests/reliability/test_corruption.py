@@ -10,9 +10,9 @@ import time
 import pytest
 from reliability_helpers import names, run_cli, store_problems
 
-from modelpkg.digest import Digest
-from modelpkg.pull import pull
-from modelpkg.reference import parse_reference
+from modelpkg.core.digest import Digest
+from modelpkg.ops.pull import pull
+from modelpkg.core.reference import parse_reference
 from modelpkg.registry.client import RegistryClient
 from modelpkg.store import Store
 

@@ -114,9 +114,9 @@ def test_pull_on_a_read_only_store(registry, fault_proxy, small_fs, big_remote, 
     """Up to date: one manifest request, exit 0, nothing written. Anything to write, even with every blob
     already here (a tag moved to big's manifest, big's manifest under a new name): the one-line store error,
     no blob fetched, not a byte of the store changed."""
-    from modelpkg.create import create
-    from modelpkg.push import push
-    from modelpkg.reference import parse_reference
+    from modelpkg.ops.create import create
+    from modelpkg.ops.push import push
+    from modelpkg.core.reference import parse_reference
     from modelpkg.store import Store
 
     repo, size, _ = big_remote

@@ -29,15 +29,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelpkg import interop, mediatypes as mt, template
-from modelpkg.errors import ModelpkgError
-from modelpkg.manifest import Descriptor, Manifest, canonical_json, model_layers, parse_manifest
-from modelpkg.models import describe
-from modelpkg.mirrors import parse_config
-from modelpkg.pull import extract_gguf
-from modelpkg.reference import parse_reference
+from modelpkg.ops import interop
+
+from modelpkg.core import mediatypes as mt, template
+from modelpkg.core.errors import ModelpkgError
+from modelpkg.core.manifest import Descriptor, Manifest, canonical_json, model_layers, parse_manifest
+from modelpkg.ops.models import describe
+from modelpkg.registry.mirrors import parse_config
+from modelpkg.ops.pull import extract_gguf
+from modelpkg.core.reference import parse_reference
 from modelpkg.registry import auth, credentials
-from modelpkg.signing import parse_policy
+from modelpkg.core.signing import parse_policy
 from modelpkg.store import Store
 
 SCALE = max(1, int(os.environ.get("MODELPKG_FUZZ_EXAMPLES", "1") or 1))
@@ -137,7 +139,7 @@ MODELFILE_PIECES = st.sampled_from(["FROM ", "PARAMETER ", "TEMPLATE ", "SYSTEM 
 @given(st.builds(lambda pieces, n: "".join(pieces) * n, st.lists(MODELFILE_PIECES, min_size=1, max_size=5),
                  st.integers(1, 2000)))
 def test_modelfile_parser_on_long_pathological_text(text):
-    from modelpkg.modelfile import parse
+    from modelpkg.core.modelfile import parse
 
     with only_modelpkg_errors():
         parse(text)
@@ -394,7 +396,7 @@ def test_a_batch_line_nested_past_the_stack_is_that_lines_error(home, gemma_gguf
     """`run --batch` reads hostile JSON lines: a line too deep is an error record, the next line still runs."""
     from click.testing import CliRunner
 
-    from modelpkg.cli import cli
+    from modelpkg.cli.app import cli
 
     (tmp_path / "Modelfile").write_text(f"FROM {gemma_gguf}\n")
     assert CliRunner().invoke(cli, ["create", "batchy", "-f", str(tmp_path / "Modelfile")]).exit_code == 0
@@ -425,7 +427,7 @@ API_BODIES = st.one_of(
 def api_server():
     import threading
 
-    from modelpkg import server as sv
+    from modelpkg.server import app as sv
 
     with tempfile.TemporaryDirectory() as folder:
         server = sv.make_server(Store(Path(folder) / "store").init(), "127.0.0.1", 0)

@@ -22,9 +22,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from modelpkg import config, mediatypes as mt
-from modelpkg.cli import cli
-from modelpkg.manifest import MAX_LAYERS, MAX_MANIFEST_BYTES
+from modelpkg.base import config
+
+from modelpkg.core import mediatypes as mt
+from modelpkg.cli.app import cli
+from modelpkg.core.manifest import MAX_LAYERS, MAX_MANIFEST_BYTES
 from modelpkg.store import Store
 from registry_env import push_blob, push_manifest
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
-from modelpkg.reference import parse_reference
+from modelpkg.core.reference import parse_reference
 from modelpkg.store import Store
 
 pytestmark = pytest.mark.registry

@@ -15,10 +15,10 @@ import time
 import pytest
 from reliability_helpers import cli_env, env_int, make_gguf, modelpkg_cmd, names, store_problems
 
-from modelpkg.create import create
-from modelpkg.fsutil import hash_file
-from modelpkg.push import push
-from modelpkg.reference import parse_reference
+from modelpkg.ops.create import create
+from modelpkg.base.fsutil import hash_file
+from modelpkg.ops.push import push
+from modelpkg.core.reference import parse_reference
 from modelpkg.store import Store
 
 pytestmark = pytest.mark.registry

@@ -12,10 +12,10 @@ import time
 import pytest
 from reliability_helpers import env_int, make_gguf, store_problems
 
-from modelpkg.errors import IntegrityError, ModelpkgError
-from modelpkg.pull import pull
-from modelpkg.push import push
-from modelpkg.reference import parse_reference
+from modelpkg.core.errors import IntegrityError, ModelpkgError
+from modelpkg.ops.pull import pull
+from modelpkg.ops.push import push
+from modelpkg.core.reference import parse_reference
 from modelpkg.registry.client import RegistryClient
 from modelpkg.store import Store
 
@@ -118,7 +118,7 @@ def test_faults_per_gib(registry, fault_proxy, home, tmp_path):
     """The figure for the README: a reset every N MB of a large blob, survived; bytes sent per byte stored."""
     import os
 
-    from modelpkg.create import create
+    from modelpkg.ops.create import create
 
     soak, every = env_int("SOAK_MB", 64), env_int("FAULT_EVERY_MB", 4)
     data = tmp_path / "soak.gguf"
@@ -155,8 +155,8 @@ def test_faults_per_gib(registry, fault_proxy, home, tmp_path):
 @pytest.fixture(scope="module")
 def parts_remote(registry, tmp_path_factory):
     """A model whose weights (about 6 MiB) split into 4 ranged parts; ``(repo, size, digest)``."""
-    from modelpkg.create import create
-    from modelpkg.fsutil import hash_file
+    from modelpkg.ops.create import create
+    from modelpkg.base.fsutil import hash_file
 
     folder = tmp_path_factory.mktemp("parts")
     gguf = make_gguf(folder / "parts.gguf", tensor_values=3 * MB, seed=23)
@@ -360,8 +360,8 @@ def test_the_proxy_breaks_a_request_body_mid_upload(registry, fault_proxy):
 def local_model(tmp_path, request):
     """A model of about 3 MiB in a store of its own (weights the registry has not seen); ``(store, ref
     name without host, weights digest)``."""
-    from modelpkg.create import create
-    from modelpkg.fsutil import hash_file
+    from modelpkg.ops.create import create
+    from modelpkg.base.fsutil import hash_file
 
     seed = 100 + sum(map(ord, request.node.name))
     gguf = make_gguf(tmp_path / "up.gguf", tensor_values=1536 * 1024, seed=seed)
@@ -428,7 +428,7 @@ def test_chunked_upload_survives_a_break_in_a_later_chunk(registry, fault_proxy,
     The client asks the upload's status each time; distribution 2.8 kept the bytes that arrived but not the
     offset (its ``_state`` still says the old one), so it answers 404 BLOB_UPLOAD_INVALID: the session is
     gone, the upload starts a new one, and it still ends with the blob the registry verified."""
-    from modelpkg.manifest import Descriptor
+    from modelpkg.core.manifest import Descriptor
 
     store, repo, digest, size = local_model
     proxy = fault_proxy(registry)
@@ -455,7 +455,7 @@ def test_chunked_upload_survives_a_break_in_a_later_chunk(registry, fault_proxy,
 
 def upload_in_chunks(proxy, store, repo, digest, size, retries: int = 5):
     """``upload_blob`` of the weights in 1 MiB PATCHes through ``proxy``."""
-    from modelpkg.manifest import Descriptor
+    from modelpkg.core.manifest import Descriptor
 
     with client(proxy, retries=retries) as c:
         c._sleep = lambda s: None

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelpkg import config
-from modelpkg.errors import NetworkError
-from modelpkg.pull import pull
+from modelpkg.base import config
+from modelpkg.core.errors import NetworkError
+from modelpkg.ops.pull import pull
 from modelpkg.registry.client import RegistryClient
 from modelpkg.store import Store
 from registry_env import _registry_config, free_port, require_registry_binary

@@ -1,0 +1,112 @@
+"""Settings read from the environment, at call time (never at import), so tests can point them elsewhere.
+
+The one module of modelpkg that reads the environment (``tests/test_layers.py`` checks it):
+
+- ``MODELPKG_HOME``: the store (default: ``platformdirs.user_data_dir("modelpkg")``)
+- ``MODELPKG_CONFIG_DIR``: credentials and configuration (default: ``platformdirs.user_config_dir("modelpkg")``)
+- ``MODELPKG_REGISTRY``: the registry a name without a host points at (default ``registry.ollama.ai``)
+- ``MODELPKG_DEBUG``: show tracebacks
+- ``MODELPKG_CA_BUNDLE``: a CA bundle (PEM) for registries' TLS
+- ``MODELPKG_CONFIG_FILE``: the pull-mirror configuration (default ``config.toml`` in the config dir)
+- ``MODELPKG_POLICY``: the trust policy (default ``policy.toml`` in the config dir)
+- ``MODELPKG_KEY_PASSWORD``: the password of an encrypted signing key
+- ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``:
+  registry logins for CI (``modelpkg.registry.credentials``)
+- other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
+  ``XDG_CONFIG_HOME``
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from modelpkg.core.reference import DEFAULT_REGISTRY, Reference, parse_reference
+
+
+def home() -> Path:
+    value = os.environ.get("MODELPKG_HOME")
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("modelpkg"))
+
+
+def config_dir() -> Path:
+    value = os.environ.get("MODELPKG_CONFIG_DIR")
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("modelpkg"))
+
+
+def default_registry() -> str:
+    return os.environ.get("MODELPKG_REGISTRY") or DEFAULT_REGISTRY
+
+
+def reference(text: str) -> Reference:
+    """Parse a model name with the configured default registry."""
+    return parse_reference(text, default_registry())
+
+
+def debug() -> bool:
+    return os.environ.get("MODELPKG_DEBUG", "") not in ("", "0", "false")
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
+
+
+def ca_bundle() -> str | None:
+    return os.environ.get("MODELPKG_CA_BUNDLE") or None
+
+
+def config_file() -> Path | None:
+    """``$MODELPKG_CONFIG_FILE`` when set (then a missing file is an error, not "no mirrors")."""
+    return _path("MODELPKG_CONFIG_FILE")
+
+
+def policy_file() -> Path | None:
+    """``$MODELPKG_POLICY`` when set (then a missing file is an error, not "no policy")."""
+    return _path("MODELPKG_POLICY")
+
+
+def key_password() -> bytes | None:
+    value = os.environ.get("MODELPKG_KEY_PASSWORD")
+    return value.encode() if value else None
+
+
+def registry_login(key: str | None = None) -> tuple[str | None, str | None]:
+    """``MODELPKG_REGISTRY_USER[_<key>]`` and ``MODELPKG_REGISTRY_PASSWORD[_<key>]``."""
+    suffix = f"_{key}" if key else ""
+    return os.environ.get(f"MODELPKG_REGISTRY_USER{suffix}"), os.environ.get(f"MODELPKG_REGISTRY_PASSWORD{suffix}")
+
+
+def registry_login_host() -> str | None:
+    """``MODELPKG_REGISTRY_HOST``: the one host the plain ``MODELPKG_REGISTRY_USER`` login is for."""
+    return os.environ.get("MODELPKG_REGISTRY_HOST") or None
+
+
+def ollama_models() -> Path | None:
+    return _path("OLLAMA_MODELS")
+
+
+def docker_config() -> Path | None:
+    return _path("DOCKER_CONFIG")
+
+
+def registry_auth_file() -> Path | None:
+    return _path("REGISTRY_AUTH_FILE")
+
+
+def xdg_runtime_dir() -> Path | None:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(value) if value else None
+
+
+def xdg_config_home() -> Path | None:
+    value = os.environ.get("XDG_CONFIG_HOME")
+    return Path(value) if value else None

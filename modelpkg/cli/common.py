@@ -1,0 +1,74 @@
+"""What the command modules share: the store, short names, JSON output, durations, a model's summary.
+
+Every command module imports this, never ``modelpkg.cli.app`` (the group loads them, so that would be a cycle).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from modelpkg.base import config
+from modelpkg.core.errors import ModelpkgError, UsageError
+
+
+def open_store():
+    from modelpkg.store import Store
+
+    return Store(config.home())
+
+
+def short(name: str) -> str:
+    """The display form of a full name from the store."""
+    try:
+        return config.reference(name).short(config.default_registry())
+    except ModelpkgError:
+        return name
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError as e:
+        raise UsageError(f"invalid duration {text!r}", "use a number of seconds or 30s, 15m, 1h, 7d") from e
+
+
+def show_summary(details, signatures: list[dict] = ()) -> None:
+    from modelpkg.core import modelfile as mf
+
+    click.echo("  Model")
+    for label, value in (("architecture", details.architecture), ("parameters", details.parameters_size),
+                         ("context length", details.context_length), ("quantization", details.quantization)):
+        if value:
+            click.echo(f"    {label:<20}{value}")
+    if signatures:
+        who = sorted({f"{s['key']} ({s['fingerprint'][:19]})" for s in signatures if s["verified"]})
+        unknown = sum(1 for s in signatures if not s["verified"])
+        text = ", ".join(who + ([f"{unknown} signature(s) by keys the trust policy does not name"] if unknown else []))
+        click.echo(f"    {'signed by':<20}{text}")
+    if details.parameters:
+        click.echo("\n  Parameters")
+        for key in sorted(details.parameters):
+            value = details.parameters[key]
+            for item in value if isinstance(value, list) else [value]:
+                click.echo(f"    {key:<20}{mf.format_parameter_value(item)}")
+    for title, text in (("System", details.system), ("Template", details.template)):
+        if text:
+            click.echo(f"\n  {title}")
+            for line in text.splitlines()[:8]:
+                click.echo(f"    {line}")
+    if details.licenses:
+        click.echo("\n  License")
+        for line in details.licenses[0].splitlines()[:4]:
+            click.echo(f"    {line}")
+    click.echo()

@@ -1,0 +1,579 @@
+"""``modelpkg run``: chat on a terminal, answer one prompt, or answer a batch of requests.
+
+The command parses options, opens the model (``chat.open_model``: pulling and verifying it) and hands a
+``chat.Session`` to one of three drivers: ``one_shot`` (a prompt argument or piped stdin), ``run_batch``
+(``--batch FILE``: one JSON request a line, one JSON result a line) and ``Repl`` (Ollama's interactive
+loop, ``cmd/interactive.go``: ``>>> `` prompts, ``\"\"\"`` multi-line input, ``/set``, ``/show``, ``/clear``,
+``/bye``; Ctrl-C stops an answer, Ctrl-D leaves). Answers go to stdout; stats and messages to stderr.
+
+CLI layer: imports click, ``modelpkg.cli.common``, ``chat`` and the runner's option names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from modelpkg.base import config
+from modelpkg.ops.chat import (
+    COMPLETION,
+    GGUF_TEMPLATE,
+    GO_TEMPLATE,
+    Session,
+    open_model,
+    parse_assignments,
+    result_json,
+    typed_options,
+)
+from modelpkg.cli.common import open_store, short
+from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError, StoreError, UsageError
+from modelpkg.runtime.runner import Generation, Result
+
+
+@click.command()
+@click.argument("name")
+@click.argument("prompt", nargs=-1)
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Set a parameter (as PARAMETER in a Modelfile; repeat it; repeated stop values add up).")
+@click.option("--ctx", type=int, metavar="N", help="Context length in tokens (num_ctx).")
+@click.option("--seed", type=int, help="Random seed (seed); -1 for a random one.")
+@click.option("--temperature", type=float, help="Sampling temperature; 0 picks the likeliest token.")
+@click.option("--num-predict", type=int, metavar="N", help="Stop after N tokens (num_predict); -1: no limit.")
+@click.option("--system", help="System prompt, replacing the model's SYSTEM.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: print one JSON object (response, token counts, timings) instead of streaming text.")
+@click.option("--verbose", is_flag=True, help="Print load time, token counts and speed to stderr after each answer.")
+@click.option("--batch", "batch", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Answer each line of a JSONL file ({\"prompt\": ...} or {\"messages\": [...]}, "
+                   "optional \"options\"); '-' reads stdin.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --batch: write the results to this file instead of stdout.")
+@click.option("--insecure", is_flag=True, help="Allow plain http when the model has to be pulled first.")
+def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | None, seed: int | None,
+        temperature: float | None, num_predict: int | None, system: str | None, fmt: str, verbose: bool,
+        batch: Path | None, output: Path | None, insecure: bool) -> None:
+    """Run a model: chat on a terminal, answer a prompt, or answer a batch.
+
+    Pulls the model first if it is not in the store. Options override the model's parameters.
+    In a chat, type /? for help and /bye (or Ctrl-D) to leave; Ctrl-C stops an answer.
+
+    \b
+    Examples:
+      modelpkg run gemma3-chat
+      modelpkg run gemma3-base "Here is a list of three primary colors:"
+      echo "Why is the sky blue?" | modelpkg run gemma3-chat
+      modelpkg run gemma3-base "Once upon a time" --temperature 0 --seed 1 --num-predict 32
+      modelpkg run gemma3-base "2 + 2 =" --param stop=. --format json | jq -r .response
+      modelpkg run gemma3-chat --batch prompts.jsonl -o answers.jsonl
+    """
+    from modelpkg.cli.progress import for_terminal
+
+    if output is not None and batch is None:
+        raise UsageError("-o/--output is for --batch", "redirect stdout to save a single answer")
+    overrides = parse_assignments(params)
+    for key, value in (("num_ctx", ctx), ("seed", seed), ("temperature", temperature), ("num_predict", num_predict)):
+        if value is not None:
+            overrides[key] = value
+    interactive = batch is None and not prompt and _is_terminal(sys.stdin)
+    if interactive and fmt == "json":
+        raise UsageError("--format json answers one prompt", "pass the prompt as an argument or on stdin")
+    text = None if batch is not None or interactive else _prompt_text(prompt)
+    details = open_model(open_store(), config.reference(name), progress=for_terminal(), insecure=insecure)
+    session = Session(details, overrides, system=system)
+    try:
+        session.runner()  # load now: a model that does not load fails before any input is read
+        display = short(details.name)
+        if batch is not None:
+            run_batch(session, batch, output, display)
+        elif interactive:
+            Repl(session, display, verbose).run()
+        else:
+            one_shot(session, text, display, fmt == "json", verbose)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        session.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _prompt_text(words: tuple[str, ...]) -> str:
+    """The prompt: piped stdin first, then the arguments, joined by a space (as ``ollama run`` does)."""
+    parts = []
+    if not _is_terminal(sys.stdin):
+        piped = sys.stdin.read()
+        if piped.strip():
+            parts.append(piped)
+    parts += list(words)
+    text = " ".join(parts)
+    if not text.strip():
+        raise UsageError("no prompt given", "pass one as an argument, pipe it to stdin, or run on a terminal to chat")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------
+# one prompt
+
+
+def one_shot(session: Session, text: str, model: str, as_json: bool, verbose: bool) -> None:
+    generation = session.send(text)
+    if as_json:
+        generation.text()
+        _emit(sys.stdout, result_json(generation.result, model, session.loaded.load_duration, _now()))
+    else:
+        _stream(generation, sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if verbose:
+        click.echo(format_stats(generation.result, session.loaded.load_duration), err=True)
+
+
+def _stream(generation: Generation, out: TextIO) -> None:
+    for piece in generation:
+        out.write(piece)
+        out.flush()
+
+
+def _emit(out: TextIO, obj: dict[str, Any]) -> None:
+    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def format_stats(result: Result, load_duration: float) -> str:
+    """``ollama run --verbose``'s block of timings."""
+    def rate(count: int, seconds: float) -> str:
+        return f"{count / seconds:.2f} tokens/s" if seconds > 0 else "n/a"
+
+    rows = [
+        ("total duration", go_duration(result.total_duration + load_duration)),
+        ("load duration", go_duration(load_duration)),
+        ("prompt eval count", f"{result.prompt_eval_count} token(s)"),
+        ("prompt eval duration", go_duration(result.prompt_eval_duration)),
+        ("prompt eval rate", rate(result.prompt_eval_count, result.prompt_eval_duration)),
+        ("eval count", f"{result.eval_count} token(s)"),
+        ("eval duration", go_duration(result.eval_duration)),
+        ("eval rate", rate(result.eval_count, result.eval_duration)),
+    ]
+    return "\n".join(f"{label + ':':<22}{value}" for label, value in rows)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's ``time.Duration.String`` prints it: ``1.234567s``, ``201.402ms``, ``5.1µs``."""
+    if seconds <= 0:
+        return "0s"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale or unit == "µs":
+            value = f"{seconds / scale:.6f}".rstrip("0").rstrip(".")
+            return f"{value}{unit}"
+    return "0s"
+
+
+# --------------------------------------------------------------------------------------------------------
+# a batch
+
+
+def run_batch(session: Session, source: Path, output: Path | None, model: str) -> None:
+    """Answer every non-blank line of ``source``; one JSON result per line, in order. A line that fails
+    gives ``{"line": N, "error": ...}`` and the batch goes on."""
+    lines = _read_lines(source)
+    total = sum(1 for line in lines if line.strip())
+    out, close = (_open_output(output), True) if output is not None else (sys.stdout, False)
+    progress = _BatchProgress(total) if _is_terminal(sys.stderr) else None
+    errors = 0
+    last_runner = None
+    try:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record, runner = _answer_line(session, line, number, model, last_runner)
+            last_runner = runner or last_runner
+            errors += "error" in record
+            _emit(out, record)
+            if progress:
+                progress.advance(errors)
+    finally:
+        if progress:
+            progress.done()
+        if close:
+            out.close()
+    click.echo(f"{total} request(s), {total - errors} answered, {errors} failed", err=True)
+
+
+def _answer_line(session: Session, line: str, number: int, model: str, last_runner) -> tuple[dict, Any]:
+    record: dict[str, Any] = {"line": number}
+    try:
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"not valid JSON: {e.msg} (column {e.colno})") from e
+        except RecursionError as e:  # arrays or objects nested deeper than Python's stack
+            raise InvalidInputError("not valid JSON: nested too deeply") from e
+        if not isinstance(request, dict):
+            raise InvalidInputError("a line must be a JSON object with \"prompt\" or \"messages\"")
+        if "id" in request:
+            record["id"] = request["id"]
+        generation = session.request(prompt=request.get("prompt"), messages=request.get("messages"),
+                                     system=request.get("system"), options=typed_options(request.get("options")))
+        generation.text()
+    except ModelpkgError as e:
+        record["error"] = e.message + (f" ({e.hint})" if e.hint else "")
+        return record, None
+    runner = session.loaded
+    load = runner.load_duration if runner is not last_runner else 0.0
+    record.update(result_json(generation.result, model, load, _now()))
+    return record, runner
+
+
+def _read_lines(source: Path) -> list[str]:
+    if str(source) == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return source.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError as e:
+        raise NotFoundError(f"batch file not found: {source}") from e
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{source} is not UTF-8 text") from e
+    except OSError as e:
+        raise StoreError(f"cannot read {source}: {e.strerror}") from e
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror}") from e
+
+
+class _BatchProgress:
+    """One line on stderr, redrawn in place: done/total, failures, elapsed time."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.count = 0
+        self.started = time.monotonic()
+        self._draw(0)
+
+    def advance(self, errors: int) -> None:
+        self.count += 1
+        self._draw(errors)
+
+    def _draw(self, errors: int) -> None:
+        width = 25
+        filled = int(width * self.count / self.total) if self.total else width
+        bar = "█" * filled + " " * (width - filled)
+        failed = f", {errors} failed" if errors else ""
+        sys.stderr.write(f"\r\x1b[2Kbatch ▕{bar}▏ {self.count}/{self.total}{failed}  "
+                         f"{time.monotonic() - self.started:.0f}s")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------------------
+# the interactive loop
+
+HELP = '''Available Commands:
+  /set            Set session variables
+  /show           Show model information
+  /clear          Clear session context
+  /bye            Exit
+  /?, /help       Help for a command
+  /? shortcuts    Help for keyboard shortcuts
+
+Use """ to begin a multi-line message.
+'''
+
+HELP_SET = '''Available Commands:
+  /set parameter ...     Set a parameter
+  /set system <string>   Set system message
+  /set verbose           Show LLM stats
+  /set quiet             Disable LLM stats
+'''
+
+HELP_SHOW = '''Available Commands:
+  /show info         Show details for this model
+  /show license      Show model license
+  /show modelfile    Show Modelfile for this model
+  /show parameters   Show parameters for this model
+  /show system       Show system message
+  /show template     Show prompt template
+'''
+
+HELP_PARAMETERS = '''Available Parameters:
+  /set parameter seed <int>             Random number seed
+  /set parameter num_predict <int>      Max number of tokens to predict
+  /set parameter top_k <int>            Pick from top k num of tokens
+  /set parameter top_p <float>          Pick token based on sum of probabilities
+  /set parameter min_p <float>          Pick token based on top token probability * min_p
+  /set parameter num_ctx <int>          Set the context size
+  /set parameter temperature <float>    Set creativity level
+  /set parameter repeat_penalty <float> How strongly to penalize repetitions
+  /set parameter repeat_last_n <int>    Set how far back to look for repetitions
+  /set parameter num_gpu <int>          The number of layers to send to the GPU
+  /set parameter stop <string> <string> ...   Set the stop parameters
+'''
+
+HELP_SHORTCUTS = '''Available keyboard shortcuts:
+  Ctrl + a            Move to the beginning of the line (Home)
+  Ctrl + e            Move to the end of the line (End)
+  Ctrl + k            Delete the sentence after the cursor
+  Ctrl + u            Delete the sentence before the cursor
+  Ctrl + w            Delete the word before the cursor
+  Up / Down           Recall earlier input (history)
+
+  Ctrl + l            Clear the screen
+  Ctrl + c            Stop the model from responding
+  Ctrl + d            Exit modelpkg (/bye)
+'''
+
+
+class Repl:
+    """Ollama's interactive loop over a Session. ``read`` is ``input`` (with readline on a terminal)."""
+
+    PROMPT = ">>> "
+    MORE = "... "
+
+    def __init__(self, session: Session, model: str, verbose: bool = False, *, read=input,
+                 out: TextIO | None = None, err: TextIO | None = None):
+        self.session = session
+        self.model = model
+        self.verbose = verbose
+        self.read = read
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def run(self) -> None:
+        history = _Readline(config.config_dir() / "history") if self.read is input else None
+        try:
+            self._replay_history()
+            while True:
+                try:
+                    line = self._read_input()
+                except EOFError:
+                    self.say()
+                    return
+                except KeyboardInterrupt:
+                    self.say("\nUse Ctrl + d or /bye to exit.")
+                    continue
+                if line.startswith("/") and not line.startswith('/"'):
+                    if self.command(line) == "bye":
+                        return
+                elif line.strip():
+                    self.answer(line)
+        finally:
+            if history:
+                history.save()
+
+    def _replay_history(self) -> None:
+        """Show the model's MESSAGE history as if it had been typed, as ``ollama run`` does."""
+        for message in self.session.details.messages:
+            if message.get("role") == "user":
+                self.say(f"{self.PROMPT}{message.get('content', '')}")
+            elif message.get("role") == "assistant":
+                self.say(f"{message.get('content', '')}\n")
+
+    def _read_input(self) -> str:
+        """One message: a line, or a ``\"\"\"`` block that ends at a line ending with ``\"\"\"``."""
+        line = self.read(self.PROMPT)
+        if line.startswith('"""'):
+            return self._multiline(line[3:])
+        if line.startswith("/set system ") and line[len("/set system "):].lstrip().startswith('"""'):
+            rest = line[len("/set system "):].lstrip()[3:]
+            return "/set system " + self._multiline(rest)
+        return line
+
+    def _multiline(self, first: str) -> str:
+        if first.endswith('"""'):
+            return first[:-3]
+        parts = [first]
+        while True:
+            line = self.read(self.MORE)
+            if line.endswith('"""'):
+                parts.append(line[:-3])
+                return "\n".join(parts)
+            parts.append(line)
+
+    def answer(self, text: str) -> None:
+        try:
+            generation = self.session.send(text)
+        except ModelpkgError as e:
+            self._error(e)
+            return
+        try:
+            _stream(generation, self.out)
+        except KeyboardInterrupt:
+            self.say()
+            return
+        except ModelpkgError as e:
+            self.say()
+            self._error(e)
+            return
+        self.say("\n")
+        if self.verbose:
+            self.err.write(format_stats(generation.result, 0.0) + "\n\n")
+            self.err.flush()
+
+    def _error(self, e: ModelpkgError) -> None:
+        self.err.write(f"Error: {e.message}\n" + (f"Hint: {e.hint}\n" if e.hint else ""))
+        self.err.flush()
+
+    # ----- commands
+
+    def command(self, line: str) -> str | None:
+        words = line.split()
+        head = words[0]
+        if head in ("/bye", "/exit"):
+            return "bye"
+        if head == "/clear":
+            self.session.clear()
+            self.say("Cleared session context")
+        elif head in ("/?", "/help"):
+            topic = words[1] if len(words) > 1 else ""
+            self.out.write({"set": HELP_SET, "show": HELP_SHOW, "shortcut": HELP_SHORTCUTS,
+                            "shortcuts": HELP_SHORTCUTS}.get(topic, HELP) + "\n")
+        elif head == "/set":
+            self._set(line, words)
+        elif head == "/show":
+            self._show(words)
+        else:
+            self.say(f"Unknown command '{head}'. Type /? for help")
+        self.out.flush()
+        return None
+
+    def _set(self, line: str, words: list[str]) -> None:
+        if len(words) < 2:
+            self.out.write(HELP_SET + "\n")
+            return
+        what = words[1]
+        if what == "parameter":
+            if len(words) < 4:
+                self.out.write(HELP_PARAMETERS + "\n")
+                return
+            try:
+                self.session.set_parameter(words[2], words[3:])
+            except ModelpkgError as e:
+                self._error(e)
+                return
+            self.say(f"Set parameter '{words[2]}' to '{', '.join(words[3:])}'")
+        elif what == "system":
+            text = line.split("system", 1)[1].strip(" ")
+            self.session.set_system(text)
+            self.say("Set system message.")
+        elif what == "verbose":
+            self.verbose = True
+            self.say("Set 'verbose' mode.")
+        elif what == "quiet":
+            self.verbose = False
+            self.say("Set 'quiet' mode.")
+        else:
+            self.say(f"Unknown command '/set {what}'. Type /? for help")
+
+    def _show(self, words: list[str]) -> None:
+        if len(words) < 2:
+            self.out.write(HELP_SHOW + "\n")
+            return
+        what = words[1]
+        details = self.session.details
+        if what == "info":
+            from modelpkg.cli.common import show_summary
+
+            show_summary(details)
+            self.say(f"  Prompt\n    {_PROMPT_PATHS[self.session.kind()]}\n")
+        elif what == "parameters":
+            self._show_parameters()
+        elif what == "system":
+            self.say(self.session.system or "No system message was specified for this model.")
+        elif what == "template":
+            text = self.session.template_text()
+            if text is None:
+                self.say("No prompt template was specified for this model.")
+            else:
+                if self.session.kind() == GGUF_TEMPLATE:
+                    self.say("(the GGUF's own chat template, Jinja)")
+                self.say(text)
+        elif what == "license":
+            self.say("\n\n".join(details.licenses) or "No license was specified for this model.")
+        elif what == "modelfile":
+            from modelpkg.ops.models import modelfile_for
+
+            self.out.write(modelfile_for(details, self.model))
+        else:
+            self.say(f"Unknown command '/show {what}'. Type /? for help")
+
+    def _show_parameters(self) -> None:
+        from modelpkg.core.modelfile import format_parameter_value
+
+        def lines(params: dict[str, Any]) -> None:
+            for key in sorted(params):
+                value = params[key]
+                for item in value if isinstance(value, list) else [value]:
+                    shown = format_parameter_value(item)
+                    self.say(f"{key:<30} {json.dumps(shown) if key == 'stop' else shown}")
+
+        user = self.session.user_parameters()
+        if user:
+            self.say("User defined parameters:")
+            lines(user)
+            self.say()
+        if self.session.details.parameters:
+            self.say("Model defined parameters:")
+            lines(self.session.details.parameters)
+        elif not user:
+            self.say("No parameters were specified for this model.")
+
+
+_PROMPT_PATHS = {
+    GO_TEMPLATE: "the model's TEMPLATE (Go template)",
+    GGUF_TEMPLATE: "the GGUF's own chat template (Jinja)",
+    COMPLETION: "none: plain completion, the prompt is sent as it is",
+}
+
+
+class _Readline:
+    """Line editing and a history file, when the ``readline`` module exists (not on Windows)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            import readline
+        except ImportError:
+            self.readline = None
+            return
+        self.readline = readline
+        readline.set_history_length(1000)
+        try:
+            readline.read_history_file(str(path))
+        except (OSError, ValueError):
+            pass
+
+    def save(self) -> None:
+        if self.readline is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(str(self.path))
+        except OSError:
+            pass

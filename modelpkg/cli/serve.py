@@ -1,0 +1,73 @@
+"""``modelpkg serve``: Ollama's and OpenAI's HTTP APIs over the store (``modelpkg.server.app``).
+
+CLI layer: parses options, builds the server, runs it until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from modelpkg.cli.common import open_store
+from modelpkg.core.errors import UsageError
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface: set a --token then).")
+@click.option("--port", default=11434, type=click.IntRange(0, 65535), show_default=True,
+              help="Port to listen on (Ollama's; 0 picks a free one).")
+@click.option("--token", envvar="MODELPKG_SERVE_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but HEAD / and GET /api/version "
+                   "(or set MODELPKG_SERVE_TOKEN).")
+@click.option("--keep-alive", "keep_alive", default="5m", show_default=True, metavar="DURATION",
+              help="How long a model stays loaded after a request when the request does not say "
+                   "(seconds, or a Go duration: 30s, 5m, 1h30m; -1 forever; 0 unloads at once).")
+@click.option("--max-loaded", "max_loaded", default=3, type=click.IntRange(1), show_default=True, metavar="N",
+              help="Models kept in memory at once; loading one more unloads the least recently used idle one.")
+@click.option("--origins", envvar="MODELPKG_ORIGINS", metavar="LIST", default="",
+              help="More browser origins allowed to call the API, comma-separated, * as a wildcard "
+                   "(e.g. 'https://app.example.com,chrome-extension://*'; '*' allows any web page). This "
+                   "machine's own pages and desktop-app schemes are always allowed (or set MODELPKG_ORIGINS).")
+def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: int, origins: str) -> None:
+    """Serve the store over Ollama's API and OpenAI's /v1 API.
+
+    Ollama's clients, Open WebUI and OpenAI's SDKs work unchanged against it. Models load on first use
+    and stay in memory for the keep-alive time; requests to one model are answered one at a time.
+    Browsers may call it only from this machine's pages and desktop apps unless --origins allows more;
+    on a loopback address, requests whose Host is not this machine are refused (DNS rebinding).
+
+    \b
+    Examples:
+      modelpkg serve
+      modelpkg serve --port 8080 --keep-alive 30m
+      MODELPKG_SERVE_TOKEN=s3cret modelpkg serve --host 0.0.0.0
+      modelpkg serve --origins 'https://chat.example.com,chrome-extension://*'
+      curl http://127.0.0.1:11434/api/tags
+      OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
+    """
+    from modelpkg.server.app import make_server, parse_keep_alive, stderr_log
+
+    seconds = parse_keep_alive(keep_alive)  # seconds or a Go duration (1h30m); negative: forever
+    store = open_store()
+    store.init()
+    try:
+        server = make_server(store, host, port, token=token, keep_alive=seconds, max_loaded=max_loaded,
+                             log=stderr_log, origins=tuple(o.strip() for o in origins.split(",") if o.strip()))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                         "is another server (ollama serve?) using the port? pick another with --port") from e
+    try:  # from here on, Ctrl-C or SIGTERM (a service manager's stop) unloads the models and exits 0
+        signal.signal(signal.SIGTERM, _stop)
+        click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
+                   + (" with a bearer token" if token else ""), err=True)
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        click.echo("modelpkg serve: stopping", err=True)
+    finally:
+        server.close()
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt

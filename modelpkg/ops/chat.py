@@ -1,0 +1,455 @@
+"""Running a model from the store: which prompt path applies, what the conversation is, which options win.
+
+What ``modelpkg run`` does, without the terminal: ``open_model`` resolves a name (pulling it when it is not
+in the store) and checks the weights' digest; a ``Session`` holds one conversation with one loaded model
+and turns each request into a prompt, the way Ollama's server does (reference/ollama-behaviour.md §5):
+
+- **Prompt path.** A Modelfile ``TEMPLATE`` (Go text/template) is rendered with ``modelpkg.core.template.render``
+  (Ollama's ``template.Execute``). Without one, a Jinja chat template -- the model's own template layer
+  (Docker Model Runner's ``chat.template.jinja``), else the GGUF's ``tokenizer.chat_template`` -- is
+  rendered with llama-cpp-python's chat formatting (what ``create_chat_completion`` would use; newer
+  Ollama sends such models to llama-server's Jinja too). With neither -- a base model such as Gemma 3
+  270M -- Ollama's default template ``{{ .Prompt }}`` applies: the prompt is sent as it is, the SYSTEM
+  prompt is not added (that template does not mention it), and in a conversation earlier turns are
+  concatenated (prompt, answer, prompt, ...), as Ollama's per-turn execution of that template gives
+  (``completion_prompt``).
+- **Conversation.** The model's MESSAGE history, then this session's turns; the system prompt (the
+  model's SYSTEM, or the one set with ``--system`` / ``/set system``) goes first unless the conversation
+  already starts with a system message (``routes.go`` ChatHandler). When the prompt does not fit the
+  context, the oldest turns are dropped (never the system prompt or the newest message), as Ollama's
+  ``chatPrompt`` truncates.
+- **Options.** Ollama's defaults, then the model's PARAMETERs, then the command line, then ``/set
+  parameter`` or a batch line's ``options``: later wins; a ``stop`` list replaces, it does not append.
+  Changing a load-time parameter (num_ctx, num_batch, ...) reloads the model, as Ollama restarts its runner.
+
+Orchestration: imports the core (errors, modelfile; template when a model has one), the store, ``models``
+and the runner adapter; ``llama_cpp`` only through the runner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from modelpkg.base import fsutil
+from modelpkg.core import modelfile as mf
+from modelpkg.core.digest import Digest
+from modelpkg.core.errors import (
+    IntegrityError,
+    InvalidInputError,
+    ModelfileError,
+    ModelpkgError,
+    NotFoundError,
+    RunnerError,
+    UsageError,
+)
+from modelpkg.core.manifest import model_layers
+from modelpkg.ops.models import ModelDetails, describe
+from modelpkg.core.progress import NullProgress, Progress
+from modelpkg.core.reference import Reference
+from modelpkg.runtime.runner import (
+    Generation,
+    LoadOptions,
+    Result,
+    Runner,
+    effective_parameters,
+    load_options,
+    sampling_options,
+)
+from modelpkg.store import Store
+
+GO_TEMPLATE = "template"     # the Modelfile's TEMPLATE, Go text/template
+GGUF_TEMPLATE = "gguf"       # the GGUF's tokenizer.chat_template, Jinja
+COMPLETION = "completion"    # neither: Ollama's default template, the prompt as it is
+DEFAULT_TEMPLATE = "{{ .Prompt }}"  # Ollama's, for a model without a template
+ROLES = ("system", "user", "assistant", "tool")
+
+
+# --------------------------------------------------------------------------------------------------------
+# finding the model
+
+
+def open_model(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
+               pull: bool = True) -> ModelDetails:
+    """The model named ``ref``, pulled first when it is not in the store, with its weights checked."""
+    progress = progress or NullProgress()
+    try:
+        store.resolve(ref)
+    except NotFoundError:
+        if not pull:
+            raise
+        _pull(store, ref, progress, insecure)
+    details = describe(store, ref)
+    if details.model_path is None:
+        raise RunnerError(f"{ref.short()} has no model weights layer", "create it FROM a GGUF file")
+    verify_weights(store, details, progress)
+    return details
+
+
+def _pull(store: Store, ref: Reference, progress: Progress, insecure: bool) -> None:
+    try:
+        from modelpkg.ops.pull import pull
+    except ImportError as e:
+        raise NotFoundError(f"model not found: {ref}",
+                            "pulling is not available in this version; create the model with "
+                            "'modelpkg create NAME -f Modelfile'") from e
+    progress.message(f"pulling {ref.short()}")
+    pull(store, ref, progress=progress, insecure=insecure)
+
+
+def verify_weights(store: Store, details: ModelDetails, progress: Progress | None = None) -> None:
+    """Re-hash the weights and adapter blobs before llama.cpp reads them, unless they were verified
+    unchanged since (same size, mtime and inode: a marker in ``ingest/verified/``). A 4 GB model is then
+    hashed once, not at every run; hashing 240 MB takes about 0.2 s."""
+    layers = model_layers(details.manifest)
+    for layer in (layers.model, *layers.adapters):
+        if layer is not None:
+            digest = layer.digest
+            if layer is layers.model and details.model_path is not None and details.model_path.name != digest.hex:
+                digest = Digest(details.model_path.name)  # a derived blob: the GGUF out of a KitOps tar
+            _verify_blob(store, digest, details.name, progress or NullProgress())
+
+
+def _verify_blob(store: Store, digest: Digest, name: str, progress: Progress) -> None:
+    path = store.blob_path(digest)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as e:
+        raise NotFoundError(f"blob {digest} of {name} is missing from the store",
+                            "pull the model again, or create it again") from e
+    except OSError as e:
+        raise fsutil.os_error(e, path, "reading") from e
+    if store.is_verified(digest):
+        return
+    progress.start(digest.short, size, f"verifying {digest.short}")
+    try:
+        actual, _ = fsutil.hash_file(path, progress, digest.short)
+    except OSError as e:
+        raise fsutil.os_error(e, path, "reading") from e
+    progress.finish(digest.short)
+    if actual != digest:
+        store.forget_verified(digest)
+        raise IntegrityError(f"the weights of {name} are corrupted: blob {digest} now has digest {actual}",
+                             "pull the model again (or create it again); 'modelpkg verify' checks the whole store")
+    store.mark_verified(digest)
+
+
+# --------------------------------------------------------------------------------------------------------
+# parameters from the command line, the REPL and batch lines
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["temperature=0", "stop=a", "stop=b"]`` -> typed values; ``stop`` items accumulate."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--param {pair!r} is not NAME=VALUE", "for example --param temperature=0.2")
+        typed = typed_parameter(name.strip(), value)
+        out[name.strip()] = out.get(name.strip(), []) + typed if isinstance(typed, list) else typed
+    return out
+
+
+def typed_parameter(name: str, value: str, error: type[ModelpkgError] = UsageError) -> Any:
+    """One parameter value from text, typed as a Modelfile's PARAMETER is (Ollama's FormatParams)."""
+    try:
+        return mf.convert_parameter(name, value)
+    except ModelfileError as e:
+        raise error(e.reason, e.hint) from e
+
+
+def typed_options(options: Any) -> dict[str, Any]:
+    """A batch line's ``options`` object: Ollama parameter names, JSON values (or strings, typed as above)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InvalidInputError("options must be a JSON object of parameter names to values")
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        kind = mf.PARAMETER_TYPES.get(name)
+        if kind is None:
+            typed_parameter(name, "", InvalidInputError)  # raises the unknown-parameter error with its hint
+        if isinstance(value, str) and kind is not list:
+            out[name] = typed_parameter(name, value, InvalidInputError)
+        elif kind is list:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+                raise InvalidInputError(f"option {name} must be a string or a list of strings")
+            out[name] = list(items)
+        elif kind is bool and isinstance(value, bool):
+            out[name] = value
+        elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
+        elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+        else:
+            raise InvalidInputError(f"option {name} must be {kind.__name__}, not {json.dumps(value)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# conversations and prompts (pure)
+
+
+def conversation(model_messages: Sequence[Mapping[str, Any]], turns: Sequence[Mapping[str, Any]],
+                 system: str | None) -> list[dict[str, Any]]:
+    """Ollama's ChatHandler: the model's MESSAGEs, then ``turns``; ``system`` first unless ``turns`` starts
+    with a system message of its own."""
+    messages = [dict(m) for m in model_messages] + [dict(m) for m in turns]
+    if system and not (turns and turns[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """A list of ``{"role", "content"}`` objects, as a batch line or an API client gives them."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInputError("messages must be a non-empty list of {\"role\", \"content\"} objects")
+    out = []
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise InvalidInputError(f"message {i} must be an object with a role ({', '.join(ROLES)}) "
+                                    "and a string content")
+        out.append(dict(m))
+    return out
+
+
+def prompt_kind(template: str | None, gguf_template: str | None) -> str:
+    if template is not None:
+        return GO_TEMPLATE
+    if gguf_template:
+        return GGUF_TEMPLATE
+    return COMPLETION
+
+
+def completion_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What Ollama's default template ``{{ .Prompt }}`` renders for ``messages``: executed once per turn it
+    gives each prompt followed by its answer (``{{ .Response }}`` is appended to a template that lacks it),
+    system messages print nothing, consecutive messages of one role are joined by a blank line (``collate``),
+    and nothing follows the last turn's answer (usually empty). The same text as
+    ``template.render(DEFAULT_TEMPLATE, messages)`` (a property test checks it), without loading the
+    template engine for a base model."""
+    collated: list[list[str]] = []
+    for m in messages:
+        role, content = str(m.get("role", "")), str(m.get("content", ""))
+        if collated and collated[-1][0] == role and role != "tool":
+            collated[-1][1] += "\n\n" + content
+        else:
+            collated.append([role, content])
+    out: list[str] = []
+    prompt = response = ""
+    for role, content in collated:  # template.go Execute's loop over a legacy template's turns
+        if role == "system" and (prompt or response) or role == "user" and response:
+            out.append(prompt + response)
+            prompt = response = ""
+        if role == "user":
+            prompt = content
+        elif role == "assistant":
+            response = content
+    # the last turn's template is cut right after {{ .Response }}: an answer begun by the caller is continued
+    return "".join(out) + prompt + response
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What is sent to the model: the text, whether BOS is prepended, and the messages it was made from."""
+
+    text: str
+    add_bos: bool
+    messages: tuple[dict[str, Any], ...]
+    kind: str
+
+
+# --------------------------------------------------------------------------------------------------------
+# a session: one loaded model, one conversation
+
+
+class Session:
+    """One model and one conversation. ``load`` builds the runner (``Runner.load``; tests may pass another).
+
+    ``overrides`` are the command line's parameters; ``set_parameter`` adds the session's own on top.
+    """
+
+    def __init__(self, details: ModelDetails, overrides: Mapping[str, Any] | None = None, *,
+                 system: str | None = None, load: Callable[[LoadOptions], Runner] = Runner.load):
+        self.details = details
+        self.cli_parameters = dict(overrides or {})
+        self.session_parameters: dict[str, Any] = {}
+        self.system = system if system is not None else details.system
+        self.turns: list[dict[str, Any]] = []
+        self._load = load
+        self._runner: Runner | None = None
+        self.last_prompt: Prompt | None = None
+
+    # ----- options
+
+    def parameters(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every parameter in force: defaults < model < command line < session < ``extra``."""
+        return effective_parameters(self.details.parameters, self.cli_parameters, self.session_parameters, extra)
+
+    def user_parameters(self) -> dict[str, Any]:
+        return {**self.cli_parameters, **self.session_parameters}
+
+    def set_parameter(self, name: str, words: Sequence[str]) -> Any:
+        """``/set parameter NAME VALUE...``: typed as PARAMETER; ``stop`` takes every word."""
+        if not words:
+            raise UsageError(f"no value for parameter '{name}'", "use /set parameter NAME VALUE")
+        if mf.PARAMETER_TYPES.get(name) is list:
+            value: Any = list(words)
+        else:
+            value = typed_parameter(name, " ".join(words))
+        self.session_parameters[name] = value
+        return value
+
+    def set_system(self, text: str) -> None:
+        self.system = text
+
+    def clear(self) -> None:
+        """Forget this session's turns (the model's MESSAGE history stays, as in Ollama)."""
+        self.turns.clear()
+
+    # ----- the model
+
+    def runner(self, extra: Mapping[str, Any] | None = None) -> Runner:
+        """The loaded model, (re)loaded when the load-time options in force differ from the loaded ones."""
+        params = self.parameters(extra)
+        wanted = load_options(params, self.details.model_path, self.details.adapter_paths,
+                              self.details.context_length)
+        if self._runner is not None and self._runner.options != wanted:
+            self._runner.close()
+            self._runner = None
+        if self._runner is None:
+            self._runner = self._load(wanted)
+        return self._runner
+
+    @property
+    def loaded(self) -> Runner | None:
+        return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def kind(self) -> str:
+        return prompt_kind(self.details.template, self.jinja_template(self.runner()))
+
+    def jinja_template(self, runner: Runner) -> str | None:
+        """The Jinja chat template: the model's own template layer (Docker Model Runner ships one) before
+        the GGUF's ``tokenizer.chat_template``."""
+        return self.details.chat_template or runner.chat_template
+
+    def template_text(self) -> str | None:
+        """The template in use (Go or Jinja), or None for plain completion."""
+        kind = self.kind()
+        if kind == GO_TEMPLATE:
+            return self.details.template
+        if kind == GGUF_TEMPLATE:
+            return self.jinja_template(self.runner())
+        return None
+
+    # ----- prompts
+
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]], runner: Runner,
+                     reserve: int = 0) -> Prompt:
+        """Render ``messages`` for the model, dropping the oldest turns while the prompt does not fit."""
+        messages = [dict(m) for m in messages]
+        while True:
+            prompt = self._render(messages, runner)
+            if len(messages) <= 1 or self._fits(prompt, runner, reserve):
+                return prompt
+            droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
+            if not droppable:
+                return prompt
+            del messages[droppable[0]]
+
+    @staticmethod
+    def _fits(prompt: Prompt, runner: Runner, reserve: int) -> bool:
+        # a token is at least one byte (BOS aside), so a short prompt fits without tokenizing it
+        if len(prompt.text.encode()) + 1 + reserve < runner.n_ctx:
+            return True
+        return len(runner.tokenize(prompt.text, prompt.add_bos)) + reserve < runner.n_ctx
+
+    def _render(self, messages: list[dict[str, Any]], runner: Runner) -> Prompt:
+        kind = prompt_kind(self.details.template, self.jinja_template(runner))
+        if kind == GGUF_TEMPLATE:
+            # llama-cpp-python's chat handlers tokenize the rendered text without adding BOS: the Jinja
+            # template writes {{ bos_token }} itself when the model wants one
+            return Prompt(runner.format_chat(messages, self.jinja_template(runner)), False, tuple(messages), kind)
+        if kind == COMPLETION:
+            return Prompt(completion_prompt(messages), True, tuple(messages), kind)
+        from modelpkg.core import template as gotemplate  # imported when used: it takes ~60 ms
+
+        return Prompt(gotemplate.render(self.details.template, messages), True, tuple(messages), kind)
+
+    # ----- generation
+
+    def send(self, text: str) -> Generation:
+        """One turn of the conversation: the answer streams; the turn is kept once it ends (an answer
+        interrupted with Ctrl-C is dropped with its question)."""
+        user = {"role": "user", "content": text}
+        generation = self.generate(conversation(self.details.messages, [*self.turns, user], self.system))
+        return Generation(self._record(generation, user), generation.result)
+
+    def _record(self, generation: Generation, user: dict[str, Any]) -> Iterator[str]:
+        yield from generation
+        if generation.result.done_reason != "interrupted":
+            self.turns += [user, {"role": "assistant", "content": generation.result.text}]
+
+    def request(self, *, prompt: str | None = None, messages: Any = None, system: str | None = None,
+                options: Mapping[str, Any] | None = None, fresh: bool = True,
+                format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
+        """One independent request (a batch line): ``prompt`` (with the model's history and system) or a
+        whole ``messages`` conversation, with ``options`` on top of the session's parameters.
+
+        ``fresh`` clears the KV cache first: llama.cpp's numbers differ slightly between evaluating a
+        prompt whole and on top of a cached prefix, so each request then gives what a fresh run gives.
+        """
+        if (prompt is None) == (messages is None):
+            raise InvalidInputError("give either a prompt or messages")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InvalidInputError("prompt must be a string")
+            turns = [{"role": "user", "content": prompt}]
+        else:
+            turns = check_messages(messages)
+        if system is not None and not isinstance(system, str):
+            raise InvalidInputError("system must be a string")
+        msgs = conversation(self.details.messages, turns, system if system is not None else self.system)
+        return self.generate(msgs, options, fresh=fresh, format=format)
+
+    def generate(self, messages: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None, *,
+                 fresh: bool = False, format: Any = None) -> Generation:  # noqa: A002
+        """Render ``messages`` and stream the answer; ``format`` is Ollama's (``"json"`` or a schema)."""
+        params = self.parameters(extra)
+        runner = self.runner(extra)
+        sampling = sampling_options(params)
+        reserve = min(sampling.max_tokens if sampling.max_tokens > 0 else runner.n_ctx // 4, runner.n_ctx // 2)
+        prompt = self.build_prompt(messages, runner, reserve)
+        self.last_prompt = prompt
+        if fresh:
+            runner.reset()
+        return runner.generate(prompt.text, sampling, add_bos=prompt.add_bos, format=format)
+
+
+def result_json(result: Result, model: str, load_duration: float, created_at: str) -> dict[str, Any]:
+    """A finished answer in the shape of Ollama's ``/api/generate`` final object (durations in ns)."""
+    ns = 1_000_000_000
+    return {
+        "model": model,
+        "created_at": created_at,
+        "response": result.text,
+        "done": True,
+        "done_reason": result.done_reason,
+        "total_duration": int((result.total_duration + load_duration) * ns),
+        "load_duration": int(load_duration * ns),
+        "prompt_eval_count": result.prompt_eval_count,
+        "prompt_eval_duration": int(result.prompt_eval_duration * ns),
+        "eval_count": result.eval_count,
+        "eval_duration": int(result.eval_duration * ns),
+        "prompt_tokens": result.prompt_tokens,
+    }
+

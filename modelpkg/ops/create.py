@@ -1,0 +1,291 @@
+"""``create``: turn a Modelfile into a model in the store.
+
+Parsing is pure (``modelpkg.core.modelfile``); this module resolves what the Modelfile names (FROM a GGUF
+file, a folder holding one, a blob already in the store as ``sha256:<hex>``, or a model already in the
+store; ADAPTER files), ingests files in one pass, and writes the manifest and its name last, so a failure at
+any point leaves the store as it was (blobs already written are unreferenced and go at the next gc). The
+Modelfile kept in the manifest names files by digest, never by local path (``published_modelfile``).
+
+Orchestration: imports the core and the store adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from modelpkg.runtime import ggufmeta
+from modelpkg.core import mediatypes as mt
+from modelpkg.core import modelfile as mf
+from modelpkg.core.digest import Digest
+from modelpkg.core.errors import InvalidInputError, ModelfileError, NotFoundError, TemplateError
+from modelpkg.core.manifest import (
+    Descriptor,
+    ModelLayers,
+    go_json,
+    model_layers,
+    modelpack_config,
+    modelpack_layer,
+    modelpack_manifest,
+)
+from modelpkg.core.progress import NullProgress, Progress
+from modelpkg.core.reference import Reference, parse_reference
+from modelpkg.store import Pins, RefEntry, Store
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    entry: RefEntry
+    layers: tuple[Descriptor, ...]
+
+
+def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: bool = False,
+           progress: Progress | None = None, resolve_name=parse_reference) -> CreateResult:
+    """Build the model that ``text`` (a Modelfile read from ``base_dir``) describes and name it ``ref``.
+
+    ``resolve_name`` parses a FROM model name into a Reference (the CLI passes one that knows the
+    configured default registry).
+    """
+    progress = progress or NullProgress()
+    parsed = mf.parse(text)
+    params = parsed.parameters()
+    template = parsed.template
+    if template is not None:
+        _check_template(template, parsed)
+    store.init()
+    with store.session() as pins:
+        base, info, from_file = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
+        base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size, info.context_length))
+        layers = _layers(store, parsed, params, base, base_dir, pins, progress)
+        adapter = next((layer.digest for layer in layers if layer.annotations.get(mt.ROLE) == "adapter"), None)
+        published = published_modelfile(parsed, base_dir, base.model.digest if from_file else None,
+                                         adapter if parsed.adapter is not None else None)
+        config_bytes = modelpack_config(
+            architecture=info.architecture, param_size=info.param_size, quantization=info.file_type,
+            name=info.name, diff_ids=[layer.digest for layer in layers],
+        )
+        config = Descriptor(mt.MODELPACK_CONFIG, store.put_bytes(config_bytes, pins), len(config_bytes))
+        manifest = modelpack_manifest(config, layers, {mt.MODELFILE: published, mt.FORMAT_VERSION: "1"})
+        progress.message("writing manifest")
+        entry = store.tag(ref, manifest.to_bytes(), mt.OCI_MANIFEST, pins)
+    return CreateResult(entry, tuple(layers))
+
+
+def published_modelfile(parsed: mf.Modelfile, base_dir: Path, weights: Digest | None,
+                        adapter: Digest | None) -> str:
+    """The Modelfile as the manifest annotation keeps it, and so as every push publishes it: no local paths.
+
+    The FROM that named a local file (or folder) names the weights layer by digest instead, ``FROM
+    sha256:<hex>``, and the ADAPTER its layer: the digest is what the manifest already says, reveals no
+    folder or file name, and is what ``create`` accepts back for a blob in the store (Ollama's create API
+    names uploaded files by digest the same way). A FROM naming a model (``FROM llama3``) stays. Other
+    FROM/ADAPTER/DRAFT lines naming a path went unused by create (a second FROM, an earlier ADAPTER, DRAFT)
+    and are left out, and so are comments: the text is written in canonical form (``mf.format``), so the
+    manifest digest depends on the model's definition only, not on the folder or file names it came from.
+    """
+    froms = [n for n, ins in enumerate(parsed.instructions) if ins.keyword == "from"]
+    used = {froms[0]: weights}  # the first FROM is the model (Modelfile.from_)
+    if adapter is not None:  # the last ADAPTER is the one loaded (Modelfile.adapter)
+        used[max(n for n, ins in enumerate(parsed.instructions) if ins.keyword == "adapter")] = adapter
+    kept = []
+    for n, ins in enumerate(parsed.instructions):
+        if used.get(n) is not None:
+            kept.append(replace(ins, value=str(used[n])))
+        elif n not in used and ins.keyword in ("from", "adapter", "draft") and _is_local(ins.value, base_dir):
+            continue
+        else:
+            kept.append(ins)
+    return mf.format(mf.Modelfile(tuple(kept)))
+
+
+def _is_local(value: str, base_dir: Path) -> bool:
+    """Does a FROM/ADAPTER/DRAFT value name a local path (rather than a model or a blob digest)?"""
+    return _blob_digest(value) is None and (_looks_like_path(value) or expand_path(value, base_dir).exists())
+
+
+def _blob_digest(value: str) -> Digest | None:
+    """``sha256:<hex>`` in FROM or ADAPTER names a blob in the store (as the published Modelfile writes it)."""
+    if not value.startswith("sha256:"):
+        return None
+    try:
+        return Digest.parse(value)
+    except InvalidInputError:
+        return None
+
+
+def _check_template(template: str, parsed: mf.Modelfile) -> None:
+    """A template that does not parse is an error now, at create time, not when the model runs."""
+    from modelpkg.core import template as gotemplate
+
+    try:
+        gotemplate.parse(template)
+    except TemplateError as e:
+        line = next((i.line for i in parsed.instructions if i.keyword == "template"), None)
+        raise ModelfileError(f"TEMPLATE does not parse: {e.message}", line) from e
+
+
+def expand_path(value: str, base_dir: Path) -> Path:
+    """FROM/ADAPTER paths: ``~`` expanded; relative to the Modelfile's folder, as Ollama resolves them."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base_dir / path
+
+
+def _find_gguf(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        if len(found) != 1:
+            raise InvalidInputError(
+                f"{path} holds {len(found)} .gguf files; FROM a folder needs exactly one",
+                "name the .gguf file in FROM",
+            )
+        return found[0]
+    return path
+
+
+def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins, link: bool,
+                  progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
+    """The base model's layers, its GGUF's metadata, and whether FROM named a file (or a blob) rather
+    than a model."""
+    value = parsed.from_
+    line = next((i.line for i in parsed.instructions if i.keyword == "from"), None)
+    path = expand_path(value, base_dir)
+    blob = _blob_digest(value) if not path.exists() else None
+    if blob is not None:
+        gguf = _stored_gguf(store, blob, pins, "FROM", line)
+        info = ggufmeta.read_info(gguf)
+        if info.model_type == "adapter":
+            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        return ModelLayers(model=modelpack_layer("model", blob, gguf.stat().st_size)), info, True
+    if path.exists():
+        gguf = _find_gguf(path)
+        ggufmeta.check_magic(gguf)
+        # Read the metadata (importing numpy and gguf takes ~0.3 s) while the weights are copied.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reading = pool.submit(ggufmeta.read_info, gguf)
+            model = _ingest(store, gguf, "model", pins, link, progress)
+            info = reading.result()
+        if info.model_type == "adapter":
+            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        return ModelLayers(model=model), info, True
+    if _looks_like_path(value):
+        raise ModelfileError(f"FROM {value}: file not found ({path})", line)
+    try:
+        base_ref = resolve_name(value)
+    except InvalidInputError as e:
+        raise ModelfileError(f"FROM {value}: not a file, and not a valid model name ({e.message})", line) from e
+    try:
+        entry, manifest = store.manifest(base_ref)
+    except NotFoundError as e:
+        raise ModelfileError(f"FROM {value}: no such file, and no model {base_ref.short()} in the store", line,
+                             "check the path (relative to the Modelfile's folder) or pull the model first") from e
+    base = model_layers(manifest)
+    if base.model is None:
+        raise ModelfileError(f"FROM {value}: that model has no GGUF weights layer", line)
+    weights = entry.local(base.model.digest)
+    pins.add(*(blob.digest for blob in manifest.layers), weights)
+    if weights != base.model.digest:  # a derived GGUF (from a KitOps tar): the new model uses it directly
+        base = replace(base, model=Descriptor(mt.MODELPACK_WEIGHT, weights, store.blob_path(weights).stat().st_size))
+    return base, ggufmeta.read_info(store.blob_path(weights)), False
+
+
+def _stored_gguf(store: Store, digest: Digest, pins: Pins, keyword: str, line: int | None) -> Path:
+    """The GGUF blob ``digest`` in the store, pinned (FROM/ADAPTER ``sha256:<hex>``)."""
+    pins.add(digest)
+    path = store.blob_path(digest)
+    if not store.has_blob(digest):
+        raise ModelfileError(f"{keyword} {digest}: no such blob in the store", line,
+                             "pull or create the model it belongs to first, or name the file")
+    ggufmeta.check_magic(path)
+    return path
+
+
+def _looks_like_path(value: str) -> bool:
+    """A FROM value that can only mean a file: a missing one is reported as a missing file, not a model."""
+    return value.startswith((".", "/", "~")) or value.lower().endswith(".gguf")
+
+
+def _ingest(store: Store, path: Path, role: str, pins: Pins, link: bool, progress: Progress) -> Descriptor:
+    size = path.stat().st_size
+    task = f"{role}:{path.name}"
+    progress.start(task, size, f"copying {path.name}")
+    digest, size = store.ingest_file(path, pins, link=link, progress=progress, task=task)
+    progress.finish(task)
+    return modelpack_layer(role, digest, size)
+
+
+def _text_layer(store: Store, role: str, data: bytes, pins: Pins) -> Descriptor:
+    return modelpack_layer(role, store.put_bytes(data, pins), len(data))
+
+
+def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers, base_dir: Path, pins: Pins,
+            progress: Progress) -> list[Descriptor]:
+    """The new model's layers, in a fixed order: model, adapters, projectors, template, system, params,
+    messages, licenses. What the Modelfile sets replaces the base model's layer of that role."""
+    assert base.model is not None
+    layers: list[Descriptor] = [base.model]
+    adapter = parsed.adapter
+    stored = _blob_digest(adapter) if adapter is not None and not expand_path(adapter, base_dir).exists() else None
+    if stored is not None:
+        line = parsed.get("adapter")[-1].line
+        layers.append(modelpack_layer("adapter", stored, _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size))
+    elif adapter is not None:
+        path = expand_path(adapter, base_dir)
+        line = parsed.get("adapter")[-1].line
+        if not path.exists():
+            raise ModelfileError(f"ADAPTER {adapter}: file not found ({path})", line)
+        gguf = _find_gguf(path)
+        ggufmeta.check_magic(gguf)
+        layers.append(_ingest(store, gguf, "adapter", pins, False, progress))
+    else:
+        layers += [_as_role(a, "adapter") for a in base.adapters]
+    layers += [_as_role(p, "projector") for p in base.projectors]
+
+    template = parsed.template
+    if template is not None:
+        layers.append(_text_layer(store, "template", template.encode(), pins))
+    elif base.template is not None:
+        layers.append(_as_role(base.template, "template"))
+    system = parsed.system
+    if system is not None:
+        layers.append(_text_layer(store, "system", system.encode(), pins))
+    elif base.system is not None:
+        layers.append(_as_role(base.system, "system"))
+
+    merged = _merge_params(store, base.params, params)
+    if merged:
+        layers.append(_text_layer(store, "params", go_json(merged), pins))
+    messages = parsed.messages
+    if messages:
+        layers.append(_text_layer(store, "messages", go_json(messages), pins))
+    elif base.messages is not None:
+        layers.append(_as_role(base.messages, "messages"))
+    layers += [_as_role(lic, "license") for lic in base.licenses]
+    layers += [_text_layer(store, "license", text.encode(), pins) for text in parsed.licenses]
+    if base.chat_template is not None:  # a Jinja template layer (from Docker Model Runner) is kept
+        layers.append(_as_role(base.chat_template, "chat_template"))
+    return layers
+
+
+def _as_role(layer: Descriptor | None, role: str) -> Descriptor:
+    """A base model's layer re-described in modelpkg's shape (same blob, whatever format it came from)."""
+    assert layer is not None
+    return modelpack_layer(role, layer.digest, layer.size)
+
+
+def _merge_params(store: Store, base: Descriptor | None, new: dict) -> dict:
+    """Ollama's rule (server/create.go setParameters): new keys override, a new stop list replaces the
+    old one, keys not set again are kept."""
+    merged: dict = {}
+    if base is not None:
+        try:
+            loaded = json.loads(store.read_blob(base.digest))
+        except (ValueError, RecursionError) as e:  # RecursionError: arrays nested deeper than the stack
+            raise InvalidInputError(f"the base model's parameters are not valid JSON: {e}") from e
+        if isinstance(loaded, dict):
+            merged.update(loaded)
+    merged.update(new)
+    return merged
+

@@ -1,0 +1,354 @@
+"""``pull``: bring a model from a registry into the store, verified, resumable, and named last.
+
+The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md section 3.1):
+
+1. fetch the manifest (OCI or Docker, manifest or index; digest and size checked by the client); an index
+   picks the entry for this platform, or its only one, and its bytes are kept (``RefEntry.index``): what a
+   signer signed, and what the tag names, is the index digest;
+   the trust policy is applied to its digest here (``sign.check_pull``), before any blob is fetched;
+2. pin every digest, then download what the store lacks, a few blobs at a time; each blob streams into
+   ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
+   while it arrives and moved into place atomically. A per-digest file lock (``ingest/<hex>.lock``) keeps
+   two processes from downloading one blob at once: the second finds it present;
+3. write the manifest and its name last (``store.tag``): a failure at any step leaves the old name as it
+   was, and a blob already present is never fetched again (a pull of an unchanged model is one request),
+   unless it is damaged: a blob changed since it was last verified (``Store.has_good_blob``) is re-hashed,
+   and fetched again when it no longer matches its digest.
+
+On a store this process cannot write (a read-only mount), a pull with nothing to write (the name already
+names this manifest, every blob present and sound) succeeds without pinning or writing anything; any other
+pull fails at the pin with the store's one-line error, before anything is downloaded.
+
+Where each blob came from is remembered (``ingest/origins/<host>.json``), so a later push to another
+repository on that registry can mount it instead of uploading it.
+
+Orchestration: imports the core, the store and ``modelpkg.registry``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as _platform
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from modelpkg.base import config, fsutil
+
+from modelpkg.registry import mirrors
+
+from modelpkg.ops import sign
+from modelpkg.core import mediatypes as mt
+from modelpkg.core.digest import Digest
+from modelpkg.core.errors import NotFoundError, RegistryError
+from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
+from modelpkg.core.progress import NullProgress, Progress
+from modelpkg.core.reference import Reference
+from modelpkg.registry import credentials
+from modelpkg.registry.client import RegistryClient
+from modelpkg.store import Pins, RefEntry, Store
+
+WORKERS = 3
+MAX_ORIGINS = 8  # repositories remembered per blob
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+         "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def current_platform() -> tuple[str, str]:
+    """(os, architecture) in OCI terms, e.g. ("linux", "amd64")."""
+    system = _platform.system().lower() or "linux"
+    return system, _ARCH.get(_platform.machine().lower(), _platform.machine().lower())
+
+
+def client_for(ref: Reference, *, insecure: bool = False, ca_bundle: str | None = None) -> RegistryClient:
+    """A client for ``ref``'s registry with the credentials found for it (see ``registry.credentials``)."""
+    ca_bundle = ca_bundle or config.ca_bundle()
+    return RegistryClient(ref.host, insecure=insecure, credentials=credentials.lookup(ref.host), ca_bundle=ca_bundle)
+
+
+def pull(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
+         client: RegistryClient | None = None, platform: tuple[str, str] | None = None,
+         workers: int = WORKERS) -> RefEntry:
+    """Pull ``ref`` (by tag or digest) into ``store`` and name it ``ref``; returns the new index entry."""
+    progress = progress or NullProgress()
+    own = client is None
+    client = client or client_for(ref, insecure=insecure)
+    client, own = _with_mirrors(ref, client, own, insecure, progress)
+    try:
+        progress.message("pulling manifest")
+        data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
+        manifest = _parse(data, media_type, str(ref))
+        # the trust policy, before any blob is fetched: under enforce a refusal leaves the store untouched
+        trust = sign.check_pull(client, ref, digest, store=store, progress=progress)
+        index: tuple[bytes, Digest] | None = None  # kept: signatures of a multi-platform model name the index
+        if isinstance(manifest, Index):
+            index = (data, digest)
+            child = select_manifest(manifest, str(ref), platform or current_platform())
+            data, media_type, digest = client.get_manifest(ref.repository, str(child.digest),
+                                                           name=f"{ref.name}@{child.digest}")
+            manifest = _parse(data, media_type or child.media_type, str(ref))
+            if not isinstance(manifest, Manifest):
+                raise RegistryError(f"the index of {ref} points at another index; nested indexes are not supported")
+        media_type = manifest.media_type
+        store.init()
+        if not store.writable():
+            # A read-only store still answers a pull with nothing to write. No pin: a pin guards blobs a pull
+            # is about to reference, this one references nothing new, and nobody can gc a store nobody can
+            # write. A pull with anything to write goes on to the pin, which fails with the store's error.
+            entry = _up_to_date(store, ref, digest, manifest, trust, progress, index[1] if index else None)
+            if entry is not None:
+                progress.message("success")
+                return entry
+        with store.session() as pins:
+            blobs = manifest.unique_blobs()
+            pins.add(digest, *(blob.digest for blob in blobs))
+            _download_all(store, client, ref, blobs, pins, progress, workers)
+            derived = derive_blobs(store, manifest, pins, progress)  # e.g. the GGUF inside a KitOps tar
+            progress.message("writing manifest")
+            if index is not None:
+                store.put_bytes(index[0], pins)
+            entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins), derived=derived,
+                              index=index[1] if index else None)
+        remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
+        progress.message("success")
+        return entry
+    finally:
+        if own:
+            client.close()
+
+
+def _with_mirrors(ref: Reference, client: RegistryClient, own: bool, insecure: bool,
+                  progress: Progress) -> tuple[RegistryClient, bool]:
+    """The upstream's client, or one that tries the mirrors configured for ``ref`` first (``modelpkg.registry.mirrors``)."""
+    sources = mirrors.sources_for(ref, insecure=insecure)
+    if len(sources) == 1:
+        return client, own
+    connect = lambda source: client_for(Reference(source.host, source.repository), insecure=source.insecure)  # noqa: E731
+    return mirrors.MirroredClient(ref, sources, client, connect, progress=progress, owns_upstream=own), True
+
+
+def _parse(data: bytes, media_type: str, name: str) -> Manifest | Index:
+    known = media_type if media_type in (*mt.MANIFEST_TYPES, *mt.INDEX_TYPES) else None
+    try:
+        return parse_manifest(data, known)
+    except Exception as e:  # InvalidInputError: say whose manifest it was
+        message = getattr(e, "message", str(e))
+        raise RegistryError(f"{name}: {message}", "the registry sent a manifest modelpkg cannot read",
+                            code="MANIFEST_INVALID") from e
+
+
+def select_manifest(index: Index, name: str, want: tuple[str, str]) -> Descriptor:
+    """The index entry for platform ``want`` (os, architecture), or its only manifest."""
+    entries = [m for m in index.manifests if m.media_type in mt.MANIFEST_TYPES]
+    if len(entries) == 1:
+        return entries[0]
+    matching = [m for m in entries if m.platform and m.platform.get("os") == want[0]
+                and m.platform.get("architecture") == want[1]]
+    if not matching:
+        matching = [m for m in entries if not m.platform]  # platform-less artifacts (models) fit anywhere
+    if len(matching) >= 1:
+        return matching[0]
+    available = sorted({f"{m.platform.get('os')}/{m.platform.get('architecture')}" for m in entries if m.platform})
+    raise NotFoundError(f"no manifest for {want[0]}/{want[1]} in {name}",
+                        f"it has: {', '.join(available) or 'no manifests'}")
+
+
+def _up_to_date(store: Store, ref: Reference, digest: Digest, manifest: Manifest, trust: sign.PullCheck,
+                progress: Progress, index: Digest | None = None) -> RefEntry | None:
+    """``ref``'s entry when it already names ``digest`` (pulled through ``index``) with every blob present and
+    sound, each derived blob made and no new signature to keep (a pull with nothing to write); None otherwise."""
+    entry = next((e for e in store.refs() if e.name == str(ref)), None)
+    if entry is None or entry.digest != digest or trust.found or not store.has_blob(digest):
+        return None
+    if entry.index != index or (index is not None and not store.has_blob(index)):
+        return None
+    derived = dict(entry.derived)
+    if any(layer.digest not in derived or not store.has_blob(derived[layer.digest]) for layer in _derivable(manifest)):
+        return None
+    blobs = manifest.unique_blobs()
+    if not all(store.has_good_blob(blob.digest, blob.size) for blob in blobs):
+        return None
+    for blob in blobs:
+        _report_exists(progress, blob)
+    return entry
+
+
+def _report_exists(progress: Progress, blob: Descriptor) -> None:
+    task = blob.digest.short
+    progress.start(task, blob.size, f"pulling {task}")
+    progress.advance(task, blob.size)
+    progress.finish(task, "exists")
+
+
+def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: list[Descriptor], pins: Pins,
+                  progress: Progress, workers: int) -> None:
+    missing = []
+    for blob in blobs:
+        if store.has_good_blob(blob.digest, blob.size):  # re-hashed unless verified unchanged since
+            store.touch(blob.digest)
+            _report_exists(progress, blob)
+        else:
+            missing.append(blob)
+    if not missing:
+        return
+    for blob in missing:
+        progress.start(blob.digest.short, blob.size, f"pulling {blob.digest.short}")
+    if len(missing) == 1 or workers <= 1:
+        for blob in missing:
+            fetch_blob(store, client, ref.repository, blob, pins, progress, str(ref))
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="pull") as pool:
+        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress, str(ref)) for blob in missing]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+        for future in futures:
+            future.result()
+
+
+def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor, pins: Pins,
+               progress: Progress, subject: str | None = None) -> None:
+    """Download one blob into the store unless it is there; one downloader per digest across processes."""
+    from filelock import FileLock
+
+    task = blob.digest.short
+    pins.add(blob.digest)
+    lock = FileLock(str(store.ingest_dir / f"{blob.digest.hex}.lock"))
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
+    try:
+        if store.has_good_blob(blob.digest, blob.size):
+            store.touch(blob.digest)  # another process finished it while we waited
+            progress.finish(task, "exists")
+            return
+        partial = store.partial_path(blob.digest)
+        client.download_blob(repo, blob, partial, progress, task, subject=subject)
+        progress.finish(task, "verified")
+        if store.blob_path(blob.digest).exists():
+            # a blob of the wrong size under this name is corrupt: the verified download replaces it
+            fsutil.remove(store.blob_path(blob.digest))
+        store.commit_temp(partial, blob.digest, pins)
+    finally:
+        lock.release()
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where blobs came from: lets push mount instead of upload (ingest/origins/ is a folder, which gc skips)
+
+def _origins_path(store: Store, host: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
+    return store.ingest_dir / "origins" / f"{safe}.json"
+
+
+def known_origins(store: Store, host: str) -> dict[str, list[str]]:
+    """digest hex -> repositories on ``host`` known to hold it (most recent first)."""
+    try:
+        obj = json.loads(_origins_path(store, host).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def remember_origin(store: Store, host: str, repo: str, digests: list[Digest]) -> None:
+    """Record that ``repo`` on ``host`` holds ``digests``. Best effort: a failure only costs a mount later."""
+    from filelock import FileLock
+
+    path = _origins_path(store, host)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            origins = known_origins(store, host)
+            for digest in digests:
+                repos = [r for r in origins.get(digest.hex, []) if isinstance(r, str) and r != repo]
+                origins[digest.hex] = [repo, *repos][:MAX_ORIGINS]
+            fsutil.atomic_write(path, json.dumps(origins, sort_keys=True).encode(), path.parent)
+    except Exception:  # noqa: BLE001 - the map is an optimisation; never fail a pull or push over it
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# derived blobs: a KitOps ModelKit's model layer is a tar (maybe gzipped) holding the GGUF. The GGUF is
+# extracted, streaming, into its own blob, recorded on the name's index entry (Store.tag derived=), and
+# read in place of the tar by show and run (RefEntry.local); gc keeps it while the name exists.
+
+MAX_TAR_MEMBERS = 10_000
+MAX_EXPANSION = 16  # a GGUF in a gzipped tar is at most this many times the layer (weights barely compress)
+MIN_CAP = 256 * 1024 * 1024
+
+
+def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
+                 progress: Progress | None = None) -> tuple[tuple[Digest, Digest], ...]:
+    """Derived blobs for the layers that need one: (layer digest, derived digest) pairs."""
+    out = []
+    known = {layer: made for entry in store.refs() for layer, made in entry.derived}
+    for layer in _derivable(manifest):
+        made = known.get(layer.digest)
+        if made is not None and store.has_blob(made):
+            pins.add(made)
+            store.touch(made)
+        else:
+            (progress or NullProgress()).message(f"extracting the GGUF from {layer.digest.short}")
+            made = extract_gguf(store, layer, pins)
+        out.append((layer.digest, made))
+    return tuple(out)
+
+
+def _derivable(manifest: Manifest) -> list[Descriptor]:
+    """The layers that get a derived blob: a KitOps model tar."""
+    from modelpkg.core.manifest import is_kitops_tar, layer_role
+
+    return [layer for layer in manifest.layers if is_kitops_tar(layer) and layer_role(layer) == "model"]
+
+
+def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:
+    """Stream the GGUF file out of the tar blob ``layer`` into its own blob, verified as GGUF.
+
+    The whole tar is checked on the way and refused if any member is a link, a device, an absolute path or
+    a path with ``..`` (KitOps's own unpack refuses these too), or if it holds more than
+    ``MAX_TAR_MEMBERS`` members; the GGUF is the first ``*.gguf`` regular file."""
+    import tarfile
+
+    from modelpkg.runtime import ggufmeta
+    from modelpkg.core.errors import InvalidInputError
+
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(f"the KitOps model layer {layer.digest.short} is refused: {why}",
+                                 "ask the publisher for a ModelKit whose model tar holds plain files")
+
+    tmp = store.temp_path("kitops")
+    found: Digest | None = None
+    with fsutil.removing_on_error(tmp):
+        try:
+            with store.open_blob(layer.digest) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for count, member in enumerate(tar, 1):
+                    if count > MAX_TAR_MEMBERS:
+                        raise bad(f"more than {MAX_TAR_MEMBERS} members")
+                    name = member.name.replace("\\", "/")
+                    if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/", 1)[0]:
+                        raise bad(f"unsafe path {member.name[:200]!r}")
+                    if member.issym() or member.islnk():
+                        raise bad(f"{member.name[:200]!r} is a link")
+                    if not (member.isfile() or member.isdir()):
+                        raise bad(f"{member.name[:200]!r} is not a regular file or folder")
+                    if member.isfile() and member.size > max(MAX_EXPANSION * layer.size, MIN_CAP):
+                        raise bad(f"{member.name[:200]!r} claims {member.size} bytes, too many for a "
+                                  f"{layer.size}-byte layer")
+                    if found is None and member.isfile() and name.lower().endswith(".gguf"):
+                        source = tar.extractfile(member)
+                        assert source is not None
+                        found, size = fsutil.copy_and_hash(source, tmp)
+                        if size != member.size:
+                            raise bad(f"{member.name[:200]!r} is truncated")
+        except (tarfile.TarError, EOFError, OSError) as e:  # zlib and gzip errors are OSError/EOFError
+            raise bad(f"not a valid tar: {str(e)[:160]}") from e
+        if found is None:
+            raise bad("it holds no .gguf file")
+        ggufmeta.check_magic(tmp)
+        store.commit_temp(tmp, found, pins)
+    return found

@@ -1,0 +1,541 @@
+"""Run a GGUF model with llama.cpp, through llama-cpp-python: the one module that touches ``llama_cpp``.
+
+Two halves:
+
+- Pure option mapping: Ollama's parameter names and defaults (``api.DefaultOptions``) become
+  ``LoadOptions`` (what ``Llama(...)`` takes, fixed for a loaded model) and ``SamplingOptions`` (what each
+  request takes). The mapping follows Ollama's llama-server command line and request fields
+  (reference/ollama-behaviour.md section 5); it imports nothing heavy and is unit-tested without a model.
+- ``Runner``: the adapter. It imports ``llama_cpp`` only in ``Runner.load`` (so ``modelpkg list`` starts
+  fast), loads the weights straight from the store's blob file (no copy), tokenizes prompts with special
+  tokens parsed (a rendered template's ``<start_of_turn>`` becomes one token, as llama-server does), and
+  streams text. Every llama_cpp failure (and a missing llama-cpp-python) becomes a ``RunnerError``.
+
+The generation loop drives ``Llama.generate`` itself instead of ``create_completion``: it needs exact token
+counts and timings for ``--verbose``/``--format json``, holds back text that may be the start of a stop
+string while streaming, and ends a turn on any end-of-generation token (EOS, EOT, ...), as
+``create_completion`` does. With the same settings it yields the same tokens (tests check the text).
+
+I/O adapter: imports ``modelpkg.core.errors`` only.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from modelpkg.core.errors import RunnerError
+
+INSTALL_HINT = ("install it with: pip install 'modelpkg[run]' "
+                "(this builds llama.cpp from source: about 5 minutes on 2 cores)")
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp's sampler then seeds itself at random
+
+# Ollama api.DefaultOptions (api/types.go), by Ollama name. num_ctx: Ollama picks 4096 on small machines;
+# it is capped by the model's trained context length (see load_options).
+DEFAULTS: dict[str, Any] = {
+    "num_ctx": 4096,
+    "num_batch": 512,
+    "num_gpu": -1,
+    "num_thread": 0,
+    "repeat_last_n": 64,
+    "seed": -1,
+    "num_predict": -1,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "stop": [],
+}
+
+# Parameters fixed when the model is loaded (changing one reloads it, as Ollama restarts its runner).
+LOAD_PARAMETERS = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap",
+                             "repeat_last_n"})
+# Accepted and ignored: there is no context shift (num_keep) and no draft model (draft_num_predict).
+IGNORED_PARAMETERS = frozenset({"num_keep", "draft_num_predict"})
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What ``llama_cpp.Llama(...)`` is given. ``n_threads=None`` lets llama-cpp-python choose."""
+
+    model_path: Path
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_threads: int | None = None
+    n_gpu_layers: int = -1
+    main_gpu: int = 0
+    use_mmap: bool = True
+    last_n_tokens_size: int = 64
+    lora_path: Path | None = None
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        return {
+            "model_path": str(self.model_path),
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "n_threads": self.n_threads,
+            "n_gpu_layers": self.n_gpu_layers,
+            "main_gpu": self.main_gpu,
+            "use_mmap": self.use_mmap,
+            "last_n_tokens_size": self.last_n_tokens_size,
+            "lora_path": str(self.lora_path) if self.lora_path else None,
+        }
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """One request's sampling settings. ``max_tokens <= 0``: until an end token or the context is full."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_tokens: int = -1
+    stop: tuple[str, ...] = ()
+    seed: int = -1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``Llama.generate`` (its names: ``temp``, not ``temperature``)."""
+        return {"temp": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
+                "typical_p": self.typical_p, "repeat_penalty": self.repeat_penalty,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty}
+
+
+def effective_parameters(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ollama's precedence: defaults, then each layer in turn (model params, CLI, session); later wins."""
+    merged = dict(DEFAULTS)
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            merged[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return merged
+
+
+def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Sequence[Path] = (),
+                 context_length: int | None = None) -> LoadOptions:
+    """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file."""
+    if len(adapter_paths) > 1:
+        raise RunnerError(f"this model has {len(adapter_paths)} ADAPTER layers; llama.cpp here applies one",
+                          "merge the adapters into one, or create a model with a single ADAPTER")
+    n_ctx = int(params.get("num_ctx", DEFAULTS["num_ctx"]))
+    if n_ctx <= 0:
+        raise RunnerError(f"num_ctx must be positive, not {n_ctx}", "set PARAMETER num_ctx 4096, say")
+    if context_length and n_ctx > context_length:
+        n_ctx = context_length  # Ollama caps it too ("requested context size too large for model")
+    threads = int(params.get("num_thread", 0))
+    mmap = params.get("use_mmap")
+    main_gpu = params.get("main_gpu")
+    return LoadOptions(
+        model_path=Path(model_path),
+        n_ctx=n_ctx,
+        n_batch=max(int(params.get("num_batch", DEFAULTS["num_batch"])), 1),
+        n_threads=threads if threads > 0 else None,
+        # Ollama: -1 = let the runner decide; llama-cpp-python: -1 = offload every layer the build can
+        n_gpu_layers=int(params.get("num_gpu", DEFAULTS["num_gpu"])),
+        main_gpu=int(main_gpu) if main_gpu is not None else 0,
+        use_mmap=True if mmap is None else bool(mmap),
+        last_n_tokens_size=int(params.get("repeat_last_n", DEFAULTS["repeat_last_n"])),
+        lora_path=Path(adapter_paths[0]) if adapter_paths else None,
+    )
+
+
+def sampling_options(params: Mapping[str, Any]) -> SamplingOptions:
+    """The per-request half of ``params``. ``num_predict`` -1 (or -2, Ollama's fill-context) means no cap."""
+    stop = params.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    seed = int(params.get("seed", -1))
+    return SamplingOptions(
+        temperature=float(params.get("temperature", DEFAULTS["temperature"])),
+        top_k=int(params.get("top_k", DEFAULTS["top_k"])),
+        top_p=float(params.get("top_p", DEFAULTS["top_p"])),
+        min_p=float(params.get("min_p", DEFAULTS["min_p"])),
+        typical_p=float(params.get("typical_p", DEFAULTS["typical_p"])),
+        repeat_penalty=float(params.get("repeat_penalty", DEFAULTS["repeat_penalty"])),
+        presence_penalty=float(params.get("presence_penalty", DEFAULTS["presence_penalty"])),
+        frequency_penalty=float(params.get("frequency_penalty", DEFAULTS["frequency_penalty"])),
+        max_tokens=int(params.get("num_predict", DEFAULTS["num_predict"])),
+        stop=tuple(str(s) for s in stop if str(s)),
+        seed=seed if seed >= 0 else -1,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# the adapter
+
+
+@dataclass
+class Result:
+    """What one generation produced, with Ollama's counters (durations in seconds here)."""
+
+    text: str = ""
+    done_reason: str = ""          # "stop" (end token or stop string), "length", "interrupted"
+    prompt_tokens: int = 0         # tokens in the prompt
+    prompt_eval_count: int = 0     # of which evaluated now (the rest were still in the KV cache)
+    eval_count: int = 0            # tokens generated (the end token not counted)
+    prompt_eval_duration: float = 0.0
+    eval_duration: float = 0.0
+    total_duration: float = 0.0
+    time_to_first_token: float = 0.0
+    tokens: list[int] = field(default_factory=list, repr=False)
+
+
+class Generation:
+    """A stream of text pieces; ``result`` is complete once the stream ends (or is closed early)."""
+
+    def __init__(self, pieces: Iterator[str], result: Result):
+        self._pieces = pieces
+        self.result = result
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+
+    def text(self) -> str:
+        """Consume the rest of the stream; the whole answer."""
+        for _ in self._pieces:
+            pass
+        return self.result.text
+
+
+class Runner:
+    """A model loaded into llama.cpp. Build it with ``Runner.load``; one conversation at a time."""
+
+    def __init__(self, llm: Any, options: LoadOptions, load_duration: float):
+        self._llm = llm
+        self.options = options
+        self.load_duration = load_duration
+        self.last_prompt: str | None = None        # the exact text of the last prompt sent (for tests, /show)
+        self.last_prompt_tokens: list[int] = []
+
+    @classmethod
+    def load(cls, options: LoadOptions, *, embedding: bool = False) -> Runner:
+        """Load the weights; ``embedding=True`` gives a context for ``embed`` (a second instance, as
+        Ollama's server runs embedding requests)."""
+        llama_cpp = import_llama_cpp()
+        started = time.perf_counter()
+        extra = {"embedding": True} if embedding else {}
+        with _native_output_captured() as captured:
+            try:
+                llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
+            except (ValueError, RuntimeError, OSError) as e:
+                detail = _last_line(captured.text()) or str(e)
+                raise RunnerError(f"llama.cpp cannot load {options.model_path}: {detail}",
+                                  _load_hint(options)) from e
+        return cls(llm, options, time.perf_counter() - started)
+
+    # ----- facts about the model
+
+    @property
+    def n_ctx(self) -> int:
+        """The usable context. llama.cpp pads the context it allocates (to a multiple of 256), while
+        llama-cpp-python sizes its token buffer by the n_ctx it was given: the smaller one is the limit."""
+        llm = self._llm
+        return min(int(llm.n_ctx()), len(llm.input_ids))
+
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's own Jinja template (``tokenizer.chat_template``), if it carries one."""
+        value = (self._llm.metadata or {}).get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value.strip() else None
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm._model.token_get_text(token)  # noqa: SLF001 - llama-cpp-python has no public getter
+
+    # ----- prompts
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Tokens of ``text``, special tokens parsed; BOS prepended when the model wants one (and not doubled)."""
+        try:
+            tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        except RuntimeError as e:
+            raise RunnerError(f"cannot tokenize the prompt: {e}") from e
+        bos = self._llm.token_bos()
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
+            tokens = tokens[1:]  # the rendered text began with the BOS text already
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (an Ollama ``context`` handed back by a client)."""
+        try:
+            return self._llm.detokenize(list(tokens), special=True).decode("utf-8", errors="replace")
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise RunnerError(f"cannot read the context tokens: {e}") from e
+
+    def format_chat(self, messages: list[dict[str, Any]], template: str | None = None) -> str:
+        """Render ``messages`` with a Jinja chat template (the GGUF's by default), the way llama-cpp-python's
+        chat formatting does (``Jinja2ChatFormatter``: bos/eos tokens, ``add_generation_prompt``)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = template or self.chat_template
+        if template is None:
+            raise RunnerError("this model has no chat template")
+        llm = self._llm
+        try:
+            formatter = Jinja2ChatFormatter(template=template, eos_token=self.token_text(llm.token_eos()),
+                                            bos_token=self.token_text(llm.token_bos()))
+            return formatter(messages=messages).prompt
+        except Exception as e:  # noqa: BLE001 - jinja2 raises many kinds; all mean the template failed
+            raise RunnerError(f"the model's chat template failed: {type(e).__name__}: {e}",
+                              "give the model a TEMPLATE in its Modelfile") from e
+
+    # ----- generation
+
+    def reset(self) -> None:
+        """Forget the KV cache (the next prompt is evaluated from scratch)."""
+        self._llm.reset()
+
+    def generate(self, prompt: str, sampling: SamplingOptions, *, add_bos: bool = True,
+                 format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
+        """Stream the continuation of ``prompt`` (special tokens parsed). ``format`` ``"json"`` (any JSON
+        value) or a JSON schema object constrains the output with a llama.cpp grammar (Ollama's format)."""
+        grammar = json_grammar(format)
+        tokens = self.tokenize(prompt, add_bos=add_bos)
+        self.last_prompt = prompt
+        self.last_prompt_tokens = list(tokens)
+        if len(tokens) >= self.n_ctx:
+            raise RunnerError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}",
+                              "shorten it, or raise num_ctx (--ctx N)")
+        result = Result(prompt_tokens=len(tokens))
+        return Generation(self._stream(tokens, sampling, result, grammar), result)
+
+    def embed(self, texts: Sequence[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """One vector per text and the number of tokens read; L2-normalised, as Ollama's /api/embed gives
+        them. A model without pooling of its own (a decoder such as Gemma) gets the mean of its token
+        vectors. Needs a runner loaded with ``embedding=True``."""
+        try:
+            vectors, count = self._llm.embed(list(texts), truncate=truncate, return_count=True)
+        except ValueError as e:
+            raise RunnerError(f"cannot embed the input: {e}", "shorten it, or pass truncate=true") from e
+        except RuntimeError as e:
+            raise RunnerError(f"llama.cpp failed while embedding: {e}") from e
+        out = []
+        for vector in vectors:
+            if vector and isinstance(vector[0], list):  # one vector per token: mean-pool them
+                vector = [sum(column) / len(vector) for column in zip(*vector)]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            out.append([x / norm for x in vector])
+        return out, int(count)
+
+    def _stream(self, tokens: list[int], sampling: SamplingOptions, result: Result,
+                grammar: Any = None) -> Iterator[str]:
+        llm = self._llm
+        room = self.n_ctx - len(tokens)
+        limit = sampling.max_tokens if 0 < sampling.max_tokens < room else room
+        result.prompt_eval_count = len(tokens) - self._cached_prefix(tokens)
+        stops = StopMatcher(sampling.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        is_end = self._end_of_generation()
+        pieces: list[str] = []
+        started = time.perf_counter()
+        first = None
+        result.done_reason = "interrupted"
+        llm.set_seed(sampling.seed if sampling.seed >= 0 else RANDOM_SEED)
+        try:
+            for token in llm.generate(tokens, **sampling.generate_kwargs(), grammar=grammar):
+                if first is None:
+                    first = time.perf_counter()
+                    result.time_to_first_token = first - started
+                if is_end(token):
+                    result.done_reason = "stop"
+                    break
+                result.tokens.append(token)
+                out, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
+                if out:
+                    pieces.append(out)
+                    yield out
+                if stopped:
+                    result.done_reason = "stop"
+                    break
+                if len(result.tokens) >= limit:
+                    result.done_reason = "length"
+                    break
+            if not stops.stopped:
+                tail = stops.flush(decoder.decode(b"", final=True))
+                if tail:
+                    pieces.append(tail)
+                    yield tail
+        except (RuntimeError, ValueError, OSError) as e:
+            raise RunnerError(f"llama.cpp failed while generating: {e}", "try a smaller num_ctx or num_batch") from e
+        finally:
+            end = time.perf_counter()
+            result.text = "".join(pieces)
+            result.eval_count = len(result.tokens)
+            result.prompt_eval_duration = (first or end) - started
+            result.eval_duration = end - first if first is not None else 0.0
+            result.total_duration = end - started
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """How many leading prompt tokens llama-cpp-python will reuse from its KV cache (it re-evaluates at
+        least one, so the logits are fresh)."""
+        llm = self._llm
+        n = 0
+        for a, b in zip(llm._input_ids, tokens):  # noqa: SLF001 - the evaluated tokens, read-only
+            if a != b:
+                break
+            n += 1
+        return max(n - 1, 0) if n == len(tokens) else n
+
+    def _end_of_generation(self):
+        """A predicate: does this token end a turn (EOS, EOT, EOM, ...)? llama.cpp's own list (``is_eog``)."""
+        import llama_cpp
+
+        llm = self._llm
+        vocab = getattr(getattr(llm, "_model", None), "vocab", None)
+        if vocab is not None and hasattr(llama_cpp, "llama_vocab_is_eog"):
+            return lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        eos = llm.token_eos()
+        return lambda token: token == eos
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StopMatcher:
+    """Cuts the stream at the first stop string, holding back text that may be the start of one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            return out, True
+        keep = self._partial_suffix()
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def _partial_suffix(self) -> int:
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def flush(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        out, _ = self.feed(text) if text else ("", False)
+        if self.stopped:
+            return out
+        out, self.pending = out + self.pending, ""
+        return out
+
+
+def json_grammar(format: Any) -> Any:  # noqa: A002 - Ollama's request field
+    """A llama.cpp grammar for Ollama's ``format``: None or "" (free text), "json", or a JSON schema."""
+    if format is None or format == "":
+        return None
+    if format != "json" and not isinstance(format, dict):
+        raise RunnerError(f"format must be \"json\" or a JSON schema object, not {json.dumps(format)}")
+    import_llama_cpp()
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    try:
+        if format == "json":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return LlamaGrammar.from_json_schema(json.dumps(format), verbose=False)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise RunnerError(f"cannot turn the JSON schema into a grammar: {e}") from e
+
+
+def import_llama_cpp():
+    """``import llama_cpp``, or a RunnerError that says how to install it."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise RunnerError("running models needs llama-cpp-python, which is not installed", INSTALL_HINT) from e
+    except (OSError, RuntimeError) as e:  # installed, but its shared library does not load
+        raise RunnerError(f"llama-cpp-python is installed but its llama.cpp library does not load: {e}",
+                          "reinstall it: pip install --force-reinstall --no-cache-dir 'modelpkg[run]'") from e
+    return llama_cpp
+
+
+def _load_hint(options: LoadOptions) -> str:
+    if options.lora_path:
+        return "check that the ADAPTER was made for this base model (same architecture and size)"
+    return "the file may be damaged, or an architecture this llama-cpp-python does not know; try upgrading it"
+
+
+class _Captured:
+    def __init__(self, file, python: io.StringIO):
+        self._file = file
+        self._python = python
+
+    def text(self) -> str:
+        try:
+            self._file.seek(0)
+            native = self._file.read().decode("utf-8", errors="replace")
+        except (OSError, ValueError):
+            native = ""
+        return native + self._python.getvalue()
+
+
+@contextlib.contextmanager
+def _native_output_captured() -> Iterator[_Captured]:
+    """Keep llama.cpp's chatter (written straight to file descriptor 2, or through its Python log hook to
+    ``sys.stderr``) off the user's terminal while loading; the text is kept for the error message."""
+    python = io.StringIO()
+    with tempfile.TemporaryFile() as file:
+        captured = _Captured(file, python)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            saved = None
+        if saved is not None:
+            os.dup2(file.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(python):
+                yield captured
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    return (errors or lines or [""])[-1][:300]
+

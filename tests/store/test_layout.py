@@ -1,0 +1,213 @@
+"""The store: OCI layout, atomic names, pins against gc, mark and sweep, verify, and two processes at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_gguf
+from modelpkg.base import config
+from modelpkg.core.digest import Digest
+from modelpkg.core.errors import IntegrityError, NotFoundError
+from modelpkg.ops.models import remove
+from modelpkg.store import Store
+
+
+def store_at(home: Path) -> Store:
+    return Store(home).init()
+
+
+def test_layout_is_a_standard_oci_layout(home, tiny_model):
+    tiny_model("tiny")
+    assert json.loads((home / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((home / "index.json").read_text())
+    (entry,) = index["manifests"]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "registry.ollama.ai/library/tiny:latest"
+    manifest_path = home / "blobs" / "sha256" / entry["digest"].split(":")[1]
+    assert Digest.of(manifest_path.read_bytes()) == Digest.parse(entry["digest"])
+
+
+def test_skopeo_reads_the_store_as_it_is(home, tiny_model, tmp_path):
+    skopeo = "/usr/bin/skopeo"
+    if not os.path.exists(skopeo):
+        pytest.skip("skopeo is not installed")
+    tiny_model("tiny")
+    out = subprocess.run([skopeo, "inspect", "--raw", f"oci:{home}:registry.ollama.ai/library/tiny:latest"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads(out.stdout)
+    assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+
+
+def test_same_inputs_give_the_same_digest(home, tiny_model):
+    a = tiny_model("a", "PARAMETER temperature 0.5\n")
+    b = tiny_model("b", "PARAMETER temperature 0.5\n")
+    store = store_at(home)
+    assert store.resolve(a).digest == store.resolve(b).digest
+
+
+def test_gc_keeps_referenced_and_young_blobs(home, tiny_model):
+    store = store_at(home)
+    with store.session() as pins:
+        orphan = store.put_bytes(b"orphan", pins)
+    ref = tiny_model("tiny")
+    plan = store.gc(grace=3600)
+    assert plan.blobs == ()  # the orphan is younger than the grace period
+    plan = store.gc(grace=0, dry_run=True)
+    assert [d for d, _ in plan.blobs] == [orphan]
+    assert store.has_blob(orphan)  # a dry run deletes nothing
+    plan = store.gc(grace=0)
+    assert not store.has_blob(orphan)
+    _, manifest = store.manifest(ref)
+    assert all(store.has_blob(d.digest) for d in manifest.blobs())
+
+
+def test_gc_never_deletes_a_pinned_blob(home):
+    store = store_at(home)
+    with store.session() as pins:
+        digest = store.put_bytes(b"in progress", pins)
+        assert store.gc(grace=0).blobs == ()
+        assert store.has_blob(digest)
+    assert [d for d, _ in store.gc(grace=0).blobs] == [digest]
+
+
+def test_pins_of_a_dead_process_are_ignored(home):
+    store = store_at(home)
+    code = ("import sys,os; from modelpkg.store import Store; s=Store(sys.argv[1]).init();"
+            "p=s.session().__enter__(); s.put_bytes(b'x', p); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(home)], check=True, timeout=60)
+    assert list(store.pins_dir.glob("*.json"))  # the killed process left its pin behind
+    assert [d for d, _ in store.gc(grace=0).blobs] == [Digest.of(b"x")]
+    assert not list(store.pins_dir.glob("*.json"))
+
+
+def test_gc_removes_stale_partials_only_after_their_grace(home):
+    store = store_at(home)
+    partial = store.ingest_dir / ("0" * 64 + ".partial")
+    partial.write_bytes(b"half")
+    assert store.gc(grace=0).partials == ()  # resumable downloads get a long grace period
+    old = time.time() - 8 * 86400
+    os.utime(partial, (old, old))
+    assert [p for p, _ in store.gc(grace=0).partials] == [partial]
+    assert not partial.exists()
+
+
+def test_rm_frees_blobs_only_it_used(home, tiny_model):
+    store = store_at(home)
+    a = tiny_model("a", "SYSTEM only a\n")
+    b = tiny_model("b", "SYSTEM only b\n")
+    _, manifest_a = store.manifest(a)
+    _, manifest_b = store.manifest(b)
+    removed, plan = remove(store, [a])
+    assert [e.name for e in removed] == [str(a)]
+    freed = {d for d, _ in plan.blobs}
+    shared = {d.digest for d in manifest_a.blobs()} & {d.digest for d in manifest_b.blobs()}
+    assert shared and not freed & shared
+    assert all(store.has_blob(d.digest) for d in manifest_b.blobs())
+    with pytest.raises(NotFoundError):
+        store.resolve(a)
+
+
+def test_rm_of_a_missing_name_changes_nothing(home, tiny_model):
+    store = store_at(home)
+    a = tiny_model("a")
+    with pytest.raises(NotFoundError):
+        remove(store, [a, config.reference("missing")])
+    assert store.resolve(a)
+
+
+def test_verify_finds_a_flipped_byte(home, tiny_model):
+    store = store_at(home)
+    ref = tiny_model("tiny")
+    _, manifest = store.manifest(ref)
+    weights = store.blob_path(manifest.layers[0].digest)
+    assert store.verify() == []
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    problems = store.verify()
+    assert [d for d, _ in problems] == [manifest.layers[0].digest]
+    with pytest.raises(IntegrityError):
+        store.read_blob(manifest.layers[0].digest)
+
+
+def _create_cmd(home: Path, name: str, modelfile: Path) -> list[str]:
+    return [sys.executable, "-m", "modelpkg", "create", name, "-f", str(modelfile)]
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "MODELPKG_HOME": str(home)}
+
+
+def test_two_processes_creating_at_once(home, tmp_path):
+    gguf = make_gguf(tmp_path / "m.gguf", tensor_values=1 << 20)
+    procs = []
+    for i in range(4):
+        modelfile = tmp_path / f"Modelfile{i}"
+        modelfile.write_text(f"FROM {gguf}\nSYSTEM model {i}\n")
+        procs.append(subprocess.Popen(_create_cmd(home, f"m{i % 2}-{i}", modelfile), env=_env(home),
+                                      stderr=subprocess.PIPE, text=True))
+    gc = subprocess.Popen([sys.executable, "-m", "modelpkg", "gc", "--grace", "0"], env=_env(home),
+                          stderr=subprocess.PIPE, text=True)
+    for p in [*procs, gc]:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    store = store_at(home)
+    assert sorted(e.name.split("/")[-1] for e in store.refs()) == [
+        "m0-0:latest", "m0-2:latest", "m1-1:latest", "m1-3:latest"]
+    for entry in store.refs():
+        _, manifest = store.manifest(config.reference(entry.name))
+        assert all(store.has_blob(d.digest) for d in manifest.blobs())
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_create_killed_at_a_random_moment_leaves_old_or_new(home, tmp_path, seed):
+    gguf = make_gguf(tmp_path / "big.gguf", tensor_values=16 << 20)  # 32 MB of weights
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {gguf}\nSYSTEM v2\n")
+    store = store_at(home)
+    proc = subprocess.Popen(_create_cmd(home, "victim", modelfile), env=_env(home))
+    time.sleep(random.Random(seed).uniform(0.05, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert store.verify() == []
+    names = [e.name for e in store.refs()]
+    assert names in ([], ["registry.ollama.ai/library/victim:latest"])
+    for entry in store.refs():
+        _, manifest = store.manifest(config.reference(entry.name))
+        assert all(store.has_blob(d.digest) for d in manifest.blobs())
+    assert subprocess.run(_create_cmd(home, "victim", modelfile), env=_env(home), timeout=120).returncode == 0
+    store.gc(grace=0, partial_grace=0)
+    assert not [p for p in store.ingest_dir.iterdir() if p.is_file()]
+
+
+def test_gc_keeps_a_live_writers_temp_file_and_removes_debris(home):
+    store = store_at(home)
+    mine = store.temp_path("ingest")
+    mine.write_bytes(b"being written")
+    dead = store.ingest_dir / "ingest-999999999-abcdef"
+    dead.write_bytes(b"left by a killed process")
+    removed = [p for p, _ in store.gc(grace=0).partials]
+    assert removed == [dead] and mine.exists()
+
+
+def test_ingesting_the_same_content_again_repairs_a_damaged_blob(home, tiny_model, tiny_gguf):
+    store = store_at(home)
+    ref = tiny_model("tiny")
+    _, manifest = store.manifest(ref)
+    weights = store.blob_path(manifest.layers[0].digest)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert store.verify() != []
+    tiny_model("tiny")  # the verified new copy replaces the damaged one
+    assert store.verify() == []
