@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child_plain(args.target, args.tokens) if args.child == "plain" else child_modelpkg(args.target, args.tokens)
+        child = child_plain if args.child == "plain" else child_modelpkg
+        result = child(args.target, args.tokens)
         print(json.dumps(result))
         return
 
@@ -213,14 +214,15 @@ def main() -> None:
                                                   "modelpkg": ours, "plain": theirs,
                                                   "ratio_median": ours["median"] / theirs["median"],
                                                   "ratio_best": ours["best"] / theirs["best"]}
-        rows.append(("cli: process spawn to first answer byte (s)", ours, theirs, ours["median"] / theirs["median"], "lower"))
+        rows.append(("cli: process spawn to first answer byte (s)", ours, theirs, ours["median"] / theirs["median"],
+                     "lower"))
 
         targets = {"ttft_request_s": "<= 1.1", "ttft_start_s": "<= 1.1", "tokens_per_s": ">= 0.97",
                    "cli: process spawn to first answer byte (s)": "<= 1.1"}
         print(f"\n{'metric':<55}{'modelpkg':>18}{'plain':>18}{'ratio':>8}  target")
         print(f"{'':<55}{'median (best)':>18}{'median (best)':>18}{'median':>8}")
         keys = list(metrics) + ["cli: process spawn to first answer byte (s)"]
-        for key, (label, o, t, ratio, better) in zip(keys, rows):
+        for key, (label, o, t, ratio, better) in zip(keys, rows, strict=True):
             fmt = (lambda s: f"{s['median']:.1f} ({max(s['runs']):.1f})") if better == "higher" else \
                   (lambda s: f"{s['median']:.3f} ({s['best']:.3f})")
             print(f"{label:<55}{fmt(o):>18}{fmt(t):>18}{ratio:>8.3f}  {targets.get(key, '')}")

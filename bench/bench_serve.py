@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,8 +95,9 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(modelfile)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
+    with open(work / "serve.log", "w") as log:  # the child keeps its own copy of the descriptor
+        server = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
@@ -105,9 +105,9 @@ def main() -> None:
             try:
                 ollama.Client(host=url).list()
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception as e:  # not up yet (any error: connection refused, reset, a half-started server)
                 if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit(f"the server did not start; see {work / 'serve.log'}")
+                    raise SystemExit(f"the server did not start; see {work / 'serve.log'}") from e
                 time.sleep(0.1)
         idle_rss = rss(server.pid)["VmRSS"]
         options = {"temperature": 0, "num_predict": args.tokens}

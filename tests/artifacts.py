@@ -9,9 +9,9 @@ import json
 import tarfile
 
 import requests
-from registry_env import push_blob, push_manifest
 
 from modelpkg.core import mediatypes as mt
+from registry_env import push_blob, push_manifest
 
 
 def descriptor(session, registry, repo: str, media_type: str, data: bytes, annotations: dict | None = None) -> dict:

@@ -64,7 +64,8 @@ def tiny_gguf(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_model(home, tiny_gguf):
-    """A factory: ``tiny_model(name, extra_modelfile_lines)`` creates a model from the tiny GGUF, returns its Reference."""
+    """A factory: ``tiny_model(name, extra_modelfile_lines)`` creates a model from the tiny GGUF; returns its
+    Reference."""
     from modelpkg.base import config
     from modelpkg.ops.create import create
     from modelpkg.store import Store

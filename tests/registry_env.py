@@ -342,7 +342,7 @@ class TokenServer:
     def realm(self) -> str:
         return f"http://{self.host}/token"
 
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         if self._httpd is None:
             self._httpd = _ThreadingServer(("127.0.0.1", 0), _TokenHandler)
             self._httpd.owner = self
@@ -763,7 +763,7 @@ class _ProxyHandler(_QuietHandler):
                 self._forward(proxy, record, fault)
         except _Abort:
             self.close_connection = True
-        except (ConnectionError, socket.timeout):  # the client went away (or gave up on a stall)
+        except (TimeoutError, ConnectionError):  # the client went away (or gave up on a stall)
             self.close_connection = True
 
     do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET

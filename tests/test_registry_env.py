@@ -105,7 +105,7 @@ def test_token_flow_grants_push_and_the_registry_refuses_scopes_not_granted(toke
 
     session = requests.Session()
     session.headers.update(_bearer(body["token"]))
-    manifest, digest = push_image(session, token_registry.url, "env/token", "v1")
+    manifest, _digest = push_image(session, token_registry.url, "env/token", "v1")
     assert session.get(f"{token_registry.url}/v2/env/token/manifests/v1",
                        headers={"Accept": OCI_MANIFEST}, timeout=5).content == manifest
 
@@ -197,7 +197,7 @@ def _blob_url(proxy, seeded):
 
 
 def test_proxy_passes_requests_through_unchanged(registry, fault_proxy, seeded):
-    manifest, digest, blob_digest = seeded
+    manifest, digest, _blob_digest = seeded
     proxy = fault_proxy(registry)
     got = requests.get(f"{proxy.url}/v2/env/proxied/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=5)
     assert got.status_code == 200 and got.content == manifest
@@ -234,7 +234,7 @@ def test_reset_breaks_the_connection(registry, fault_proxy, seeded):
     proxy = fault_proxy(registry)
     proxy.add("reset", "GET", r"/blobs/", after=1000)
     with pytest.raises(requests.exceptions.ChunkedEncodingError) as broken:
-        requests.get(_blob_url(proxy, seeded), timeout=5).content
+        _ = requests.get(_blob_url(proxy, seeded), timeout=5).content
     assert "reset by peer" in str(broken.value)  # an RST, not a clean close (that is "truncate")
     assert requests.get(_blob_url(proxy, seeded), timeout=5).content == BLOB  # count=1: only once
     assert [r.fault for r in proxy.requests] == ["reset", None]
@@ -255,7 +255,7 @@ def test_truncate_sends_fewer_bytes_than_content_length(registry, fault_proxy, s
     assert proxy.requests[0].bytes_sent == 5000
     with pytest.raises(requests.exceptions.ChunkedEncodingError):  # what a requests client sees
         proxy.add("truncate", "GET", r"/blobs/", after=5000)
-        requests.get(_blob_url(proxy, seeded), timeout=5).content
+        _ = requests.get(_blob_url(proxy, seeded), timeout=5).content
 
 
 def test_status_and_retry_after_answer_without_upstream(registry, fault_proxy, seeded):
@@ -294,7 +294,7 @@ def test_stall_pauses_mid_body(registry, fault_proxy, seeded):
     assert time.monotonic() - started >= 0.5
     proxy.add("stall", "GET", r"/blobs/", after=4096, seconds=3)
     with pytest.raises(requests.exceptions.ConnectionError):  # a read timeout mid-body
-        requests.get(_blob_url(proxy, seeded), timeout=(2, 0.3)).content
+        _ = requests.get(_blob_url(proxy, seeded), timeout=(2, 0.3)).content
 
 
 def test_redirect_to_other_host_drops_authorization(basic_registry, fault_proxy):

@@ -12,9 +12,10 @@ import errno
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from modelpkg.core.digest import Digest, sha256
 from modelpkg.core.errors import IntegrityError, NotFoundError, StoreError

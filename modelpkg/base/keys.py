@@ -149,7 +149,7 @@ def load_policy(path: Path | None = None) -> tuple[Policy, Path]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if config.policy_file() is not None and path == policy_path():
-            raise NotFoundError(f"trust policy not found: {path}", "fix MODELPKG_POLICY or create the file")
+            raise NotFoundError(f"trust policy not found: {path}", "fix MODELPKG_POLICY or create the file") from None
         return Policy(), path.parent
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"cannot read the trust policy {path}: {e}") from e

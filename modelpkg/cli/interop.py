@@ -57,7 +57,8 @@ def import_ollama(names: tuple[str, ...], models: Path | None, copy_: bool, as_j
       modelpkg import-ollama --models /usr/share/ollama/.ollama/models --copy
     """
     from modelpkg.cli.progress import for_terminal
-    from modelpkg.ops.interop import LINK_CAVEAT, import_ollama as run
+    from modelpkg.ops.interop import LINK_CAVEAT
+    from modelpkg.ops.interop import import_ollama as run
 
     result = run(open_store(), _ollama(models), list(names) or None, allow_link=not copy_, progress=for_terminal())
     if as_json:
@@ -92,7 +93,8 @@ def export_ollama(name: str, as_name: str | None, models: Path | None, copy_: bo
       OLLAMA_MODELS=/srv/ollama modelpkg export-ollama gemma3:270m --copy
     """
     from modelpkg.cli.progress import for_terminal
-    from modelpkg.ops.interop import LINK_CAVEAT, export_ollama as run
+    from modelpkg.ops.interop import LINK_CAVEAT
+    from modelpkg.ops.interop import export_ollama as run
 
     result = run(open_store(), config.reference(name), _ollama(models), as_name=as_name, allow_link=not copy_,
                  progress=for_terminal())
@@ -186,7 +188,7 @@ def load(input_: str, as_json: bool) -> None:
         result = run(open_store(), sys.stdin.buffer, resolve_name=config.reference, progress=progress)
     else:
         try:
-            f = open(input_, "rb")
+            f = open(input_, "rb")  # noqa: SIM115 - closed by the `with f` below, once opening has succeeded
         except FileNotFoundError as e:
             from modelpkg.core.errors import NotFoundError
 

@@ -19,8 +19,8 @@ from modelpkg.core.errors import UsageError
 @click.argument("name")
 @click.option("-f", "--file", "modelfile", type=click.Path(dir_okay=False, path_type=Path), default=Path("Modelfile"),
               show_default=True, help="The Modelfile to build.")
-@click.option("--link", is_flag=True, help="Hard-link the GGUF into the store instead of copying it (same filesystem only; "
-              "editing the source file later would corrupt the stored model).")
+@click.option("--link", is_flag=True, help="Hard-link the GGUF into the store instead of copying it (same filesystem "
+              "only; editing the source file later would corrupt the stored model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def create(name: str, modelfile: Path, link: bool, as_json: bool) -> None:
     """Create a model from a Modelfile.
@@ -31,8 +31,8 @@ def create(name: str, modelfile: Path, link: bool, as_json: bool) -> None:
       modelpkg create mychat            # reads ./Modelfile
     """
     from modelpkg.cli.progress import for_terminal
-    from modelpkg.ops.create import create as create_model
     from modelpkg.core.errors import NotFoundError, StoreError
+    from modelpkg.ops.create import create as create_model
 
     ref = config.reference(name)
     try:

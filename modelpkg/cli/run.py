@@ -22,6 +22,8 @@ from typing import Any, TextIO
 import click
 
 from modelpkg.base import config
+from modelpkg.cli.common import open_store, short
+from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError, StoreError, UsageError
 from modelpkg.ops.chat import (
     COMPLETION,
     GGUF_TEMPLATE,
@@ -32,8 +34,6 @@ from modelpkg.ops.chat import (
     result_json,
     typed_options,
 )
-from modelpkg.cli.common import open_store, short
-from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError, StoreError, UsageError
 from modelpkg.runtime.runner import Generation, Result
 
 

@@ -58,6 +58,6 @@ class Digest:
         return f"sha256:{self.hex}"
 
 
-def sha256() -> "hashlib._Hash":
+def sha256() -> hashlib._Hash:
     """A new incremental sha256 hasher (one place to change if the algorithm ever changes)."""
     return hashlib.sha256()

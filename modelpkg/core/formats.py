@@ -27,8 +27,9 @@ Pure module: imports only ``modelpkg.core.errors``, ``modelpkg.core.digest``, ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest

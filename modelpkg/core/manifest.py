@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import Decimal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from decimal import Decimal
+from typing import Any
 
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
@@ -78,7 +79,8 @@ def is_kitops_tar(layer: Descriptor) -> bool:
 
 
 def _bad(what: str) -> InvalidInputError:
-    return InvalidInputError(f"invalid manifest: {what}", "the registry or file sent something that is not a valid OCI manifest")
+    return InvalidInputError(f"invalid manifest: {what}",
+                             "the registry or file sent something that is not a valid OCI manifest")
 
 
 def _string(obj: Mapping[str, Any], key: str, required: bool = True) -> str | None:
@@ -251,13 +253,13 @@ def parse_manifest(data: bytes, media_type: str | None = None) -> Manifest | Ind
     if kind in mt.INDEX_TYPES:
         entries = obj.get("manifests")
         if not isinstance(entries, list) or len(entries) > MAX_LAYERS:
-            raise _bad("'manifests' must be a list of at most %d entries" % MAX_LAYERS)
+            raise _bad(f"'manifests' must be a list of at most {MAX_LAYERS} entries")
         return Index(kind, tuple(Descriptor.from_json(e) for e in entries), _annotations(obj), raw=data)
     if kind not in mt.MANIFEST_TYPES:
         raise _bad(f"unsupported manifest media type {kind[:100]!r}")
     layers = obj.get("layers")
     if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
-        raise _bad("'layers' must be a list of at most %d entries" % MAX_LAYERS)
+        raise _bad(f"'layers' must be a list of at most {MAX_LAYERS} entries")
     subject = obj.get("subject")
     return Manifest(
         media_type=kind,

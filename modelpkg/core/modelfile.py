@@ -19,17 +19,17 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from modelpkg.core.errors import ModelfileError
 
 __all__ = [
     "DEPRECATED_PARAMETERS",
-    "Instruction",
     "KEYWORDS",
-    "Modelfile",
     "PARAMETER_TYPES",
     "ROLES",
+    "Instruction",
+    "Modelfile",
     "convert_parameter",
     "format",
     "format_parameter_value",
@@ -65,7 +65,7 @@ DEPRECATED_PARAMETERS = frozenset({
     "mirostat", "mirostat_tau", "mirostat_eta",
 })
 
-ParameterValue = Union[int, float, bool, list]
+ParameterValue = int | float | bool | list
 
 _BLANKS = (" ", "\t")          # the only whitespace between words
 _SPACE = " \t\r\n"             # the only whitespace a value keeps once non-printables are dropped
@@ -333,7 +333,7 @@ def _where(line: int) -> str:
 # format
 
 
-def format(m: Modelfile) -> str:  # noqa: A001 - the inverse of parse; the name is the API
+def format(m: Modelfile) -> str:
     """Modelfile text for ``m``; ``parse(format(m)) == m``.
 
     Values are quoted only when needed. Raises ModelfileError for what the syntax cannot hold:

@@ -31,9 +31,11 @@ import base64
 import binascii
 import json
 import re
-import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+
+import tomllib
 
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest

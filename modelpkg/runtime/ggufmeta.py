@@ -51,7 +51,8 @@ class GGUFInfo:
         for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
             if self.param_count >= scale:
                 value = self.param_count / scale
-                return f"{value:.2f}{unit}" if value < 10 else f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+                digits = 2 if value < 10 else 1 if value < 100 else 0
+                return f"{value:.{digits}f}{unit}"
         return str(self.param_count)
 
 
@@ -91,11 +92,15 @@ def read_info(path: Path) -> GGUFInfo:
         param_count=param_count,
         size_label=str(meta.get("general.size_label") or ""),
         context_length=_int_or_none(meta.get(f"{arch}.context_length")),
-        chat_template=meta.get("tokenizer.chat_template") if isinstance(meta.get("tokenizer.chat_template"), str) else None,
+        chat_template=_str_or_none(meta.get("tokenizer.chat_template")),
         model_type=str(meta.get("general.type") or "model"),
         name=str(meta.get("general.name") or ""),
         metadata=meta,
     )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -122,7 +127,7 @@ def _reader_class() -> type:
     from gguf import GGUFReader, GGUFValueType
 
     class _MetadataReader(GGUFReader):
-        def _get_field_parts(self, orig_offs: int, raw_type: int):  # noqa: ANN202 - the parent's shape
+        def _get_field_parts(self, orig_offs: int, raw_type: int):
             gtype = GGUFValueType(raw_type)
             if gtype != GGUFValueType.ARRAY:
                 return super()._get_field_parts(orig_offs, raw_type)

@@ -30,9 +30,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from modelpkg.core.errors import RunnerError
 
@@ -263,7 +264,7 @@ class Runner:
     def token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self._llm._model.token_get_text(token)  # noqa: SLF001 - llama-cpp-python has no public getter
+        return self._llm._model.token_get_text(token)
 
     # ----- prompts
 
@@ -298,7 +299,7 @@ class Runner:
             formatter = Jinja2ChatFormatter(template=template, eos_token=self.token_text(llm.token_eos()),
                                             bos_token=self.token_text(llm.token_bos()))
             return formatter(messages=messages).prompt
-        except Exception as e:  # noqa: BLE001 - jinja2 raises many kinds; all mean the template failed
+        except Exception as e:
             raise RunnerError(f"the model's chat template failed: {type(e).__name__}: {e}",
                               "give the model a TEMPLATE in its Modelfile") from e
 
@@ -309,7 +310,7 @@ class Runner:
         self._llm.reset()
 
     def generate(self, prompt: str, sampling: SamplingOptions, *, add_bos: bool = True,
-                 format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
+                 format: Any = None) -> Generation:
         """Stream the continuation of ``prompt`` (special tokens parsed). ``format`` ``"json"`` (any JSON
         value) or a JSON schema object constrains the output with a llama.cpp grammar (Ollama's format)."""
         grammar = json_grammar(format)
@@ -335,7 +336,7 @@ class Runner:
         out = []
         for vector in vectors:
             if vector and isinstance(vector[0], list):  # one vector per token: mean-pool them
-                vector = [sum(column) / len(vector) for column in zip(*vector)]
+                vector = [sum(column) / len(vector) for column in zip(*vector, strict=True)]
             norm = math.sqrt(sum(x * x for x in vector)) or 1.0
             out.append([x / norm for x in vector])
         return out, int(count)
@@ -393,7 +394,7 @@ class Runner:
         least one, so the logits are fresh)."""
         llm = self._llm
         n = 0
-        for a, b in zip(llm._input_ids, tokens):  # noqa: SLF001 - the evaluated tokens, read-only
+        for a, b in zip(llm._input_ids, tokens, strict=False):  # the common prefix of the two
             if a != b:
                 break
             n += 1
@@ -462,7 +463,7 @@ class StopMatcher:
         return out
 
 
-def json_grammar(format: Any) -> Any:  # noqa: A002 - Ollama's request field
+def json_grammar(format: Any) -> Any:
     """A llama.cpp grammar for Ollama's ``format``: None or "" (free text), "json", or a JSON schema."""
     if format is None or format == "":
         return None

@@ -6,7 +6,8 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
@@ -18,7 +19,8 @@ D = "sha256:" + "a" * 64
 
 def _manifest(layers, **extra):
     return json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-                       "config": {"mediaType": mt.OCI_EMPTY, "digest": D, "size": 2}, "layers": layers, **extra}).encode()
+                       "config": {"mediaType": mt.OCI_EMPTY, "digest": D, "size": 2}, "layers": layers,
+                       **extra}).encode()
 
 
 def test_bytes_are_kept_as_received():

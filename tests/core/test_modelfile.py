@@ -306,7 +306,7 @@ def test_views_when_absent():
 
 def test_from_without_from_raises():
     with pytest.raises(ModelfileError):
-        Modelfile(()).from_
+        _ = Modelfile(()).from_
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -377,7 +377,7 @@ def test_wrong_type_names_parameter_type_and_line():
 
 
 def test_convert_parameter_unknown():
-    with pytest.raises(ModelfileError, match="^Modelfile: unknown parameter 'x'$"):
+    with pytest.raises(ModelfileError, match=r"^Modelfile: unknown parameter 'x'$"):
         convert_parameter("x", "1")
 
 
@@ -559,8 +559,12 @@ def instructions(value_strategy):
     )
 
 
+REPRESENTABLE = values.filter(representable)
+
+
 @st.composite
-def modelfiles(draw, value_strategy=values.filter(representable)):
+def modelfiles(draw, value_strategy=None):
+    value_strategy = value_strategy or REPRESENTABLE
     body = draw(st.lists(instructions(value_strategy), max_size=6))
     where = draw(st.integers(0, len(body)))
     base = Instruction("from", draw(value_strategy))

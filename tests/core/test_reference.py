@@ -1,7 +1,8 @@
 """Model references: defaults merged into one canonical form, bad names refused with a clear message."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidReferenceError, ModelpkgError

@@ -99,9 +99,9 @@ def big_gguf(tmp_path_factory) -> Path:
 def big_remote(registry, big_gguf, tmp_path_factory):
     """The big model, created in a scratch store and pushed to the session registry; returns
     ``(repository path, size of its weights blob, the path regex of that blob)``."""
+    from modelpkg.core.reference import parse_reference
     from modelpkg.ops.create import create
     from modelpkg.ops.push import push
-    from modelpkg.core.reference import parse_reference
     from modelpkg.store import Store
 
     store = Store(tmp_path_factory.mktemp("big-store"))

@@ -11,9 +11,9 @@ import threading
 import time
 
 import pytest
-from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 from modelpkg.store import Store
+from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 pytestmark = pytest.mark.registry
 ROUNDS = env_int("RACE_TRIALS", 5)
@@ -44,7 +44,7 @@ def test_two_pulls_of_one_model(registry, fault_proxy, tmp_path, big_remote):
 
 
 def test_pull_during_gc(registry, fault_proxy, tmp_path, big_remote):
-    repo, size, weights = big_remote
+    repo, _size, _weights = big_remote
     proxy = fault_proxy(registry)
     name = f"{proxy.host}/{repo}"
     for n in range(ROUNDS):

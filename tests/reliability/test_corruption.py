@@ -8,13 +8,13 @@ import shutil
 import time
 
 import pytest
-from reliability_helpers import names, run_cli, store_problems
 
 from modelpkg.core.digest import Digest
-from modelpkg.ops.pull import pull
 from modelpkg.core.reference import parse_reference
+from modelpkg.ops.pull import pull
 from modelpkg.registry.client import RegistryClient
 from modelpkg.store import Store
+from reliability_helpers import names, run_cli, store_problems
 
 pytestmark = pytest.mark.registry
 
@@ -32,7 +32,7 @@ def flip_byte(path, offset: int = 4096, keep_mtime: bool = False) -> None:
 
 @pytest.fixture
 def pulled(registry, fault_proxy, home, big_remote):
-    repo, size, weights = big_remote
+    repo, _size, weights = big_remote
     proxy = fault_proxy(registry)
     ref = parse_reference(f"{proxy.host}/{repo}")
     store = Store(home)
@@ -51,7 +51,7 @@ def timed_pull(store, ref, proxy) -> float:
 
 
 def test_noop_pull_stays_one_request(pulled):
-    store, ref, proxy, weights, blob = pulled
+    store, ref, proxy, _weights, blob = pulled
     elapsed = timed_pull(store, ref, proxy)
     assert [r.path for r in proxy.requests if "/blobs/" in r.path] == []
     assert len(proxy.requests) == 1

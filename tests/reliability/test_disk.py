@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from reliability_helpers import cli_env, modelpkg_cmd, names, run_cli, store_problems
 
 pytestmark = pytest.mark.registry
@@ -114,9 +115,9 @@ def test_pull_on_a_read_only_store(registry, fault_proxy, small_fs, big_remote, 
     """Up to date: one manifest request, exit 0, nothing written. Anything to write, even with every blob
     already here (a tag moved to big's manifest, big's manifest under a new name): the one-line store error,
     no blob fetched, not a byte of the store changed."""
+    from modelpkg.core.reference import parse_reference
     from modelpkg.ops.create import create
     from modelpkg.ops.push import push
-    from modelpkg.core.reference import parse_reference
     from modelpkg.store import Store
 
     repo, size, _ = big_remote

@@ -29,17 +29,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelpkg.ops import interop
-
-from modelpkg.core import mediatypes as mt, template
+from modelpkg.core import mediatypes as mt
+from modelpkg.core import template
 from modelpkg.core.errors import ModelpkgError
 from modelpkg.core.manifest import Descriptor, Manifest, canonical_json, model_layers, parse_manifest
-from modelpkg.ops.models import describe
-from modelpkg.registry.mirrors import parse_config
-from modelpkg.ops.pull import extract_gguf
 from modelpkg.core.reference import parse_reference
-from modelpkg.registry import auth, credentials
 from modelpkg.core.signing import parse_policy
+from modelpkg.ops import interop
+from modelpkg.ops.models import describe
+from modelpkg.ops.pull import extract_gguf
+from modelpkg.registry import auth, credentials
+from modelpkg.registry.mirrors import parse_config
 from modelpkg.store import Store
 
 SCALE = max(1, int(os.environ.get("MODELPKG_FUZZ_EXAMPLES", "1") or 1))
@@ -71,9 +71,11 @@ def only_modelpkg_errors():
 
 JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10 ** 400), max_value=10 ** 400)
                 | st.floats(allow_nan=False) | st.text(max_size=12))
-JSON = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+JSON = st.recursive(JSON_SCALARS,
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=20)
-DEEP = st.integers(1, 5000).map(lambda n: "[" * n + "]" * n) | st.integers(1, 5000).map(lambda n: '{"a":' * n + "1" + "}" * n)
+DEEP = (st.integers(1, 5000).map(lambda n: "[" * n + "]" * n)
+        | st.integers(1, 5000).map(lambda n: '{"a":' * n + "1" + "}" * n))
 
 
 def _toml_value(value) -> str:
@@ -93,8 +95,8 @@ TOML_SCALARS = st.booleans() | st.integers(-(2 ** 63), 2 ** 63 - 1) | st.floats(
                                               "tag-only", "keys/a.pub", "/etc/passwd", "../x", "http://h"])
 TOML_VALUES = st.recursive(TOML_SCALARS, lambda c: st.lists(c, max_size=3)
                            | st.dictionaries(st.sampled_from(["prefix", "location", "mirror", "insecure", "keys",
-                                                              "pull-from-mirror", "enforce", "x"]) | st.text(max_size=6),
-                                             c, max_size=4), max_leaves=16)
+                                                              "pull-from-mirror", "enforce", "x"])
+                                             | st.text(max_size=6), c, max_size=4), max_leaves=16)
 TOML_DOCS = st.dictionaries(st.sampled_from(["trust", "registry", "other"]), TOML_VALUES, max_size=3).map(
     lambda d: "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in d.items()))
 TOML_PIECES = st.sampled_from(["[[trust]]", "[[registry]]", "[[registry.mirror]]", "\n", "prefix = ", "location = ",
@@ -146,7 +148,8 @@ def test_modelfile_parser_on_long_pathological_text(text):
 
 
 @fuzz(1000)
-@given(DEEP.map(str.encode) | st.binary(max_size=60) | DEEP.map(lambda d: ('{"schemaVersion":2,"layers":' + d + "}").encode()),
+@given(DEEP.map(str.encode) | st.binary(max_size=60)
+       | DEEP.map(lambda d: ('{"schemaVersion":2,"layers":' + d + "}").encode()),
        st.none() | st.sampled_from([mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, "text/html"]))
 def test_manifest_reader_on_deep_or_binary_documents(data, media_type):
     """tests/test_manifest.py fuzzes its structure; here: nesting past the stack and bytes that are not JSON."""
@@ -193,7 +196,8 @@ def test_credentials_files(tmp_path, monkeypatch):
 # the WWW-Authenticate parser and the token service's answer
 
 CHALLENGE_PIECES = st.sampled_from(["Bearer ", "Basic ", "realm=", "service=", "scope=", "error=", '"', "\\", ",",
-                                    " ", "=", "http://127.0.0.1/t", "https://x/", "https://x:99999/", "http://[::1", "http://h:x/", "http://169.254.169.254/", "repository:a:pull", "\t", "\x00",
+                                    " ", "=", "http://127.0.0.1/t", "https://x/", "https://x:99999/", "http://[::1", "http://h:x/",
+                                    "http://169.254.169.254/", "repository:a:pull", "\t", "\x00",
                                     "é", "Negotiate"])
 
 
@@ -307,7 +311,7 @@ MEMBERS = st.lists(st.tuples(HOSTILE_NAMES | st.text(max_size=10),
 def _tar(members, mangle) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, kind, data, link, lie in members:
+        for name, kind, data, link, _lie in members:
             info = tarfile.TarInfo(name.replace("\x00", "") or "x")
             info.type, info.linkname = kind, link
             info.size = len(data) if kind == tarfile.REGTYPE else 0
@@ -361,7 +365,8 @@ def test_kitops_extraction_of_any_tar(fuzz_store, data):
 # ---------------------------------------------------------------------------------------------------------
 # the template renderer on arbitrary conversations
 
-_CONFORMANCE = Path(os.environ.get("MODELPKG_CONFORMANCE") or Path(__file__).resolve().parents[3] / "shared" / "conformance")
+_CONFORMANCE = Path(os.environ.get("MODELPKG_CONFORMANCE")
+                    or Path(__file__).resolve().parents[3] / "shared" / "conformance")
 REAL_TEMPLATES = sorted(p.read_text(encoding="utf-8")
                         for p in (_CONFORMANCE / "ollama-templates").glob("*/template.gotmpl")) or [
     "{{ range .Messages }}{{ .Role }}: {{ .Content }}{{ end }}"]
@@ -379,8 +384,9 @@ MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "ass
                                 optional={"content": TEXT | JSON, "thinking": TEXT | JSON, "images": JSON,
                                           "tool_calls": TOOL_CALLS, "tool_name": TEXT | JSON,
                                           "tool_call_id": JSON}) | JSON
-TOOLS = st.none() | st.lists(st.fixed_dictionaries({"type": st.just("function") | JSON, "function": JSON | st.fixed_dictionaries(
-    {"name": TEXT, "parameters": JSON}, optional={"description": JSON})}) | JSON, max_size=2)
+FUNCTION = st.fixed_dictionaries({"name": TEXT, "parameters": JSON}, optional={"description": JSON})
+TOOLS = st.none() | st.lists(st.fixed_dictionaries({"type": st.just("function") | JSON, "function": JSON | FUNCTION})
+                             | JSON, max_size=2)
 
 
 @fuzz(800)

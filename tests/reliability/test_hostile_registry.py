@@ -23,9 +23,8 @@ import requests
 from click.testing import CliRunner
 
 from modelpkg.base import config
-
-from modelpkg.core import mediatypes as mt
 from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
 from modelpkg.core.manifest import MAX_LAYERS, MAX_MANIFEST_BYTES
 from modelpkg.store import Store
 from registry_env import push_blob, push_manifest
@@ -172,7 +171,8 @@ HOSTILE_TITLES = ["../../canary/keep.txt", "/tmp/../" + "canary/model.gguf", "a/
 def test_hostile_titles_are_kept_inside_the_export_folder(registry, guard, tmp_path):
     """Pull takes titles as data; export writes them under their safe names or skips them."""
     blobs = [GGUF + bytes([i]) for i in range(len(HOSTILE_TITLES))]
-    layers = [_layer(b, title=t, media_type="application/octet-stream") for b, t in zip(blobs, HOSTILE_TITLES)]
+    layers = [_layer(b, title=t, media_type="application/octet-stream")
+              for b, t in zip(blobs, HOSTILE_TITLES, strict=True)]
     name = _publish(registry, "hostile/titles", layers, blobs)
     assert run("pull", name).exit_code == 0
     guard.names = guard._names()  # the pull names the model: that is expected
@@ -369,7 +369,8 @@ def test_an_endless_blob_without_a_length_is_cut_at_the_declared_size_plus_one(h
 
 @pytest.mark.parametrize("body", [
     b"[" * 200_000,
-    b'{"schemaVersion":2,"mediaType":"' + mt.OCI_MANIFEST.encode() + b'","layers":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"schemaVersion":2,"mediaType":"' + mt.OCI_MANIFEST.encode() + b'","layers":'
+    + b"[" * 100_000 + b"]" * 100_000 + b"}",
     b'{"schemaVersion":2,"config":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_001,
 ], ids=["array", "layers", "objects"])
 def test_a_manifest_nested_past_the_stack_is_refused(hostile_server, guard, body):

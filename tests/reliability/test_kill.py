@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 from modelpkg.core.reference import parse_reference
 from modelpkg.store import Store
+from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
 pytestmark = pytest.mark.registry
 MB = 1024 * 1024

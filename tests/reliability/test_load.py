@@ -13,13 +13,13 @@ import threading
 import time
 
 import pytest
-from reliability_helpers import cli_env, env_int, make_gguf, modelpkg_cmd, names, store_problems
 
-from modelpkg.ops.create import create
 from modelpkg.base.fsutil import hash_file
-from modelpkg.ops.push import push
 from modelpkg.core.reference import parse_reference
+from modelpkg.ops.create import create
+from modelpkg.ops.push import push
 from modelpkg.store import Store
+from reliability_helpers import cli_env, env_int, make_gguf, modelpkg_cmd, names, store_problems
 
 pytestmark = pytest.mark.registry
 MB = 1024 * 1024
@@ -71,8 +71,8 @@ def test_concurrent_pulls_of_models_sharing_layers(registry, fault_proxy, tmp_pa
     env = cli_env(home)
     results: dict[int, tuple] = {}
     started = time.monotonic()
-    threads = [threading.Thread(target=run_measured, args=(modelpkg_cmd("pull", f"{proxy.host}/{repos[i % len(repos)]}"),
-                                                           env, results, i)) for i in range(pulls)]
+    commands = [modelpkg_cmd("pull", f"{proxy.host}/{repos[i % len(repos)]}") for i in range(pulls)]
+    threads = [threading.Thread(target=run_measured, args=(commands[i], env, results, i)) for i in range(pulls)]
     for thread in threads:
         thread.start()
     for thread in threads:

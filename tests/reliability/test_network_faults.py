@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from reliability_helpers import env_int, make_gguf, store_problems
 
 from modelpkg.core.errors import IntegrityError, ModelpkgError
+from modelpkg.core.reference import parse_reference
 from modelpkg.ops.pull import pull
 from modelpkg.ops.push import push
-from modelpkg.core.reference import parse_reference
 from modelpkg.registry.client import RegistryClient
 from modelpkg.store import Store
+from reliability_helpers import env_int, make_gguf, store_problems
 
 pytestmark = pytest.mark.registry
 MB = 1024 * 1024
@@ -75,7 +75,7 @@ def test_registry_that_ignores_range(registry, fault_proxy, home, big_remote):
     proxy = fault_proxy(registry)
     proxy.add("reset", "GET", r"/blobs/sha256:", count=1, after=4 * MB)
     proxy.add("ignore_range", "GET", r"/blobs/sha256:", count=None)
-    store, _ = pull_through(proxy, home, big_remote[0])
+    _store, _ = pull_through(proxy, home, big_remote[0])
     assert store_problems(home) == []
 
 
@@ -155,8 +155,8 @@ def test_faults_per_gib(registry, fault_proxy, home, tmp_path):
 @pytest.fixture(scope="module")
 def parts_remote(registry, tmp_path_factory):
     """A model whose weights (about 6 MiB) split into 4 ranged parts; ``(repo, size, digest)``."""
-    from modelpkg.ops.create import create
     from modelpkg.base.fsutil import hash_file
+    from modelpkg.ops.create import create
 
     folder = tmp_path_factory.mktemp("parts")
     gguf = make_gguf(folder / "parts.gguf", tensor_values=3 * MB, seed=23)
@@ -360,8 +360,8 @@ def test_the_proxy_breaks_a_request_body_mid_upload(registry, fault_proxy):
 def local_model(tmp_path, request):
     """A model of about 3 MiB in a store of its own (weights the registry has not seen); ``(store, ref
     name without host, weights digest)``."""
-    from modelpkg.ops.create import create
     from modelpkg.base.fsutil import hash_file
+    from modelpkg.ops.create import create
 
     seed = 100 + sum(map(ord, request.node.name))
     gguf = make_gguf(tmp_path / "up.gguf", tensor_values=1536 * 1024, seed=seed)
@@ -398,7 +398,7 @@ def registry_blob_digest(registry, repo: str, digest) -> str | None:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
 def test_push_survives_broken_upload_bodies(registry, fault_proxy, local_model, chunked):
-    store, repo, digest, size = local_model
+    store, repo, digest, _size = local_model
     proxy = fault_proxy(registry)
     method = "PATCH" if chunked else "PUT"
     proxy.add("cut_request", method, r"/blobs/uploads/", count=2, after=MB)
@@ -529,7 +529,7 @@ def test_a_chunk_that_always_breaks_is_one_clear_error_and_a_rerun_succeeds(regi
 @pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
 def test_a_push_whose_uploads_always_break_is_one_clear_error_and_a_rerun_succeeds(registry, fault_proxy,
                                                                                    local_model, chunked):
-    store, repo, digest, size = local_model
+    store, repo, digest, _size = local_model
     proxy = fault_proxy(registry)
     method = "PATCH" if chunked else "PUT"
     proxy.add("cut_request", method, r"/blobs/uploads/", count=None, after=MB)

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from modelpkg.runtime import runner as rn
 from modelpkg.cli.app import cli
 from modelpkg.core.errors import RunnerError
+from modelpkg.runtime import runner as rn
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "Modelfile.examples"
