@@ -47,7 +47,9 @@ def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: 
       curl http://127.0.0.1:11434/api/tags
       OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
     """
-    from modelpkg.server.app import make_server, parse_keep_alive, stderr_log
+    from modelpkg.server.app import make_server
+    from modelpkg.server.cache import parse_keep_alive
+    from modelpkg.server.http import stderr_log
 
     seconds = parse_keep_alive(keep_alive)  # seconds or a Go duration (1h30m); negative: forever
     store = open_store()

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from modelpkg.server import app as sv
 from modelpkg.core.errors import InvalidInputError
+from modelpkg.server.app import make_server
+from modelpkg.server.cache import parse_keep_alive
+from modelpkg.server.http import DEFAULT_ORIGINS, local_host_header, origin_allowed
+from modelpkg.server.ollama import modelfile_from_fields
+from modelpkg.server.openai import openai_format, openai_messages, openai_options
 
 ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
@@ -36,27 +40,27 @@ FAST = {"temperature": 0, "num_predict": 8}
 
 
 def test_keep_alive_values():
-    assert sv.parse_keep_alive(None) == 300
-    assert sv.parse_keep_alive("") == 300
-    assert sv.parse_keep_alive(0) == 0
-    assert sv.parse_keep_alive("0") == 0
-    assert sv.parse_keep_alive(30) == 30
-    assert sv.parse_keep_alive("5m") == 300
-    assert sv.parse_keep_alive("1h30m") == 5400
-    assert sv.parse_keep_alive("1.5s") == 1.5
-    assert sv.parse_keep_alive("300ms") == pytest.approx(0.3)
-    assert sv.parse_keep_alive(-1) is None
-    assert sv.parse_keep_alive("-1m") is None
+    assert parse_keep_alive(None) == 300
+    assert parse_keep_alive("") == 300
+    assert parse_keep_alive(0) == 0
+    assert parse_keep_alive("0") == 0
+    assert parse_keep_alive(30) == 30
+    assert parse_keep_alive("5m") == 300
+    assert parse_keep_alive("1h30m") == 5400
+    assert parse_keep_alive("1.5s") == 1.5
+    assert parse_keep_alive("300ms") == pytest.approx(0.3)
+    assert parse_keep_alive(-1) is None
+    assert parse_keep_alive("-1m") is None
     for bad in ("5x", "m", True, [1]):
         with pytest.raises(InvalidInputError):
-            sv.parse_keep_alive(bad)
+            parse_keep_alive(bad)
 
 
 def test_create_fields_become_a_modelfile():
     from modelpkg.core import modelfile as mf
     from modelpkg.core.digest import Digest
 
-    text = sv.modelfile_from_fields(
+    text = modelfile_from_fields(
         {"from": "gemma3-base", "system": "Be brief.\nVery.", "template": "{{ .Prompt }}",
          "parameters": {"temperature": 0, "stop": ["a", "b"]}, "license": ["MIT", "x"],
          "messages": [{"role": "user", "content": "hi"}]}, lambda d: Path("/b") / d.hex)
@@ -65,18 +69,18 @@ def test_create_fields_become_a_modelfile():
     assert parsed.parameters() == {"temperature": 0.0, "stop": ["a", "b"]}
     assert [i.value for i in parsed.instructions if i.keyword == "license"] == ["MIT", "x"]
     digest = "sha256:" + "a" * 64
-    text = sv.modelfile_from_fields({"files": {"m.gguf": digest}}, lambda d: Path("/b") / d.hex)
+    text = modelfile_from_fields({"files": {"m.gguf": digest}}, lambda d: Path("/b") / d.hex)
     assert mf.parse(text).instructions[0].value == "/b/" + Digest.parse(digest).hex
     with pytest.raises(InvalidInputError):
-        sv.modelfile_from_fields({"system": "x"}, lambda d: Path("/b"))
+        modelfile_from_fields({"system": "x"}, lambda d: Path("/b"))
 
 
 def test_openai_fields_map_to_ollama_options():
-    assert sv.openai_options({"temperature": 0, "max_tokens": 5, "stop": "x", "seed": 3}) == \
+    assert openai_options({"temperature": 0, "max_tokens": 5, "stop": "x", "seed": 3}) == \
         {"temperature": 0.0, "num_predict": 5, "stop": ["x"], "seed": 3}
-    assert sv.openai_options({"max_completion_tokens": 7})["num_predict"] == 7
-    assert sv.openai_format({"response_format": {"type": "json_object"}}) == "json"
-    assert sv.openai_messages([{"role": "developer", "content": [{"type": "text", "text": "a"}]}]) == \
+    assert openai_options({"max_completion_tokens": 7})["num_predict"] == 7
+    assert openai_format({"response_format": {"type": "json_object"}}) == "json"
+    assert openai_messages([{"role": "developer", "content": [{"type": "text", "text": "a"}]}]) == \
         [{"role": "system", "content": "a"}]
 
 
@@ -104,7 +108,7 @@ def served(tmp_path_factory, gemma_gguf):
         source = EXAMPLES / f"{name}.Modelfile"
         (folder / source.name).write_text(source.read_text())
         create(store, config.reference(name), source.read_text(), folder, resolve_name=config.reference)
-    server = sv.make_server(store, "127.0.0.1", 0)
+    server = make_server(store, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -394,7 +398,7 @@ def test_openai_completions_and_embeddings(oai, client):
 
 
 def test_bearer_token(served):
-    server = sv.make_server(served.app.store, "127.0.0.1", 0, token="s3cret")
+    server = make_server(served.app.store, "127.0.0.1", 0, token="s3cret")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert httpx.head(server.url + "/").status_code == 200
@@ -458,20 +462,20 @@ def test_serve_command_help():
 
 
 def test_origin_and_host_rules_as_pure_functions():
-    assert sv.origin_allowed("http://localhost:3000", sv.DEFAULT_ORIGINS)
-    assert sv.origin_allowed("https://127.0.0.1", sv.DEFAULT_ORIGINS)
-    assert sv.origin_allowed("app://obsidian.md", sv.DEFAULT_ORIGINS)
-    assert sv.origin_allowed("vscode-webview://abc", sv.DEFAULT_ORIGINS)
-    assert not sv.origin_allowed("https://evil.example", sv.DEFAULT_ORIGINS)
-    assert not sv.origin_allowed("http://localhost.evil.example", sv.DEFAULT_ORIGINS)
-    assert not sv.origin_allowed("null", sv.DEFAULT_ORIGINS)
-    assert sv.origin_allowed("chrome-extension://abcdef", ("chrome-extension://*",))
-    assert sv.origin_allowed("https://anything.example", ("*",))
+    assert origin_allowed("http://localhost:3000", DEFAULT_ORIGINS)
+    assert origin_allowed("https://127.0.0.1", DEFAULT_ORIGINS)
+    assert origin_allowed("app://obsidian.md", DEFAULT_ORIGINS)
+    assert origin_allowed("vscode-webview://abc", DEFAULT_ORIGINS)
+    assert not origin_allowed("https://evil.example", DEFAULT_ORIGINS)
+    assert not origin_allowed("http://localhost.evil.example", DEFAULT_ORIGINS)
+    assert not origin_allowed("null", DEFAULT_ORIGINS)
+    assert origin_allowed("chrome-extension://abcdef", ("chrome-extension://*",))
+    assert origin_allowed("https://anything.example", ("*",))
     for good in ("127.0.0.1:11434", "localhost", "LOCALHOST:1", "[::1]:11434", "10.0.0.5:11434",
                  "192.168.1.2", "myapp.localhost:80", "box.local", "0.0.0.0:11434", ""):
-        assert sv.local_host_header(good), good
+        assert local_host_header(good), good
     for bad in ("evil.example", "evil.example:11434", "8.8.8.8", "localhost.evil.example", "[2606:4700::1111]:1"):
-        assert not sv.local_host_header(bad), bad
+        assert not local_host_header(bad), bad
 
 
 def _raw(url: str, method: str, path: str, headers: dict, body: bytes | None = None):
@@ -527,7 +531,7 @@ def test_dns_rebinding_is_refused_on_a_loopback_server(served):
 
 
 def test_more_origins_and_a_token_with_preflight(served):
-    server = sv.make_server(served.app.store, "127.0.0.1", 0, token="s3cret",
+    server = make_server(served.app.store, "127.0.0.1", 0, token="s3cret",
                             origins=("https://chat.example.com",))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -1,0 +1,124 @@
+"""What the Ollama and OpenAI handlers share: the store, the model cache and the log of finished generations;
+looking a model up by name, draining a generation to a client, a chat turn, embedding texts.
+
+Built on ``http`` (its errors and ``Request``) and ``cache``; imports neither API module (they import this
+one), and from below only the core, ``ops`` (``chat``, ``models``), the runner's ``Result`` and the store.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelpkg.base import config
+from modelpkg.core.errors import ModelpkgError, NotFoundError
+from modelpkg.core.reference import Reference
+from modelpkg.ops.chat import Session, conversation, open_model, typed_options
+from modelpkg.ops.models import ModelDetails
+from modelpkg.runtime.runner import Result
+from modelpkg.server.cache import Loaded, ModelCache
+from modelpkg.server.http import ApiError, ClientGone, Request
+from modelpkg.store import Store
+
+EVENTS_KEPT = 100
+
+
+@dataclass
+class Event:
+    """One finished generation (``Backend.events`` keeps the last 100: for the log and for tests)."""
+
+    path: str
+    model: str
+    done_reason: str
+    eval_count: int
+    prompt_eval_count: int
+
+
+class Backend:
+    """The store and the models in memory, as both APIs use them."""
+
+    def __init__(self, store: Store, cache: ModelCache):
+        self.store = store
+        self.cache = cache
+        self.events: list[Event] = []  # the last generations (at most EVENTS_KEPT)
+        self._events_lock = threading.Lock()
+
+    def record(self, path: str, model: str, result: Result) -> None:
+        with self._events_lock:
+            self.events.append(Event(path, model, result.done_reason, result.eval_count, result.prompt_eval_count))
+            del self.events[:-EVENTS_KEPT]
+
+    # ----- models
+
+    def details(self, name: str, ref: Reference) -> ModelDetails:
+        try:
+            return open_model(self.store, ref, pull=False)
+        except NotFoundError as e:
+            if self.exists(ref):
+                raise  # the model is there, a blob is not: say so
+            raise ApiError(404, f"model '{name}' not found", "invalid_request_error", "model_not_found") from e
+
+    def exists(self, ref: Reference) -> bool:
+        try:
+            self.store.resolve(ref)
+            return True
+        except NotFoundError:
+            return False
+
+    # ----- generation
+
+    def drain(self, req: Request, path: str, model: str, generation,
+              emit: Callable[[str], None] | None) -> Result:
+        """Drain ``generation``, handing each piece to ``emit``. A client that goes away stops it: a failed
+        write when streaming, a closed connection (checked every few pieces) when not."""
+        try:
+            for i, piece in enumerate(generation):
+                if emit is not None:
+                    if piece:
+                        emit(piece)
+                elif i % 8 == 7 and req.client_gone():
+                    raise ClientGone()
+        except ClientGone:
+            generation.close()
+            self.record(path, model, generation.result)
+            raise
+        self.record(path, model, generation.result)
+        return generation.result
+
+    @staticmethod
+    def chat_generation(details: ModelDetails, loaded: Loaded, messages: list[dict[str, Any]],
+                        options: Mapping[str, Any], fmt: Any):
+        """Ollama's ChatHandler: the model's MESSAGEs and SYSTEM, then the request's messages."""
+        session = Session(details, options, load=loaded.load)
+        msgs = conversation(details.messages, messages, details.system)
+        return session.generate(msgs, fresh=True, format=fmt)
+
+    # ----- embeddings
+
+    def embed(self, details: ModelDetails, texts: list[str], options: Any, keep_alive: Any,
+              truncate: bool = True) -> tuple[list[list[float]], int, float, float]:
+        """Embed ``texts``: the vectors, the tokens read, the seconds spent loading and in all."""
+        started = time.perf_counter()
+        with self.cache.use(details, keep_alive) as loaded:
+            runner = loaded.embedding_runner(Session(details, typed_options(options)).parameters())
+            vectors, count = runner.embed(texts, truncate=truncate) if texts else ([], 0)
+            load = loaded.load_duration
+        return vectors, count, load, time.perf_counter() - started
+
+
+def display_name(name: str) -> str:
+    """``registry.ollama.ai/library/gemma3:latest`` -> ``gemma3:latest`` (Ollama's DisplayShortest)."""
+    try:
+        return config.reference(name).short(config.default_registry())
+    except ModelpkgError:
+        return name
+
+
+def normalised(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a truncated embedding, as Ollama's ``dimensions`` gives it)."""
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]

@@ -1,0 +1,528 @@
+"""Ollama's API (``/api/*``, ``server/routes.go``): the models in the store (list, show, copy, delete, pull,
+push, create, blobs) and generation (``generate``, ``chat``, ``embed``, ``embeddings``), with Ollama's JSON
+fields, NDJSON streams and status codes. Pull, push and create run in a worker thread and stream Ollama's
+status lines.
+
+Built on ``http``, ``cache`` and ``backend``; never imports ``openai`` or ``app`` (``app`` routes here), nor the
+CLI. ``create``, ``pull``, ``push`` and ``models``' copy and remove are imported when called.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from modelpkg import __version__
+from modelpkg.base import config
+from modelpkg.core import modelfile as mf
+from modelpkg.core.digest import Digest
+from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError
+from modelpkg.core.progress import Progress
+from modelpkg.core.reference import Reference
+from modelpkg.ops.chat import Session, check_messages, conversation, typed_options
+from modelpkg.ops.models import ModelDetails, describe, modelfile_for
+from modelpkg.runtime.runner import Result, load_options, sampling_options
+from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.server.cache import parse_keep_alive
+from modelpkg.server.http import ApiError, Request, api_error, iso_time
+
+Route = Callable[[Request], None]
+
+# --------------------------------------------------------------------------------------------------------
+# create's JSON fields and show's parameters
+
+def parameters_text(parameters: Mapping[str, Any]) -> str:
+    """``/api/show``'s ``parameters``: one ``name value`` line per value, as Ollama prints them."""
+    lines = []
+    for name in sorted(parameters):
+        value = parameters[name]
+        for item in value if isinstance(value, list) else [value]:
+            shown = json.dumps(item) if isinstance(item, str) else mf.format_parameter_value(item)
+            lines.append(f"{name:<30} {shown}")
+    return "\n".join(lines)
+
+
+def modelfile_from_fields(body: Mapping[str, Any], blob_path: Callable[[Digest], Path]) -> str:
+    """An ``/api/create`` request's JSON fields (``from``, ``files``, ``adapters``, ``template``, ``system``,
+    ``parameters``, ``messages``, ``license``) as Modelfile text, for ``create``."""
+    items: list[mf.Instruction] = []
+    files, adapters = body.get("files") or {}, body.get("adapters") or {}
+    if not isinstance(files, dict) or not isinstance(adapters, dict):
+        raise InvalidInputError("files and adapters must map file names to sha256 digests")
+    if body.get("from"):
+        if not isinstance(body["from"], str):
+            raise InvalidInputError("from must be a model name")
+        items.append(mf.Instruction("from", body["from"]))
+    elif files:
+        ggufs = [d for name, d in files.items() if str(name).lower().endswith(".gguf")] or list(files.values())
+        if len(ggufs) != 1:
+            raise InvalidInputError("give one GGUF file in files", "safetensors folders are not supported")
+        items.append(mf.Instruction("from", str(blob_path(Digest.parse(ggufs[0])))))
+    else:
+        raise InvalidInputError("neither 'from' nor 'files' was specified")
+    items += [mf.Instruction("adapter", str(blob_path(Digest.parse(d)))) for d in adapters.values()]
+    for key in ("template", "system"):
+        if body.get(key) is not None:
+            if not isinstance(body[key], str):
+                raise InvalidInputError(f"{key} must be a string")
+            items.append(mf.Instruction(key, body[key]))
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError("parameters must be an object of parameter names to values")
+    for name, value in typed_options(parameters).items():
+        for item in value if isinstance(value, list) else [value]:
+            items.append(mf.Instruction("parameter", mf.format_parameter_value(item), name))
+    licenses = body.get("license") or []
+    for text in [licenses] if isinstance(licenses, str) else licenses:
+        items.append(mf.Instruction("license", str(text)))
+    for m in body.get("messages") or []:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise InvalidInputError("messages must be {\"role\", \"content\"} objects")
+        items.append(mf.Instruction("message", m["content"], str(m.get("role", ""))))
+    return mf.format(mf.Modelfile(tuple(items)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# progress of pull, push and create as Ollama's status lines
+
+class StatusLines(Progress):
+    """Turns progress events into Ollama's ``{"status", "digest", "total", "completed"}`` objects on a
+    queue (the work runs in another thread; the handler streams the queue)."""
+
+    def __init__(self, out: queue.Queue):
+        self.out = out
+        self._tasks: dict[str, list] = {}  # task -> [label, total, completed, last sent]
+        self._lock = threading.Lock()
+
+    def start(self, task: str, total: int | None, label: str = "") -> None:
+        with self._lock:
+            self._tasks[task] = [label or task, total, 0, 0.0]
+        self._send(task, force=True)
+
+    def advance(self, task: str, amount: int) -> None:
+        with self._lock:
+            if task not in self._tasks:
+                self._tasks[task] = [task, None, 0, 0.0]
+            self._tasks[task][2] += amount
+        self._send(task)
+
+    def finish(self, task: str, status: str = "done") -> None:
+        with self._lock:
+            state = self._tasks.get(task)
+            if state and state[1] is not None:
+                state[2] = state[1]
+        self._send(task, force=True)
+
+    def message(self, text: str) -> None:
+        self.out.put({"status": text})
+
+    def _send(self, task: str, force: bool = False) -> None:
+        with self._lock:
+            label, total, completed, last = self._tasks[task]
+            now = time.monotonic()
+            if not force and now - last < 0.1:
+                return
+            self._tasks[task][3] = now
+        line = {"status": label, "digest": task}
+        if total is not None:
+            line.update(total=total, completed=completed)
+        self.out.put(line)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the handlers
+
+
+class OllamaApi:
+    """The ``/api`` handlers, over the store and the model cache that ``backend`` holds."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.store = backend.store
+        self.cache = backend.cache
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        """(method, path) -> handler; ``blob`` answers the paths under ``/api/blobs/``."""
+        return {
+            ("GET", "/"): self.root, ("HEAD", "/"): self.root,
+            ("GET", "/api/version"): self.version, ("HEAD", "/api/version"): self.version,
+            ("GET", "/api/tags"): self.tags, ("HEAD", "/api/tags"): self.tags,
+            ("GET", "/api/ps"): self.ps,
+            ("POST", "/api/show"): self.show,
+            ("POST", "/api/copy"): self.copy,
+            ("DELETE", "/api/delete"): self.delete,
+            ("POST", "/api/pull"): self.pull,
+            ("POST", "/api/push"): self.push,
+            ("POST", "/api/create"): self.create,
+            ("POST", "/api/generate"): self.generate,
+            ("POST", "/api/chat"): self.chat,
+            ("POST", "/api/embed"): self.embed,
+            ("POST", "/api/embeddings"): self.embeddings,
+        }
+
+    # ----- models
+
+    def reference(self, body: Mapping[str, Any], key: str = "model") -> tuple[str, Reference]:
+        name = body.get(key) or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "model is required")
+        return name, config.reference(name)
+
+    def _model_details_json(self, details: ModelDetails) -> dict[str, Any]:
+        family = details.architecture or ""
+        return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
+                "parameter_size": details.parameters_size, "quantization_level": details.quantization}
+
+    def root(self, req: Request) -> None:
+        req.send_text("Ollama is running")
+
+    def version(self, req: Request) -> None:
+        req.send_json({"version": __version__})
+
+    def tags(self, req: Request) -> None:
+        models = []
+        for entry in self.store.refs():
+            try:
+                details = describe(self.store, config.reference(entry.name))
+                size, info = details.size, self._model_details_json(details)
+            except ModelpkgError:
+                size, info = entry.size, {}
+            short = display_name(entry.name)
+            models.append({"name": short, "model": short, "modified_at": iso_time(entry.modified),
+                           "size": size, "digest": entry.digest.hex, "details": info})
+        req.send_json({"models": sorted(models, key=lambda m: m["name"])})
+
+    def ps(self, req: Request) -> None:
+        models = []
+        for entry, expires in self.cache.loaded():
+            details, short = entry.details, display_name(entry.name)
+            models.append({"name": short, "model": short, "size": details.size, "digest": details.digest.hex,
+                           "details": self._model_details_json(details),
+                           "expires_at": iso_time(expires) if expires is not None else "2318-11-25T00:00:00Z",
+                           "size_vram": 0, "context_length": entry.n_ctx})
+        req.send_json({"models": models})
+
+    def show(self, req: Request) -> None:
+        body = req.json()
+        name, ref = self.reference(body)
+        try:
+            details = describe(self.store, ref)
+        except NotFoundError as e:
+            raise ApiError(404, f"model '{name}' not found") from e
+        entry = self.store.resolve(ref)
+        arch = details.architecture or "general"
+        info: dict[str, Any] = {"general.architecture": details.architecture,
+                                "general.parameter_count": None, "general.quantization": details.quantization}
+        if details.context_length:
+            info[f"{arch}.context_length"] = details.context_length
+        answer = {"modelfile": modelfile_for(details, display_name(details.name)),
+                  "parameters": parameters_text(details.parameters),
+                  "template": details.template if details.template is not None else "{{ .Prompt }}",
+                  "details": self._model_details_json(details), "model_info": info,
+                  "capabilities": ["completion"], "modified_at": iso_time(entry.modified)}
+        if details.system is not None:
+            answer["system"] = details.system
+        if details.licenses:
+            answer["license"] = "\n\n".join(details.licenses)
+        if details.messages:
+            answer["messages"] = list(details.messages)
+        req.send_json(answer)
+
+    def copy(self, req: Request) -> None:
+        from modelpkg.ops.models import copy
+
+        body = req.json()
+        src, dst = body.get("source"), body.get("destination")
+        if not isinstance(src, str) or not src or not isinstance(dst, str) or not dst:
+            raise ApiError(400, "source and destination are required")
+        source = config.reference(src)
+        if not self.backend.exists(source):
+            raise ApiError(404, f"model '{src}' not found")
+        copy(self.store, source, config.reference(dst))
+        req.send_empty()
+
+    def delete(self, req: Request) -> None:
+        from modelpkg.ops.models import remove
+
+        body = req.json()
+        name, ref = self.reference(body)
+        if not self.backend.exists(ref):
+            raise ApiError(404, f"model '{name}' not found")
+        full = self.store.resolve(ref).name
+        self.cache.unload(full)
+        remove(self.store, [ref])
+        req.send_empty()
+
+    # ----- pull, push, create: progress lines from a worker thread
+
+    def _progress_job(self, req: Request, body: Mapping[str, Any], work: Callable[[Progress], None]) -> None:
+        lines: queue.Queue = queue.Queue()
+        progress = StatusLines(lines)
+        done = object()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work(progress)
+            except BaseException as e:  # handed to the request thread
+                failure.append(e)
+            finally:
+                lines.put(done)
+
+        worker = threading.Thread(target=run, name="modelpkg-job", daemon=True)
+        worker.start()
+        if body.get("stream") is False:
+            worker.join()
+            if failure:
+                raise failure[0]
+            req.send_json({"status": "success"})
+            return
+        req.start_stream("application/x-ndjson")
+        while True:
+            item = lines.get()
+            if item is done:
+                break
+            req.write_json_line(item)  # a client that goes away leaves the work running, as Ollama's does
+        if failure:
+            req.write_json_line({"error": api_error(failure[0]).message})
+        req.end_stream()
+
+    def pull(self, req: Request) -> None:
+        from modelpkg.ops.pull import pull
+
+        body = req.json()
+        _, ref = self.reference(body)
+        insecure = bool(body.get("insecure"))
+        self._progress_job(req, body, lambda p: pull(self.store, ref, progress=p, insecure=insecure))
+
+    def push(self, req: Request) -> None:
+        from modelpkg.ops.push import push
+
+        body = req.json()
+        name, ref = self.reference(body)
+        if not self.backend.exists(ref):
+            raise ApiError(404, f"model '{name}' not found")
+        insecure = bool(body.get("insecure"))
+
+        def work(progress: Progress) -> None:
+            progress.message("retrieving manifest")
+            push(self.store, ref, progress=progress, insecure=insecure)
+
+        self._progress_job(req, body, work)
+
+    def create(self, req: Request) -> None:
+        from modelpkg.ops.create import create
+
+        body = req.json()
+        _, ref = self.reference(body)
+        if body.get("quantize"):
+            raise ApiError(400, "quantize is not supported", "invalid_request_error")
+        text = body.get("modelfile")
+        if text is not None and not isinstance(text, str):
+            raise ApiError(400, "modelfile must be a string")
+        if text is None:
+            text = modelfile_from_fields(body, self.store.blob_path)
+        else:
+            mf.parse(text)  # a Modelfile that does not parse is a 400 before anything streams
+        self.store.init()
+        base = self.store.root
+
+        def work(progress: Progress) -> None:
+            progress.message("parsing modelfile")
+            create(self.store, ref, text, base, link=True, progress=progress, resolve_name=config.reference)
+            self.cache.unload(str(ref))
+            progress.message("success")
+
+        self._progress_job(req, body, work)
+
+    def blob(self, req: Request) -> None:
+        """``HEAD``/``POST /api/blobs/sha256:<hex>``: does the store have it; upload it (checked)."""
+        try:
+            digest = Digest.parse(req.path.rsplit("/", 1)[1])
+        except InvalidInputError as e:
+            raise ApiError(400, e.message) from e
+        if req.method == "HEAD":
+            if not self.store.has_blob(digest):
+                raise ApiError(404, "blob not found")
+            req.send_empty()
+            return
+        from modelpkg.base import fsutil
+
+        with self.store.session() as pins:
+            tmp = self.store.temp_path("upload")
+            try:
+                actual, _ = fsutil.copy_and_hash(req.body_stream(), tmp)
+                if actual != digest:
+                    raise ApiError(400, f"digest mismatch, expected {str(digest)!r}, got {str(actual)!r}")
+                self.store.commit_temp(tmp, digest, pins)
+            finally:
+                tmp.unlink(missing_ok=True)
+        req.send_empty(201)
+
+    # ----- generation
+
+    def _stats(self, result: Result, load_duration: float) -> dict[str, Any]:
+        ns = 1_000_000_000
+        return {"done_reason": result.done_reason, "total_duration": int((result.total_duration + load_duration) * ns),
+                "load_duration": int(load_duration * ns), "prompt_eval_count": result.prompt_eval_count,
+                "prompt_eval_duration": int(result.prompt_eval_duration * ns), "eval_count": result.eval_count,
+                "eval_duration": int(result.eval_duration * ns)}
+
+    @staticmethod
+    def _unsupported(body: Mapping[str, Any], model: str) -> None:
+        if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in body.get("messages") or []):
+            raise ApiError(400, f"{model} does not support images")
+        if body.get("tools"):
+            raise ApiError(400, f"{model} does not support tools")
+        if body.get("think"):
+            raise ApiError(400, f"\"{model}\" does not support thinking")
+        if body.get("suffix"):
+            raise ApiError(400, f"{model} does not support insert")
+
+    def _load_only(self, req: Request, details: ModelDetails, model: str, keep_alive: Any, chat: bool) -> None:
+        """An empty prompt loads the model (or, with keep_alive 0, unloads it), as ``ollama run``/``stop``."""
+        seconds = parse_keep_alive(keep_alive, self.cache.default_keep_alive)
+        if seconds == 0:
+            self.cache.unload(details.name, details.digest)
+            reason = "unload"
+        else:
+            with self.cache.use(details, keep_alive) as loaded:
+                loaded.load(load_options(Session(details).parameters(), details.model_path,
+                                         details.adapter_paths, details.context_length))
+            reason = "load"
+        answer = {"model": model, "created_at": iso_time(), "done": True, "done_reason": reason}
+        if chat:
+            answer["message"] = {"role": "assistant", "content": ""}
+        else:
+            answer["response"] = ""
+        req.send_json(answer)
+
+    def generate(self, req: Request) -> None:
+        body = req.json()
+        model, ref = self.reference(body)
+        details = self.backend.details(model, ref)
+        self._unsupported(body, model)
+        prompt, context = body.get("prompt") or "", body.get("context") or []
+        if not isinstance(prompt, str) or not isinstance(context, list):
+            raise ApiError(400, "prompt must be a string and context a list of tokens")
+        if not prompt and not context:
+            self._load_only(req, details, model, body.get("keep_alive"), chat=False)
+            return
+        if body.get("template"):
+            details = replace(details, template=str(body["template"]))
+        options = typed_options(body.get("options"))
+        system = body.get("system")
+        if system is not None and not isinstance(system, str):
+            raise ApiError(400, "system must be a string")
+        stream = body.get("stream", True) is not False
+        with self.cache.use(details, body.get("keep_alive")) as loaded:
+            session = Session(details, options, load=loaded.load)
+            generation = self._start_generation(session, body, prompt, context, system)
+            runner = session.loaded
+            created = iso_time()
+
+            def emit(piece: str) -> None:
+                req.write_json_line({"model": model, "created_at": iso_time(), "response": piece, "done": False})
+
+            if stream:
+                req.start_stream("application/x-ndjson")
+            result = self.backend.drain(req, "/api/generate", model, generation, emit if stream else None)
+            final = {"model": model, "created_at": created if not stream else iso_time(),
+                     "response": "" if stream else result.text, "done": True,
+                     **self._stats(result, loaded.load_duration),
+                     "context": list(runner.last_prompt_tokens) + list(result.tokens)}
+        self._answer(req, stream, final)
+
+    @staticmethod
+    def _start_generation(session: Session, body: Mapping[str, Any], prompt: str, context: list,
+                          system: str | None):
+        """``/api/generate``'s generation: a ``raw`` prompt, or a prompt after an earlier answer's
+        ``context``, goes to the runner as it is; any other prompt through the session's template."""
+        fmt = body.get("format")
+        if not (body.get("raw") or context):
+            return session.request(prompt=prompt, system=system, format=fmt)
+        runner = session.runner()
+        sampling = sampling_options(session.parameters())
+        if body.get("raw"):
+            text, bos = prompt, True
+        else:  # Ollama: the earlier context's text, then this prompt rendered without the MESSAGEs
+            turns = [{"role": "user", "content": prompt}]
+            built = session.build_prompt(conversation([], turns, system or session.details.system), runner)
+            text, bos = runner.detokenize(context) + built.text, False
+        runner.reset()
+        return runner.generate(text, sampling, add_bos=bos, format=fmt)
+
+    @staticmethod
+    def _answer(req: Request, stream: bool, final: dict[str, Any]) -> None:
+        """The last object: the stream's final line, or the whole answer."""
+        if stream:
+            req.write_json_line(final)
+            req.end_stream()
+        else:
+            req.send_json(final)
+
+    def chat(self, req: Request) -> None:
+        body = req.json()
+        model, ref = self.reference(body)
+        details = self.backend.details(model, ref)
+        self._unsupported(body, model)
+        raw_messages = body.get("messages") or []
+        if not raw_messages:
+            self._load_only(req, details, model, body.get("keep_alive"), chat=True)
+            return
+        messages = check_messages([{"role": m.get("role"), "content": m.get("content") or ""}
+                                   if isinstance(m, dict) else m for m in raw_messages])
+        options = typed_options(body.get("options"))
+        stream = body.get("stream", True) is not False
+        with self.cache.use(details, body.get("keep_alive")) as loaded:
+            generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"))
+
+            def emit(piece: str) -> None:
+                req.write_json_line({"model": model, "created_at": iso_time(),
+                                     "message": {"role": "assistant", "content": piece}, "done": False})
+
+            if stream:
+                req.start_stream("application/x-ndjson")
+            result = self.backend.drain(req, "/api/chat", model, generation, emit if stream else None)
+            final = {"model": model, "created_at": iso_time(),
+                     "message": {"role": "assistant", "content": "" if stream else result.text}, "done": True,
+                     **self._stats(result, loaded.load_duration)}
+        self._answer(req, stream, final)
+
+    # ----- embeddings
+
+    def embed(self, req: Request) -> None:
+        body = req.json()
+        model, ref = self.reference(body)
+        details = self.backend.details(model, ref)
+        texts = body.get("input", "")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "input must be a string or a list of strings")
+        texts = [t for t in texts if t] if len(texts) == 1 and not texts[0] else texts
+        truncate = body.get("truncate", True) is not False
+        vectors, count, load, total = self.backend.embed(details, texts, body.get("options"), body.get("keep_alive"),
+                                                         truncate)
+        dims = body.get("dimensions")
+        if isinstance(dims, int) and dims > 0:
+            vectors = [normalised(v[:dims]) for v in vectors]
+        ns = 1_000_000_000
+        req.send_json({"model": model, "embeddings": vectors, "total_duration": int(total * ns),
+                       "load_duration": int(load * ns), "prompt_eval_count": count})
+
+    def embeddings(self, req: Request) -> None:
+        body = req.json()
+        model, ref = self.reference(body)
+        details = self.backend.details(model, ref)
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise ApiError(400, "prompt must be a string")
+        vectors, *_ = self.backend.embed(details, [prompt] if prompt else [], body.get("options"),
+                                         body.get("keep_alive"))
+        req.send_json({"embedding": vectors[0] if vectors else []})

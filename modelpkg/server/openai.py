@@ -1,0 +1,207 @@
+"""OpenAI's API (``/v1/*``, as Ollama's ``openai/openai.go`` serves it): models, chat completions,
+completions and embeddings, with the translations of OpenAI's fields (options, ``response_format``,
+messages) into Ollama's, server-sent event streams and OpenAI's usage counts.
+
+Built on ``http``, ``cache`` and ``backend``; never imports ``ollama`` or ``app`` (``app`` routes here), nor the
+CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from modelpkg.base import config
+from modelpkg.core.errors import InvalidInputError
+from modelpkg.ops.chat import Session, check_messages, typed_options
+from modelpkg.ops.models import ModelDetails
+from modelpkg.runtime.runner import Result
+from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.server.cache import Loaded
+from modelpkg.server.http import ApiError, Request
+
+Route = Callable[[Request], None]
+
+# --------------------------------------------------------------------------------------------------------
+# OpenAI's fields as Ollama's
+
+def openai_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI request fields -> Ollama options (``openai/openai.go``: only what the client set)."""
+    out: dict[str, Any] = {}
+    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
+                     ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty")):
+        if body.get(src) is not None:
+            out[dst] = body[src]
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        out["num_predict"] = limit
+    stop = body.get("stop")
+    if stop is not None:
+        out["stop"] = [stop] if isinstance(stop, str) else stop
+    return typed_options(out)
+
+
+def openai_format(body: Mapping[str, Any]) -> Any:
+    """``response_format`` -> Ollama's ``format``: ``json_object`` is any JSON, ``json_schema`` its schema."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return "json"
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else "json"
+    return None
+
+
+def openai_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI messages (content a string or a list of ``{"type": "text"}`` parts) -> Ollama's."""
+    if not isinstance(messages, list):
+        raise InvalidInputError("messages must be a list")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise InvalidInputError("each message must be an object")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    raise InvalidInputError("only text content parts are supported")
+                parts.append(str(part.get("text", "")))
+            content = "\n".join(parts)
+        role = "system" if m.get("role") == "developer" else m.get("role")
+        out.append({"role": role, "content": "" if content is None else content})
+    return check_messages(out)
+
+
+def finish_reason(result: Result) -> str:
+    return "length" if result.done_reason == "length" else "stop"
+
+
+def base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format: base64``: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+# --------------------------------------------------------------------------------------------------------
+# the handlers
+
+
+class OpenAIApi:
+    """The ``/v1`` handlers, over the store and the model cache that ``backend`` holds."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.store = backend.store
+        self.cache = backend.cache
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {
+            ("GET", "/v1/models"): self.models,
+            ("POST", "/v1/chat/completions"): self.chat,
+            ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+        }
+
+    def models(self, req: Request) -> None:
+        data = [{"id": display_name(e.name), "object": "model", "created": int(e.modified), "owned_by": "library"}
+                for e in self.store.refs()]
+        req.send_json({"object": "list", "data": sorted(data, key=lambda m: m["id"])})
+
+    def _model(self, body: Mapping[str, Any]) -> tuple[str, ModelDetails]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "model is required")
+        return model, self.backend.details(model, config.reference(model))
+
+    def chat(self, req: Request) -> None:
+        body = req.json()
+        model, details = self._model(body)
+        if body.get("tools"):
+            raise ApiError(400, f"{model} does not support tools")
+        if body.get("n", 1) not in (1, None):
+            raise ApiError(400, "n must be 1")
+        messages = openai_messages(body.get("messages"))
+        self._complete(req, body, model, details, "chat.completion",
+                       lambda loaded: self.backend.chat_generation(details, loaded, messages, openai_options(body),
+                                                                   openai_format(body)))
+
+    def completions(self, req: Request) -> None:
+        body = req.json()
+        model, details = self._model(body)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "prompt must be a string")
+        if body.get("suffix"):
+            raise ApiError(400, f"{model} does not support insert")
+
+        def start(loaded: Loaded):
+            return Session(details, openai_options(body), load=loaded.load).request(
+                prompt=prompt, format=openai_format(body))
+
+        self._complete(req, body, model, details, "text_completion", start)
+
+    def _complete(self, req: Request, body: Mapping[str, Any], model: str, details: ModelDetails, kind: str,
+                  start: Callable[[Loaded], Any]) -> None:
+        """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks."""
+        chat = kind == "chat.completion"
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        head = {"id": ident, "object": kind + (".chunk" if chat and stream else ""), "created": created,
+                "model": model, "system_fingerprint": "fp_modelpkg"}
+
+        def choice(text: str, reason: str | None) -> dict[str, Any]:
+            if chat:
+                key = "delta" if stream else "message"
+                return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": reason}
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+
+        with self.cache.use(details, body.get("keep_alive")) as loaded:
+            generation = start(loaded)
+
+            def emit(piece: str) -> None:
+                req.write_event({**head, "choices": [choice(piece, None)]})
+
+            if stream:
+                req.start_stream("text/event-stream")
+            result = self.backend.drain(req, "/v1/" + ("chat/completions" if chat else "completions"), model,
+                                        generation, emit if stream else None)
+        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.eval_count,
+                 "total_tokens": result.prompt_tokens + result.eval_count}
+        if not stream:
+            req.send_json({**head, "choices": [choice(result.text, finish_reason(result))], "usage": usage})
+            return
+        final = {**head, "choices": [choice("", finish_reason(result))]}
+        if chat:
+            final["choices"][0]["delta"] = {}
+        req.write_event(final)
+        if include_usage:
+            req.write_event({**head, "choices": [], "usage": usage})
+        req.write_raw_event("[DONE]")
+        req.end_stream()
+
+    def embeddings(self, req: Request) -> None:
+        body = req.json()
+        model, details = self._model(body)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "input must be a string or a list of strings (token arrays are not supported)")
+        vectors, count, *_ = self.backend.embed(details, texts, None, body.get("keep_alive"))
+        dims = body.get("dimensions")
+        if isinstance(dims, int) and dims > 0:
+            vectors = [normalised(v[:dims]) for v in vectors]
+        b64 = body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i, "embedding": base64_floats(v) if b64 else v}
+                for i, v in enumerate(vectors)]
+        req.send_json({"object": "list", "data": data, "model": model,
+                       "usage": {"prompt_tokens": count, "total_tokens": count}})
