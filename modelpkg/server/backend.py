@@ -2,7 +2,8 @@
 looking a model up by name, draining a generation to a client, a chat turn, embedding texts.
 
 Built on ``http`` (its errors and ``Request``) and ``cache``; imports neither API module (they import this
-one), and from below only the core, ``ops`` (``chat``, ``models``), the runner's ``Result`` and the store.
+one), and from below only the core, ``base.config`` (names), ``ops`` (``chat``, ``models``), the runner's
+``Result`` and the store.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 queues its requests) for its ``keep_alive``, unloads the least recently used one when too many are loaded,
 and runs the reaper thread that unloads expired ones. ``parse_keep_alive`` reads Ollama's values.
 
-Knows nothing of HTTP or of either API: it imports the core's errors, ``models``' details and the runner
-adapter; no other ``server`` module, and never the store, the registry or the CLI.
+Knows nothing of HTTP or of either API: it imports the core (digests, errors), ``models``' details and the
+runner adapter; no other ``server`` module, and never the store, the registry or the CLI.
 """
 
 from __future__ import annotations
