@@ -65,7 +65,7 @@ RESUME_HINT = "run the command again: it resumes where it stopped"
 class RetryBudget:
     """The retry budget of one transfer: breaks in a row that got no further than an earlier one. A
     transfer that keeps moving forward is resumed however often it breaks; one that is stuck gives up
-    after ``client.retries`` breaks, backing off (``client._backoff``) in between. Downloads, ranged parts
+    after ``client.retries`` breaks, backing off (``client.back_off``) in between. Downloads, ranged parts
     and chunked uploads all count this way."""
 
     def __init__(self, client, what: str, hint: str = RESUME_HINT):
@@ -80,7 +80,18 @@ class RetryBudget:
         self.failures += 1
         if self.failures > self.client.retries:
             raise NetworkError(f"{self.what} kept failing: {e}", self.hint) from e
-        self.client._sleep(self.client._backoff(self.failures - 1))
+        self.client.back_off(self.failures - 1)
+
+
+class CountingProgress(Progress):
+    """Forwards advances and remembers how much was reported, so a failed attempt can be taken back."""
+
+    def __init__(self, inner: Progress, counter: list[int]):
+        self.inner, self.counter = inner, counter
+
+    def advance(self, task: str, amount: int) -> None:
+        self.counter[0] += amount
+        self.inner.advance(task, amount)
 
 
 class BodyReader:
