@@ -30,7 +30,7 @@ def _warnings(client) -> None:
 
 
 def _client(ref, insecure: bool, ca_bundle: str | None):
-    from modelpkg.ops.pull import client_for
+    from modelpkg.registry.connect import client_for
 
     return client_for(ref, insecure=insecure, ca_bundle=ca_bundle)
 
@@ -126,7 +126,6 @@ def push(name: str, insecure: bool, ca_bundle: str | None, chunked: bool, format
 def _host(text: str) -> str:
     """``https://ghcr.io/v2/`` or ``ghcr.io`` -> ``ghcr.io``; validated like a reference's host."""
     from modelpkg.core.errors import InvalidInputError
-
     from modelpkg.core.reference import mask_password
 
     host = re.sub(r"^[a-z]+://", "", text.strip()).split("/", 1)[0]
@@ -135,7 +134,8 @@ def _host(text: str) -> str:
     except InvalidInputError as e:
         raise UsageError(f"invalid registry host {mask_password(text)!r}", "write it as host or host:port") from e
     if ref.host != host:
-        raise UsageError(f"invalid registry host {mask_password(text)!r}", "write it as host or host:port, e.g. ghcr.io")
+        raise UsageError(f"invalid registry host {mask_password(text)!r}",
+                         "write it as host or host:port, e.g. ghcr.io")
     return host
 
 

@@ -3,7 +3,7 @@
 Thin click commands over ``modelpkg.base.keys`` and ``modelpkg.ops.sign``; errors are ``ModelpkgError``s that the
 group in ``modelpkg.cli.app`` prints.
 
-CLI layer: imports ``config``, ``keys``, ``sign``, ``cli_progress`` and ``pull.client_for``.
+CLI layer: imports ``config``, ``keys``, ``sign``, ``cli_progress`` and ``registry.connect.client_for``.
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ def sign(name: str, key_path: Path, password_stdin: bool, insecure: bool, ca_bun
       cosign verify --key modelpkg.pub --insecure-ignore-tlog localhost:5000/acme/tiny:q4
     """
     from modelpkg.base import keys
-    from modelpkg.ops import sign as signer
     from modelpkg.cli.progress import for_terminal
-    from modelpkg.ops.pull import client_for
+    from modelpkg.ops import sign as signer
+    from modelpkg.registry.connect import client_for
 
     ref = config.reference(name)
     password = None
@@ -157,7 +157,7 @@ def verify_signature(name: str, key_paths: tuple[Path, ...], keys_dir: Path | No
     if local:
         verdict = signer.verify_local(open_store(), ref, trusted)
     else:
-        from modelpkg.ops.pull import client_for
+        from modelpkg.registry.connect import client_for
 
         with client_for(ref, insecure=insecure, ca_bundle=ca_bundle) as client:
             verdict, _ = signer.verify_remote(client, ref, trusted)

@@ -32,19 +32,16 @@ import platform as _platform
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from modelpkg.base import config, fsutil
-
-from modelpkg.registry import mirrors
-
-from modelpkg.ops import sign
+from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import NotFoundError, RegistryError
 from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
-from modelpkg.registry import credentials
+from modelpkg.ops import sign
 from modelpkg.registry.client import RegistryClient
+from modelpkg.registry.connect import pull_client
 from modelpkg.store import Pins, RefEntry, Store
 
 WORKERS = 3
@@ -60,20 +57,12 @@ def current_platform() -> tuple[str, str]:
     return system, _ARCH.get(_platform.machine().lower(), _platform.machine().lower())
 
 
-def client_for(ref: Reference, *, insecure: bool = False, ca_bundle: str | None = None) -> RegistryClient:
-    """A client for ``ref``'s registry with the credentials found for it (see ``registry.credentials``)."""
-    ca_bundle = ca_bundle or config.ca_bundle()
-    return RegistryClient(ref.host, insecure=insecure, credentials=credentials.lookup(ref.host), ca_bundle=ca_bundle)
-
-
 def pull(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
          client: RegistryClient | None = None, platform: tuple[str, str] | None = None,
          workers: int = WORKERS) -> RefEntry:
     """Pull ``ref`` (by tag or digest) into ``store`` and name it ``ref``; returns the new index entry."""
     progress = progress or NullProgress()
-    own = client is None
-    client = client or client_for(ref, insecure=insecure)
-    client, own = _with_mirrors(ref, client, own, insecure, progress)
+    client, own = pull_client(ref, client, insecure=insecure, progress=progress)  # mirrors first, if configured
     try:
         progress.message("pulling manifest")
         data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
@@ -115,16 +104,6 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
     finally:
         if own:
             client.close()
-
-
-def _with_mirrors(ref: Reference, client: RegistryClient, own: bool, insecure: bool,
-                  progress: Progress) -> tuple[RegistryClient, bool]:
-    """The upstream's client, or one that tries the mirrors configured for ``ref`` first (``modelpkg.registry.mirrors``)."""
-    sources = mirrors.sources_for(ref, insecure=insecure)
-    if len(sources) == 1:
-        return client, own
-    connect = lambda source: client_for(Reference(source.host, source.repository), insecure=source.insecure)  # noqa: E731
-    return mirrors.MirroredClient(ref, sources, client, connect, progress=progress, owns_upstream=own), True
 
 
 def _parse(data: bytes, media_type: str, name: str) -> Manifest | Index:

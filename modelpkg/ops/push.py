@@ -28,17 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from modelpkg.core import formats
-
-from modelpkg.ops import sign
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
 from modelpkg.core.manifest import Descriptor, Manifest, load_json, model_layers
 from modelpkg.core.progress import NullProgress, Progress
-from modelpkg.ops.pull import client_for, known_origins, remember_origin
 from modelpkg.core.reference import Reference
+from modelpkg.ops import sign
+from modelpkg.ops.pull import known_origins, remember_origin
 from modelpkg.registry.auth import scope
 from modelpkg.registry.client import RegistryClient
+from modelpkg.registry.connect import client_for
 from modelpkg.store import Pins, RefEntry, Store
 
 WORKERS = 3

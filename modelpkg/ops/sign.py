@@ -33,13 +33,20 @@ from modelpkg.base import keys as keyfiles
 from modelpkg.core import mediatypes as mt
 from modelpkg.core import signing
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import IntegrityError, InvalidInputError, ModelpkgError, NotFoundError, RegistryError, TrustError
+from modelpkg.core.errors import (
+    IntegrityError,
+    InvalidInputError,
+    ModelpkgError,
+    NotFoundError,
+    RegistryError,
+    TrustError,
+)
 from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
-from modelpkg.registry.auth import scope
-from modelpkg.registry.client import RegistryClient
 from modelpkg.core.signing import Candidate, TrustedKey, Verdict
+from modelpkg.registry.auth import scope
+from modelpkg.registry.client import PullClient, RegistryClient
 from modelpkg.store import Pins, RefEntry, Store
 
 MAX_REFERRERS = 64  # referrer manifests fetched per subject: more is abuse, not provenance
@@ -104,7 +111,7 @@ def sign(ref: Reference, private_key, client: RegistryClient, *, progress: Progr
     _upload(client, repo, payload)
     existing = _get_manifest(client, repo, signing.signature_tag(digest))
     old_layers = signing.signature_layers(existing[1]) if existing else []
-    old_payloads = _fetch_blobs(client, repo, [l for l in old_layers if l.digest == layer.digest]) if existing else {}
+    old_payloads = _fetch_blobs(client, repo, [d for d in old_layers if d.digest == layer.digest]) if existing else {}
 
     def replaces(old: Descriptor) -> bool:  # our own earlier signature of this very payload
         der = signing.decode_signature(old)
@@ -176,7 +183,7 @@ def _add_to_tag_schema(client: RegistryClient, repo: str, subject: Digest, manif
 # finding signatures on a registry
 
 
-def _get_manifest(client: RegistryClient, repo: str, reference: str) -> tuple[bytes, Manifest | Index] | None:
+def _get_manifest(client: PullClient, repo: str, reference: str) -> tuple[bytes, Manifest | Index] | None:
     try:
         data, media_type, _ = client.get_manifest(repo, reference)
     except NotFoundError:
@@ -187,7 +194,7 @@ def _get_manifest(client: RegistryClient, repo: str, reference: str) -> tuple[by
         raise RegistryError(f"{client.host}/{repo}:{reference} is not a valid manifest: {e.message}") from e
 
 
-def _fetch_blobs(client: RegistryClient, repo: str, layers: list[Descriptor]) -> dict[Digest, bytes]:
+def _fetch_blobs(client: PullClient, repo: str, layers: list[Descriptor]) -> dict[Digest, bytes]:
     """Small blobs (payloads), read whole with a cap and checked against their digests."""
     out = {}
     for layer in layers:
@@ -208,21 +215,21 @@ def _fetch_blobs(client: RegistryClient, repo: str, layers: list[Descriptor]) ->
     return out
 
 
-def _found(client: RegistryClient, repo: str, data: bytes, parsed, source: str) -> Found | None:
+def _found(client: PullClient, repo: str, data: bytes, parsed, source: str) -> Found | None:
     if not isinstance(parsed, Manifest):
         return None
     # the config too (a few hundred bytes), so a kept signature manifest is whole in the store's layout
     return Found(data, parsed, source, _fetch_blobs(client, repo, [*signing.signature_layers(parsed), parsed.config]))
 
 
-def signatures_by_tag(client: RegistryClient, repo: str, digest: Digest) -> list[Found]:
+def signatures_by_tag(client: PullClient, repo: str, digest: Digest) -> list[Found]:
     """The ``sha256-<hex>.sig`` signature manifest, if there is one."""
     got = _get_manifest(client, repo, signing.signature_tag(digest))
     found = _found(client, repo, *got, "tag") if got else None
     return [found] if found else []
 
 
-def signatures_by_referrers(client: RegistryClient, repo: str, digest: Digest) -> list[Found]:
+def signatures_by_referrers(client: PullClient, repo: str, digest: Digest) -> list[Found]:
     """Signature referrers of ``digest``: the referrers API, else the tag-schema index. Entries are
     re-checked: each manifest must really name ``digest`` as its subject (GitLab resolves ``sha256-…``
     tags to the subject itself, oras-go#1396)."""
@@ -254,12 +261,12 @@ def signatures_by_referrers(client: RegistryClient, repo: str, digest: Digest) -
     return out
 
 
-def remote_digest(client: RegistryClient, ref: Reference) -> Digest:
+def remote_digest(client: PullClient, ref: Reference) -> Digest:
     _, _, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
     return digest
 
 
-def verify_remote(client: RegistryClient, ref: Reference, keys: list[TrustedKey],
+def verify_remote(client: PullClient, ref: Reference, keys: list[TrustedKey],
                   digest: Digest | None = None) -> tuple[Verdict, list[Found]]:
     """Check the signatures of what ``ref`` names on its registry (or of ``digest``)."""
     digest = digest or remote_digest(client, ref)
@@ -410,7 +417,7 @@ class PullCheck:
     previous: tuple[Digest, ...] = ()  # signatures already kept for this very digest
 
 
-def check_pull(client: RegistryClient, ref: Reference, digest: Digest, *, store: Store,
+def check_pull(client: PullClient, ref: Reference, digest: Digest, *, store: Store,
                progress: Progress | None = None) -> PullCheck:
     """Apply the trust policy to ``ref`` at ``digest``; pull calls it before downloading any blob.
 

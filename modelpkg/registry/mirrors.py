@@ -21,16 +21,19 @@ Mirrors apply to pulls only, never to push. Everything a mirror serves is verifi
 was asked for, so a mirror can make a pull faster or slower but never make it accept other bytes; any
 failure there (unreachable, 404, auth, wrong bytes) falls through to the next source, then the upstream.
 
-Adapter: reads the config file (``tomllib``) and wraps ``RegistryClient``s; imports the core, ``config`` and
-``modelpkg.registry``; never the store or the orchestration.
+Adapter: reads the config file (``tomllib``) and wraps ``PullClient``s (``modelpkg.registry.client``); imports
+the core, ``config`` and ``client``; never ``connect`` (which builds the clients), the store or the
+orchestration.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+import requests
 
 from modelpkg.base import config
 from modelpkg.core.digest import Digest
@@ -38,12 +41,11 @@ from modelpkg.core.errors import AuthError, InvalidInputError, InvalidReferenceE
 from modelpkg.core.manifest import Descriptor
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
+from modelpkg.registry.client import PullClient
 
 CONFIG_FILE_ENV = "MODELPKG_CONFIG_FILE"
 PULL_FROM = ("all", "digest-only", "tag-only")
 DEFAULT_PULL_FROM = "digest-only"
-MIRROR_RETRIES = 1             # a broken mirror should cost a moment, not the upstream client's backoff
-MIRROR_TIMEOUT = (5.0, 60.0)   # (connect, read) seconds
 _HINT = "see 'Mirrors' in the README for the format of config.toml"
 
 
@@ -283,13 +285,15 @@ class _Attempts:
 class MirroredClient:
     """Reads a manifest or blob from the first source that has it, verified as the upstream's would be.
 
-    Duck-types the read side of ``RegistryClient`` that ``pull`` uses (``get_manifest``, ``download_blob``);
-    anything else (``head_blob``, referrers, ``warnings``...) goes to the upstream's client. ``connect``
-    makes a client for a source; the upstream's is passed in (``owns_upstream``: close it too).
+    A ``PullClient``: ``get_manifest`` and ``download_blob`` of this pull's repository try the sources in
+    order; the rest of the interface (``host``, ``url``, ``request``, ``raise_for``: the trust check's
+    signature lookups) and other repositories go to the upstream's client. ``connect`` makes a client for
+    a mirror (``connect.pull_client`` gives it short retries and timeouts, so a broken mirror costs a
+    moment); the upstream's is passed in (``owns_upstream``: close it too).
     """
 
-    def __init__(self, ref: Reference, sources: list[Source], upstream: object,
-                 connect: Callable[[Source], object], *, progress: Progress | None = None,
+    def __init__(self, ref: Reference, sources: list[Source], upstream: PullClient,
+                 connect: Callable[[Source], PullClient], *, progress: Progress | None = None,
                  owns_upstream: bool = False):
         self.ref = ref
         self.sources = sources
@@ -298,13 +302,10 @@ class MirroredClient:
         self.progress = progress or NullProgress()
         self.attempts = _Attempts()
         self._connect = connect
-        self._clients: dict[Source, object] = {}
+        self._clients: dict[Source, PullClient] = {}
         self._dead: set[Source] = set()
         self._announced: set[str] = set()
         self._lock = threading.Lock()
-
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["upstream"], name)
 
     def __enter__(self) -> MirroredClient:
         return self
@@ -318,15 +319,30 @@ class MirroredClient:
         if self.owns_upstream:
             self.upstream.close()
 
-    def _client(self, source: Source):
+    # the upstream's side of the interface
+
+    @property
+    def host(self) -> str:
+        return self.upstream.host
+
+    def url(self, repo: str, *parts: str) -> str:
+        return self.upstream.url(repo, *parts)
+
+    def request(self, method: str, url: str, *, scopes: tuple[str, ...] = (), headers: dict | None = None,
+                stream: bool = False) -> requests.Response:
+        return self.upstream.request(method, url, scopes=scopes, headers=headers, stream=stream)
+
+    def raise_for(self, response: requests.Response, *, kind: str, name: str) -> None:
+        self.upstream.raise_for(response, kind=kind, name=name)
+
+    # the sources, in order
+
+    def _client(self, source: Source) -> PullClient:
         if not source.mirror:
             return self.upstream
         with self._lock:
             if source not in self._clients:
-                client = self._connect(source)
-                client.retries = MIRROR_RETRIES
-                client.timeout = MIRROR_TIMEOUT
-                self._clients[source] = client
+                self._clients[source] = self._connect(source)
             return self._clients[source]
 
     def _candidates(self, by_tag: bool) -> list[Source]:
@@ -334,7 +350,7 @@ class MirroredClient:
             dead = set(self._dead)
         return [s for s in self.sources if (not s.mirror or s not in dead) and (not by_tag or s.serves_tags)]
 
-    def _try(self, what: str, by_tag: bool, attempt: Callable[[Source, object], object],
+    def _try(self, what: str, by_tag: bool, attempt: Callable[[Source, PullClient], object],
              undo: Callable[[], None] = lambda: None):
         last: ModelpkgError | None = None
         for source in self._candidates(by_tag):
@@ -374,22 +390,22 @@ class MirroredClient:
         if repo != self.ref.repository:  # not this pull's repository: the upstream's business
             return self.upstream.get_manifest(repo, reference, name=name)
 
-        def attempt(source: Source, client) -> tuple[bytes, str, Digest]:
+        def attempt(source: Source, client: PullClient) -> tuple[bytes, str, Digest]:
             return client.get_manifest(source.repository, reference, name=name if not source.mirror else None)
 
         return self._try(f"manifest:{reference}", by_tag, attempt)
 
     def download_blob(self, repo: str, desc: Descriptor, dest_partial: Path, progress: Progress | None = None,
-                      task: str | None = None, **kwargs) -> None:
+                      task: str | None = None, *, subject: str | None = None) -> None:
         if repo != self.ref.repository:
-            return self.upstream.download_blob(repo, desc, dest_partial, progress, task, **kwargs)
+            return self.upstream.download_blob(repo, desc, dest_partial, progress, task, subject=subject)
         progress = progress or NullProgress()
         task = task or desc.digest.short
         counted = _Counting(progress)
 
-        def attempt(source: Source, client) -> None:
+        def attempt(source: Source, client: PullClient) -> None:
             counted.reset()
-            client.download_blob(source.repository, desc, dest_partial, counted, task, **kwargs)
+            client.download_blob(source.repository, desc, dest_partial, counted, task, subject=subject)
 
         # bytes a failed source reported are taken back, so the bar never counts past the blob's size
         self._try(str(desc.digest), False, attempt, undo=lambda: counted.take_back(task))

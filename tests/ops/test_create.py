@@ -17,12 +17,12 @@ from click.testing import CliRunner
 
 from conftest import make_gguf
 from modelpkg.base import config
-from modelpkg.core import mediatypes as mt
-from modelpkg.cli.app import cli
-from modelpkg.ops.create import create
-from modelpkg.core.errors import ModelfileError
 from modelpkg.base.fsutil import hash_file
+from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
+from modelpkg.core.errors import ModelfileError
 from modelpkg.core.manifest import parse_manifest
+from modelpkg.ops.create import create
 from modelpkg.store import Store
 
 BODY = "SYSTEM You are terse.\nPARAMETER temperature 0.2\nMESSAGE user hi\n"
@@ -96,8 +96,8 @@ def test_from_a_digest_the_store_lacks_is_a_modelfile_error(home, tmp_path):
 @pytest.mark.registry
 def test_a_pushed_manifest_carries_no_local_path(registry, home, secret):
     """Through the real registry: the manifest another machine pulls names no local folder."""
-    from modelpkg.ops.pull import client_for
     from modelpkg.core.reference import parse_reference
+    from modelpkg.registry.connect import client_for
 
     name = f"{registry.host}/acme/private:v1"
     modelfile = secret / "Modelfile"

@@ -4,7 +4,9 @@ registry acting as the mirror, with the fault proxy counting what reaches the up
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import time
 
 import pytest
@@ -13,23 +15,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpkg.base import config
-
-from modelpkg.ops import models
 from modelpkg.cli.app import cli
 from modelpkg.core.errors import InvalidInputError
+from modelpkg.core.progress import Progress
+from modelpkg.core.reference import Reference, parse_reference
+from modelpkg.ops import models
+from modelpkg.ops.pull import pull
+from modelpkg.ops.push import push
+from modelpkg.registry import connect, mirrors
+from modelpkg.registry.client import PullClient, RegistryClient
 from modelpkg.registry.mirrors import (
     Mirror,
     MirrorConfig,
+    MirroredClient,
     RegistryMirrors,
     format_config,
     load,
     parse_config,
     sources_for,
 )
-from modelpkg.core.progress import Progress
-from modelpkg.ops.pull import pull
-from modelpkg.ops.push import push
-from modelpkg.core.reference import Reference, parse_reference
 from modelpkg.store import Store
 from registry_env import free_port, start_registry
 
@@ -123,7 +127,8 @@ def test_sources_longest_prefix_boundary_paths_and_policy():
         ("tags.io/t/models/gemma", True, False), ("cache.io/acme-cache/models/gemma", True, True),
         ("ghcr.io/acme/models/gemma", False, False)]
     pinned = parse_reference("ghcr.io/acme/models/gemma@sha256:" + "a" * 64)
-    assert [s.name for s in cfg.sources_for(pinned)] == ["cache.io/acme-cache/models/gemma", "ghcr.io/acme/models/gemma"]
+    assert [s.name for s in cfg.sources_for(pinned)] == ["cache.io/acme-cache/models/gemma",
+                                                          "ghcr.io/acme/models/gemma"]
     # "ghcr.io/acme" is not a prefix of "ghcr.io/acmex/...": the host entry applies
     assert [s.name for s in cfg.sources_for(parse_reference("ghcr.io/acmex/m:1"), insecure=True)] == [
         "m.io/acmex/m", "ghcr.io/acmex/m"]
@@ -133,7 +138,8 @@ def test_sources_longest_prefix_boundary_paths_and_policy():
 
 def test_a_mirror_must_leave_a_repository_name():
     cfg = parse_config("[[registry]]\nprefix = 'ghcr.io/acme/m'\n[[registry.mirror]]\nlocation = 'm.io'\n", "c.toml")
-    with pytest.raises(InvalidInputError, match="c.toml: mirror 'm.io' of prefix 'ghcr.io/acme/m' leaves no repository"):
+    with pytest.raises(InvalidInputError,
+                       match=re.escape("c.toml: mirror 'm.io' of prefix 'ghcr.io/acme/m' leaves no repository")):
         cfg.sources_for(parse_reference("ghcr.io/acme/m:1"))
 
 
@@ -153,7 +159,8 @@ def test_the_file_comes_from_the_config_dir_or_the_env(home, tmp_path, monkeypat
 
 def test_a_bad_config_file_makes_pull_fail_with_one_line(home, tmp_path, monkeypatch):
     path = tmp_path / "config.toml"
-    path.write_text("[[registry]]\nprefix = 'x.io'\n[[registry.mirror]]\nlocation = 'm.io'\npull-from-mirror = 'some'\n")
+    path.write_text("[[registry]]\nprefix = 'x.io'\n[[registry.mirror]]\nlocation = 'm.io'\n"
+                    "pull-from-mirror = 'some'\n")
     monkeypatch.setenv("MODELPKG_CONFIG_FILE", str(path))
     result = CliRunner().invoke(cli, ["pull", "x.io/acme/m:1"])
     assert result.exit_code == 3
@@ -280,7 +287,8 @@ def test_a_mirror_without_the_model_falls_through_to_the_upstream(published, mir
     entry = pull(Store(config.home()), tagged, progress=progress)
     assert entry.digest == pinned.digest
     assert upstream.matching("GET", "/manifests/v1") and len(blob_requests(upstream)) == 2
-    assert any(m.startswith(f"mirror {mirror.host}/acme/not-mirrored failed (model not found") for m in progress.messages)
+    assert any(m.startswith(f"mirror {mirror.host}/acme/not-mirrored failed (model not found")
+               for m in progress.messages)
 
 
 @pytest.mark.registry
@@ -405,7 +413,8 @@ def test_the_mirrors_command_lists_the_config_and_the_sources_of_a_name(home, tm
     result = CliRunner().invoke(cli, ["mirrors", "--json", "gemma3@sha256:" + "b" * 64])
     data = json.loads(result.stdout)
     assert [s["name"] for s in data["sources"]] == ["mirror.local:5000/cache/library/gemma3",
-                                                    "localhost:5001/library/gemma3", "registry.ollama.ai/library/gemma3"]
+                                                    "localhost:5001/library/gemma3",
+                                                    "registry.ollama.ai/library/gemma3"]
     assert data["sources"][0]["resolves-tags"] is False and data["config"].endswith("mirrors.toml")
     assert json.loads(CliRunner().invoke(cli, ["mirrors", "--json"]).stdout)["registries"][0]["mirrors"][1] == {
         "location": "localhost:5001", "insecure": False, "pull-from-mirror": "all"}
@@ -436,3 +445,42 @@ def test_a_mirror_uses_the_credentials_of_its_own_host(published, basic_registry
     assert entry.digest == pinned.digest and len(blob_requests(upstream)) == 2
     assert any(m.startswith(f"mirror {basic_registry.host}/acme/private-mirror failed (authentication required")
                for m in progress.messages), progress.messages
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the client a pull reads through (modelpkg.registry.connect)
+
+
+def test_both_clients_offer_every_member_of_the_pull_interface():
+    members = sorted(n for n in vars(PullClient) if not n.startswith("_"))
+    assert members == ["close", "download_blob", "get_manifest", "host", "raise_for", "request", "url"]
+    for cls in (RegistryClient, MirroredClient):
+        for name in members:
+            if name == "host":
+                continue  # an attribute of RegistryClient, a property forwarding to the upstream's on MirroredClient
+            have = inspect.signature(getattr(cls, name)).parameters
+            for param in inspect.signature(getattr(PullClient, name)).parameters.values():
+                assert param.name in have and have[param.name].kind == param.kind, (cls.__name__, name, param)
+    upstream = RegistryClient("x.io")
+    ref = parse_reference("x.io/acme/m:1")
+    mirrored = MirroredClient(ref, [mirrors.Source("x.io", "acme/m")], upstream, connect.mirror_client)
+    assert mirrored.host == "x.io" and mirrored.url("acme/m", "blobs", "sha256:ab") == upstream.url(
+        "acme/m", "blobs", "sha256:ab")
+
+
+def test_pull_client_puts_the_configured_mirrors_in_front(home, tmp_path, monkeypatch):
+    ref = parse_reference("x.io/acme/m:1")
+    monkeypatch.delenv("MODELPKG_CONFIG_FILE", raising=False)
+    made, own = connect.pull_client(ref)
+    assert isinstance(made, RegistryClient) and made.host == "x.io" and own
+    made.close()
+    given = RegistryClient("x.io")
+    assert connect.pull_client(ref, given) == (given, False)  # the caller's client is the caller's to close
+
+    configure(tmp_path, monkeypatch, "x.io", ("m.io:5000/cache", "all"))
+    wrapped, own = connect.pull_client(ref, given)
+    assert isinstance(wrapped, MirroredClient) and own and wrapped.upstream is given and not wrapped.owns_upstream
+    assert [s.name for s in wrapped.sources] == ["m.io:5000/cache/acme/m", "x.io/acme/m"]
+    with connect.mirror_client(wrapped.sources[0]) as fast:
+        assert (fast.host, fast.retries, fast.timeout) == ("m.io:5000", connect.MIRROR_RETRIES, connect.MIRROR_TIMEOUT)
+    wrapped.close()
