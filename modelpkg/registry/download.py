@@ -127,7 +127,7 @@ class BodyReader:
         while got < want:
             try:
                 n = self._read_some(view[got:want])
-            except Exception as e:  # noqa: BLE001 - socket/urllib3/ssl errors mid-body are all "interrupted"
+            except Exception as e:  # socket/urllib3/ssl errors mid-body are all "interrupted"
                 if not got:
                     raise Interrupted(str(e) or type(e).__name__) from e
                 self._pending = e
@@ -151,7 +151,7 @@ class BodyReader:
             return  # the fast path read a body whose length was checked; a short one is the caller's to see
         try:
             extra = self.raw.read1(1)
-        except Exception:  # noqa: BLE001 - a break after the last byte loses nothing
+        except Exception:  # a break after the last byte loses nothing
             return
         if extra:
             raise TooLong()
@@ -165,56 +165,23 @@ def append_hashing(body: BodyReader, dest: Path, hasher, progress: Progress, tas
     Returns True when ``probe`` found the stream too slow and it was stopped early (what arrived is kept
     and hashed, like after an interruption): the caller fetches the rest in ranged parts.
     """
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_TRUNC if fresh else os.O_APPEND)
-    if fresh:
-        fsutil.remove(dest)
-    try:
-        fd = os.open(dest, flags, 0o644)
-    except OSError as e:
-        raise fsutil.os_error(e, dest, "creating") from e
+    fd = _open_for_append(dest, fresh)
     free: queue.Queue = queue.Queue()
     for _ in range(BUFFER_COUNT):
         free.put(mmap.mmap(-1, BUFFER_SIZE))  # page-aligned, as O_DIRECT wants
     to_hash: queue.Queue = queue.Queue()
     to_write: queue.Queue = queue.Queue()
-    failure: list[BaseException] = []
+    failure: list[BaseException] = []  # the first error of a worker, raised in this thread
     sink = _Sink(fd, os.fstat(fd).st_size)
-
-    def hash_them() -> None:
-        while (item := to_hash.get()) is not None:
-            if not failure:
-                try:
-                    hasher.update(memoryview(item[0])[:item[1]])
-                except BaseException as e:  # noqa: BLE001 - handed to the receiving thread
-                    failure.append(e)
-            to_write.put(item)
-        to_write.put(None)
-
-    def write_them() -> None:
-        ended = False
-        while not ended:
-            batch = []
-            while len(batch) < WRITE_BATCH:
-                item = to_write.get()
-                if item is None:
-                    ended = True
-                    break
-                batch.append(item)
-            if batch and not failure:
-                try:
-                    sink.write([memoryview(buffer)[:n] for buffer, n in batch])
-                    progress.advance(task, sum(n for _, n in batch))
-                except BaseException as e:  # noqa: BLE001 - handed to the receiving thread
-                    failure.append(e)
-            for buffer, _ in batch:
-                free.put(buffer)
-
-    workers = [threading.Thread(target=hash_them, daemon=True, name="blob-hash"),
-               threading.Thread(target=write_them, daemon=True, name="blob-write")]
+    workers = [threading.Thread(target=_hash_them, args=(to_hash, to_write, hasher, failure), daemon=True,
+                                name="blob-hash"),
+               threading.Thread(target=_write_them, args=(to_write, free, sink, progress, task, failure),
+                                daemon=True, name="blob-write")]
     for worker in workers:
         worker.start()
     split = False
     try:
+        # the hot loop: one receive per buffer, everything else is the workers'
         while not failure:
             buffer = free.get()
             n = body.readinto(memoryview(buffer))
@@ -226,20 +193,71 @@ def append_hashing(body: BodyReader, dest: Path, hasher, progress: Progress, tas
                 break
     finally:
         to_hash.put(None)
-        for worker in workers:
-            worker.join()
-        try:
-            if not failure:
-                os.fsync(fd)
-        except OSError as e:
-            failure.append(e)
-        os.close(fd)
-        if failure:
-            error = failure[0]
-            if isinstance(error, OSError):
-                raise fsutil.os_error(error, dest, "writing") from error
-            raise error
+        _end_append(fd, dest, workers, failure)
     return split
+
+
+def _open_for_append(dest: Path, fresh: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_TRUNC if fresh else os.O_APPEND)
+    if fresh:
+        fsutil.remove(dest)
+    try:
+        return os.open(dest, flags, 0o644)
+    except OSError as e:
+        raise fsutil.os_error(e, dest, "creating") from e
+
+
+def _hash_them(to_hash: queue.Queue, to_write: queue.Queue, hasher, failure: list[BaseException]) -> None:
+    """The hashing worker: each received buffer in order, then on to the writer (after a failure only
+    passed on, so its buffer goes back to the ring)."""
+    while (item := to_hash.get()) is not None:
+        if not failure:
+            try:
+                hasher.update(memoryview(item[0])[:item[1]])
+            except BaseException as e:  # handed to the receiving thread
+                failure.append(e)
+        to_write.put(item)
+    to_write.put(None)
+
+
+def _write_them(to_write: queue.Queue, free: queue.Queue, sink: _Sink, progress: Progress, task: str,
+                failure: list[BaseException]) -> None:
+    """The writing worker: hashed buffers in batches of ``WRITE_BATCH``, each buffer back to the ring after."""
+    ended = False
+    while not ended:
+        batch = []
+        while len(batch) < WRITE_BATCH:
+            item = to_write.get()
+            if item is None:
+                ended = True
+                break
+            batch.append(item)
+        if batch and not failure:
+            try:
+                sink.write([memoryview(buffer)[:n] for buffer, n in batch])
+                progress.advance(task, sum(n for _, n in batch))
+            except BaseException as e:  # handed to the receiving thread
+                failure.append(e)
+        for buffer, _ in batch:
+            free.put(buffer)
+
+
+def _end_append(fd: int, dest: Path, workers: list[threading.Thread], failure: list[BaseException]) -> None:
+    """Wait for the workers to drain, fsync what was written (unless a worker failed), close, and raise the
+    first worker error (an OSError as the store's one-line message)."""
+    for worker in workers:
+        worker.join()
+    try:
+        if not failure:
+            os.fsync(fd)
+    except OSError as e:
+        failure.append(e)
+    os.close(fd)
+    if failure:
+        error = failure[0]
+        if isinstance(error, OSError):
+            raise fsutil.os_error(error, dest, "writing") from error
+        raise error
 
 
 class Probe:
@@ -468,30 +486,34 @@ class PartDownload:
             self.stop = True
             raise
         finally:
-            for t in threads:
-                t.join()
-            complete = self.error is None and hashed >= self.desc.size
-            try:
-                if complete:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            if not complete:
-                # keep only the hashed prefix: resume re-hashes it and asks for the rest
-                try:
-                    os.truncate(self.dest, hashed)
-                except OSError:
-                    pass
-            fsutil.remove(marker)
+            self._end(fd, threads, hashed, marker)
         if self.error is not None:
             if isinstance(self.error, RangesIgnored):
                 self.client._no_ranges = True
                 raise Interrupted("the registry ignores Range; downloading in one stream")
             raise self.error
 
+    def _end(self, fd: int, threads: list[threading.Thread], hashed: int, marker: Path) -> None:
+        """After the parts: fsync a complete file, or cut it back to the hashed prefix (what a resume
+        re-hashes, asking for the rest); the marker goes either way."""
+        for t in threads:
+            t.join()
+        complete = self.error is None and hashed >= self.desc.size
+        try:
+            if complete:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not complete:
+            try:
+                os.truncate(self.dest, hashed)
+            except OSError:
+                pass
+        fsutil.remove(marker)
+
     def _frontier(self) -> int:
         """How far from the first part the bytes are written without a gap."""
-        for (start, end), done in zip(self.ranges, self.done):
+        for (start, end), done in zip(self.ranges, self.done, strict=True):
             if start + done < end:
                 return start + done
         return self.desc.size
@@ -514,13 +536,13 @@ class PartDownload:
                     self._fetch(i, fd, start + self.done[i], end, buffer)
                 except Interrupted as e:
                     tries.failed(e, self.done[i])  # a part that keeps moving is resumed
-            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread (a spent budget too)
+            except BaseException as e:  # handed to the hashing thread (a spent budget too)
                 self._fail(e)
                 return
 
     def _fail(self, e: BaseException) -> None:
         with self.cond:
-            if self.error is None or isinstance(self.error, NetworkError) and not isinstance(e, NetworkError):
+            if self.error is None or (isinstance(self.error, NetworkError) and not isinstance(e, NetworkError)):
                 self.error = e  # the most telling error wins: a disk or integrity error over a network one
             if not isinstance(e, NetworkError):
                 self.stop = True  # a full disk or a broken registry fails every part alike
