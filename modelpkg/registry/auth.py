@@ -23,8 +23,8 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from modelpkg.core.errors import AuthError, RegistryError
@@ -337,5 +337,6 @@ class Authenticator:
             self._refresh_token = obj["refresh_token"]
         expires = obj.get("expires_in")
         # bounded: a 400-digit integer would overflow float(), infinity would never expire
-        lifetime = float(min(expires, MAX_EXPIRY)) if isinstance(expires, (int, float)) and expires > 0 else DEFAULT_EXPIRY
+        usable = isinstance(expires, (int, float)) and expires > 0
+        lifetime = float(min(expires, MAX_EXPIRY)) if usable else DEFAULT_EXPIRY
         return token, lifetime

@@ -26,9 +26,10 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from modelpkg.base import config, fsutil
 from modelpkg.core.errors import AuthError, InvalidInputError, NotFoundError, StoreError
@@ -212,8 +213,9 @@ def from_docker_config(host: str, runner=subprocess.run) -> Credential | None:
     server = host_keys(host)[0]
     helpers = obj.get("credHelpers")
     if isinstance(helpers, dict):
+        wanted = {_normalise_key(k) for k in host_keys(host)}
         for key, helper in helpers.items():
-            if isinstance(helper, str) and helper and _normalise_key(key) in {_normalise_key(k) for k in host_keys(host)}:
+            if isinstance(helper, str) and helper and _normalise_key(key) in wanted:
                 return run_helper(helper, server, runner=runner)
     store = obj.get("credsStore")
     if isinstance(store, str) and store:

@@ -151,7 +151,7 @@ class BodyReader:
             return  # the fast path read a body whose length was checked; a short one is the caller's to see
         try:
             extra = self.raw.read1(1)
-        except Exception:  # a break after the last byte loses nothing
+        except Exception:  # noqa: BLE001 - a break after the last byte loses nothing
             return
         if extra:
             raise TooLong()
@@ -214,7 +214,7 @@ def _hash_them(to_hash: queue.Queue, to_write: queue.Queue, hasher, failure: lis
         if not failure:
             try:
                 hasher.update(memoryview(item[0])[:item[1]])
-            except BaseException as e:  # handed to the receiving thread
+            except BaseException as e:  # noqa: BLE001 - handed to the receiving thread
                 failure.append(e)
         to_write.put(item)
     to_write.put(None)
@@ -236,7 +236,7 @@ def _write_them(to_write: queue.Queue, free: queue.Queue, sink: _Sink, progress:
             try:
                 sink.write([memoryview(buffer)[:n] for buffer, n in batch])
                 progress.advance(task, sum(n for _, n in batch))
-            except BaseException as e:  # handed to the receiving thread
+            except BaseException as e:  # noqa: BLE001 - handed to the receiving thread
                 failure.append(e)
         for buffer, _ in batch:
             free.put(buffer)
@@ -536,7 +536,7 @@ class PartDownload:
                     self._fetch(i, fd, start + self.done[i], end, buffer)
                 except Interrupted as e:
                     tries.failed(e, self.done[i])  # a part that keeps moving is resumed
-            except BaseException as e:  # handed to the hashing thread (a spent budget too)
+            except BaseException as e:  # noqa: BLE001 - handed to the hashing thread (a spent budget too)
                 self._fail(e)
                 return
 

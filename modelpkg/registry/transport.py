@@ -421,7 +421,7 @@ def error_body(response: requests.Response) -> tuple[str | None, str]:
             data = (response.content or b"")[:MAX_ERROR_BODY]
         else:
             data = read_capped(response, MAX_ERROR_BODY) or b""
-    except Exception:  # an unreadable error body still leaves the status
+    except Exception:  # noqa: BLE001 - an unreadable error body still leaves the status
         return None, ""
     try:
         obj = json.loads(data.decode("utf-8"))

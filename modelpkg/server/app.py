@@ -100,7 +100,7 @@ class App:
             status = req.status
         except ClientGone:
             status = 499
-        except Exception as e:  # every failure becomes an HTTP answer, never a traceback
+        except Exception as e:  # noqa: BLE001 - every failure becomes an HTTP answer, never a traceback
             err = api_error(e)
             status = err.status
             if not isinstance(e, (ApiError, ModelpkgError)) and config.debug():

@@ -270,7 +270,7 @@ class OllamaApi:
         def run() -> None:
             try:
                 work(progress)
-            except BaseException as e:  # handed to the request thread
+            except BaseException as e:  # noqa: BLE001 - handed to the request thread
                 failure.append(e)
             finally:
                 lines.put(done)

@@ -218,7 +218,8 @@ def test_4xx_is_not_retried_and_keeps_its_code(server):
 
 
 def test_denied_is_an_auth_error_naming_the_model(server):
-    body = json.dumps({"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]}).encode()
+    denied = {"code": "DENIED", "message": "requested access to the resource is denied"}
+    body = json.dumps({"errors": [denied]}).encode()
     srv = server(lambda h: (403, {"Content-Type": "application/json"}, body))
     with pytest.raises(AuthError) as info:
         RegistryClient(srv.host).get_manifest("acme/x", "v1", name=f"{srv.host}/acme/x:v1")
@@ -231,8 +232,9 @@ def test_denied_is_an_auth_error_naming_the_model(server):
 
 
 def _blob(registry, data: bytes):
-    from registry_env import push_blob
     import requests
+
+    from registry_env import push_blob
 
     return push_blob(requests.Session(), registry.url, "acme/client", data)
 

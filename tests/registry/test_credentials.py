@@ -48,7 +48,8 @@ def test_env_per_host_wins_over_generic(monkeypatch):
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", "g-secret")
     monkeypatch.setenv("MODELPKG_REGISTRY_USER_LOCALHOST_5000", "local")
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD_LOCALHOST_5000", "l-secret")
-    assert creds.lookup("localhost:5000") == Credential("local", "l-secret", source="MODELPKG_REGISTRY_USER_LOCALHOST_5000")
+    assert creds.lookup("localhost:5000") == Credential("local", "l-secret",
+                                                        source="MODELPKG_REGISTRY_USER_LOCALHOST_5000")
     assert creds.lookup("ghcr.io").username == "generic"
     monkeypatch.setenv("MODELPKG_REGISTRY_HOST", "quay.io")  # the generic pair only for that host
     assert creds.lookup("ghcr.io") is None
@@ -174,5 +175,5 @@ def test_a_broken_config_file_is_one_clear_error(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(folder))
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(Exception, match="config.json is not valid JSON"):
+    with pytest.raises(Exception, match=r"config\.json is not valid JSON"):
         creds.lookup("r.example.com")

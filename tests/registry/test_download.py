@@ -70,7 +70,8 @@ def get(url: str) -> requests.Response:
     return requests.get(url, stream=True, headers={"Accept-Encoding": "identity"}, timeout=10)
 
 
-def pump(response, dest, *, fresh=True, hasher=None, limit=len(BODY)):
+def pump(response, dest, *, fresh=True, hasher=None, limit=None):
+    limit = len(BODY) if limit is None else limit
     hasher = hasher or sha256()
     body = BodyReader(response, limit)
     try:
