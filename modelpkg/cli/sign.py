@@ -3,7 +3,7 @@
 Thin click commands over ``modelpkg.base.keys`` and ``modelpkg.ops.sign``; errors are ``ModelpkgError``s that the
 group in ``modelpkg.cli.app`` prints.
 
-CLI layer: imports ``config``, ``keys``, ``sign``, ``cli_progress`` and ``registry.connect.client_for``.
+CLI layer: imports ``base.config``, ``base.keys``, ``ops.sign``, ``cli.progress`` and ``registry.connect.client_for``.
 """
 
 from __future__ import annotations
