@@ -305,7 +305,7 @@ def _check_tree(store: Store, contents: archive.ArchiveContents, desc: Descripto
         raise InvalidInputError(f"refusing the archive: manifest {desc.digest} is {size} bytes "
                                 f"(the limit is {MAX_MANIFEST_BYTES})")
     if desc.digest in contents.staged:
-        path = contents.staged[desc.digest][0]
+        path = contents.staged[desc.digest].path
         data = path.read_bytes()
         if Digest.of(data) != desc.digest:
             raise IntegrityError(f"blob {desc.digest} changed on disk while loading")
@@ -344,7 +344,7 @@ def _found(store: Store, contents: archive.ArchiveContents, digest: Digest, medi
     if media_type is None:  # a kept signature: read to learn what it is (a manifest, capped)
         if size > MAX_MANIFEST_BYTES:
             raise InvalidInputError(f"refusing the archive: manifest {digest} is {size} bytes")
-        path = contents.staged[digest][0] if digest in contents.staged else store.blob_path(digest)
+        path = contents.staged[digest].path if digest in contents.staged else store.blob_path(digest)
         parsed = parse_manifest(path.read_bytes())
         media_type = parsed.media_type
     return Descriptor(media_type, digest, size)
@@ -358,8 +358,7 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
     then are the blobs moved into place and, last, the names written. A damaged or hostile archive leaves the
     store as it was."""
     progress = progress or NullProgress()
-    contents = archive.read_archive(inp, lambda: store.temp_path("load"),
-                                    have=lambda d, s: store.has_blob(d, s), progress=progress)
+    contents = archive.read_archive(inp, store, progress=progress)
     try:
         if contents.index_json is None:
             raise InvalidInputError("the archive has no index.json: it is not an OCI image layout archive")
@@ -387,12 +386,12 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
             if source_index is not None:
                 _found(store, contents, source_index, "application/octet-stream")
         new_blobs = len(contents.staged)
-        new_bytes = sum(size for _, size in contents.staged.values())
+        new_bytes = sum(staged.size for staged in contents.staged.values())
         with store.session() as pins:
             pins.add(*contents.present, *contents.staged)
             existing = {e.name for e in store.refs()}
-            for digest, (path, _) in list(contents.staged.items()):
-                store.commit_temp(path, digest, pins)
+            for digest, staged in list(contents.staged.items()):
+                staged.commit(pins)
                 del contents.staged[digest]
             for digest in contents.present:
                 store.touch(digest)

@@ -8,8 +8,8 @@ The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md s
    the trust policy is applied to its digest here (``sign.check_pull``), before any blob is fetched;
 2. pin every digest, then download what the store lacks, a few blobs at a time; each blob streams into
    ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
-   while it arrives and moved into place atomically. A per-digest file lock (``ingest/<hex>.lock``) keeps
-   two processes from downloading one blob at once: the second finds it present;
+   while it arrives and moved into place atomically (``store.ingest``). A per-digest file lock
+   (``ingest/<hex>.lock``) keeps two processes from downloading one blob at once: the second finds it present;
 3. write the manifest and its name last (``store.tag``): a failure at any step leaves the old name as it
    was, and a blob already present is never fetched again (a pull of an unchanged model is one request),
    unless it is damaged: a blob changed since it was last verified (``Store.has_good_blob``) is re-hashed,
@@ -29,20 +29,23 @@ from __future__ import annotations
 
 import json
 import platform as _platform
+import tarfile
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from pathlib import Path
 
 from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import NotFoundError, RegistryError
+from modelpkg.core.errors import InvalidInputError, NotFoundError, RegistryError
 from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.ops import sign
 from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import pull_client
-from modelpkg.store import Pins, RefEntry, Store
+from modelpkg.runtime import ggufmeta
+from modelpkg.store import Pins, RefEntry, Store, ingest
 
 WORKERS = 3
 MAX_ORIGINS = 8  # repositories remembered per blob
@@ -191,29 +194,16 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
 def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor, pins: Pins,
                progress: Progress, subject: str | None = None) -> None:
     """Download one blob into the store unless it is there; one downloader per digest across processes."""
-    from filelock import FileLock
-
     task = blob.digest.short
     pins.add(blob.digest)
-    lock = FileLock(str(store.ingest_dir / f"{blob.digest.hex}.lock"))
-    try:
-        lock.acquire()
-    except OSError as e:
-        raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
-    try:
+    with ingest.download_lock(store, blob.digest):
         if store.has_good_blob(blob.digest, blob.size):
             store.touch(blob.digest)  # another process finished it while we waited
             progress.finish(task, "exists")
             return
-        partial = store.partial_path(blob.digest)
-        client.download_blob(repo, blob, partial, progress, task, subject=subject)
+        client.download_blob(repo, blob, store.partial_path(blob.digest), progress, task, subject=subject)
         progress.finish(task, "verified")
-        if store.blob_path(blob.digest).exists():
-            # a blob of the wrong size under this name is corrupt: the verified download replaces it
-            fsutil.remove(store.blob_path(blob.digest))
-        store.commit_temp(partial, blob.digest, pins)
-    finally:
-        lock.release()
+        ingest.commit_download(store, blob.digest, pins)
 
 
 
@@ -291,43 +281,44 @@ def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:
     The whole tar is checked on the way and refused if any member is a link, a device, an absolute path or
     a path with ``..`` (KitOps's own unpack refuses these too), or if it holds more than
     ``MAX_TAR_MEMBERS`` members; the GGUF is the first ``*.gguf`` regular file."""
-    import tarfile
-
-    from modelpkg.runtime import ggufmeta
-    from modelpkg.core.errors import InvalidInputError
-
-    def bad(why: str) -> InvalidInputError:
-        return InvalidInputError(f"the KitOps model layer {layer.digest.short} is refused: {why}",
-                                 "ask the publisher for a ModelKit whose model tar holds plain files")
-
-    tmp = store.temp_path("kitops")
-    found: Digest | None = None
-    with fsutil.removing_on_error(tmp):
+    found: ingest.Staged | None = None
+    with ExitStack() as cleanup:  # the staged GGUF goes if anything after it is refused
         try:
             with store.open_blob(layer.digest) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
                 for count, member in enumerate(tar, 1):
-                    if count > MAX_TAR_MEMBERS:
-                        raise bad(f"more than {MAX_TAR_MEMBERS} members")
-                    name = member.name.replace("\\", "/")
-                    if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/", 1)[0]:
-                        raise bad(f"unsafe path {member.name[:200]!r}")
-                    if member.issym() or member.islnk():
-                        raise bad(f"{member.name[:200]!r} is a link")
-                    if not (member.isfile() or member.isdir()):
-                        raise bad(f"{member.name[:200]!r} is not a regular file or folder")
-                    if member.isfile() and member.size > max(MAX_EXPANSION * layer.size, MIN_CAP):
-                        raise bad(f"{member.name[:200]!r} claims {member.size} bytes, too many for a "
-                                  f"{layer.size}-byte layer")
+                    name = _checked_name(layer, member, count)
                     if found is None and member.isfile() and name.lower().endswith(".gguf"):
                         source = tar.extractfile(member)
                         assert source is not None
-                        found, size = fsutil.copy_and_hash(source, tmp)
-                        if size != member.size:
-                            raise bad(f"{member.name[:200]!r} is truncated")
+                        found = cleanup.enter_context(ingest.stage(store, source, prefix="kitops"))
+                        if found.size != member.size:
+                            raise _refused(layer, f"{member.name[:200]!r} is truncated")
         except (tarfile.TarError, EOFError, OSError) as e:  # zlib and gzip errors are OSError/EOFError
-            raise bad(f"not a valid tar: {str(e)[:160]}") from e
+            raise _refused(layer, f"not a valid tar: {str(e)[:160]}") from e
         if found is None:
-            raise bad("it holds no .gguf file")
-        ggufmeta.check_magic(tmp)
-        store.commit_temp(tmp, found, pins)
-    return found
+            raise _refused(layer, "it holds no .gguf file")
+        ggufmeta.check_magic(found.path)
+        return found.commit(pins)
+
+
+def _checked_name(layer: Descriptor, member: tarfile.TarInfo, count: int) -> str:
+    """The member's name with ``/`` separators, or the tar refused at this member: too many members, an
+    unsafe path, a link or device, an absurd size."""
+    if count > MAX_TAR_MEMBERS:
+        raise _refused(layer, f"more than {MAX_TAR_MEMBERS} members")
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/", 1)[0]:
+        raise _refused(layer, f"unsafe path {member.name[:200]!r}")
+    if member.issym() or member.islnk():
+        raise _refused(layer, f"{member.name[:200]!r} is a link")
+    if not (member.isfile() or member.isdir()):
+        raise _refused(layer, f"{member.name[:200]!r} is not a regular file or folder")
+    if member.isfile() and member.size > max(MAX_EXPANSION * layer.size, MIN_CAP):
+        raise _refused(layer, f"{member.name[:200]!r} claims {member.size} bytes, too many for a "
+                              f"{layer.size}-byte layer")
+    return name
+
+
+def _refused(layer: Descriptor, why: str) -> InvalidInputError:
+    return InvalidInputError(f"the KitOps model layer {layer.digest.short} is refused: {why}",
+                             "ask the publisher for a ModelKit whose model tar holds plain files")

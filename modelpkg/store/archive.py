@@ -7,26 +7,29 @@ An archive is a tar of an OCI image layout (image-spec image-layout.md)::
     blobs/sha256/<hex>      manifests, configs and layers
 
 Writing streams each blob from its file into the tar (``tarfile`` in stream mode): memory stays flat whatever
-the model's size. Reading streams each blob member into a temp file while hashing it; a member whose bytes
-do not match its name is refused, as are names that could escape a folder (absolute, ``..``, NUL), links,
-devices and oversized JSON documents. Nothing here decides what the blobs mean: the caller checks the tree.
+the model's size. Reading streams each blob member into a temp file in the store while hashing it
+(``store.ingest``: staged, not yet committed); a member whose bytes do not match its name is refused, as are
+names that could escape a folder (absolute, ``..``, NUL), links, devices and oversized JSON documents.
+Nothing here decides what the blobs mean: the caller checks the tree, then commits what was staged.
 
-Adapter: file I/O. Imports the pure core and ``fsutil``.
+Adapter: file I/O. Imports the core, ``base.fsutil`` and the store's ``layout`` and ``ingest``; never the
+registry, the runtime or the verbs.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from modelpkg.base import fsutil
 from modelpkg.core.digest import Digest, sha256
 from modelpkg.core.errors import IntegrityError, InvalidInputError, StoreError
 from modelpkg.core.progress import NullProgress, Progress
+from modelpkg.store import ingest
+from modelpkg.store.layout import Store
 
 LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 MAX_INDEX_BYTES = 16 * 1024 * 1024
@@ -77,11 +80,7 @@ def write_archive(out: BinaryIO, index_json: bytes, blobs: list[tuple[Digest, in
             for digest, size, path in blobs:
                 task = digest.short
                 progress.start(task, size, f"saving {digest.short}")
-                try:
-                    f = open(path, "rb")
-                except FileNotFoundError as e:
-                    raise StoreError(f"blob {digest} is missing from the store", "run 'modelpkg verify'") from e
-                with f:
+                with _open_blob(path, digest) as f:
                     reader = _Hashing(f, progress, task)
                     tar.addfile(_info(f"blobs/sha256/{digest.hex}", size), reader)
                 if Digest(reader.hasher.hexdigest()) != digest:
@@ -92,6 +91,13 @@ def write_archive(out: BinaryIO, index_json: bytes, blobs: list[tuple[Digest, in
     except OSError as e:
         raise fsutil.os_error(e, getattr(out, "name", "the archive"), "writing") from e
     return total
+
+
+def _open_blob(path: Path, digest: Digest) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as e:
+        raise StoreError(f"blob {digest} is missing from the store", "run 'modelpkg verify'") from e
 
 
 class _Bytes:
@@ -116,20 +122,17 @@ class ArchiveContents:
 
     index_json: bytes | None = None
     oci_layout: bytes | None = None
-    staged: dict[Digest, tuple[Path, int]] = field(default_factory=dict)
+    staged: dict[Digest, ingest.Staged] = field(default_factory=dict)  # verified, not yet committed
     present: dict[Digest, int] = field(default_factory=dict)
 
     def discard(self) -> None:
-        for path, _ in self.staged.values():
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        for staged in self.staged.values():
+            staged.discard()
         self.staged.clear()
 
     def size_of(self, digest: Digest) -> int | None:
         if digest in self.staged:
-            return self.staged[digest][1]
+            return self.staged[digest].size
         return self.present.get(digest)
 
 
@@ -150,30 +153,24 @@ def member_path(name: str) -> str:
     return "/".join(parts)
 
 
-def read_archive(inp: BinaryIO, temp_path: Callable[[], Path], *, have: Callable[[Digest, int], bool],
-                 progress: Progress | None = None) -> ArchiveContents:
+def read_archive(inp: BinaryIO, store: Store, *, progress: Progress | None = None) -> ArchiveContents:
     """Stream a layout archive (plain or compressed tar) from ``inp``.
 
-    Each ``blobs/sha256/<hex>`` member is hashed while it is read and must match its name: into a new temp file
-    from ``temp_path()``, or only hashed when ``have(digest, size)`` says it is stored already. On any error
-    every temp file is removed and the error raised."""
+    Each ``blobs/sha256/<hex>`` member is hashed while it is read and must match its name: staged into a temp
+    file in ``store`` (``ingest.stage``, prefix ``load``), or only hashed when the store has that blob already.
+    On any error every temp file is removed and the error raised."""
     progress = progress or NullProgress()
     contents = ArchiveContents()
     try:
-        try:
-            tar = tarfile.open(fileobj=inp, mode="r|*")
-        except tarfile.TarError as e:
-            raise InvalidInputError(f"not a tar archive: {e}", "pass a file written by 'modelpkg save'") from e
-        with tar:
-            count = 0
-            for member in tar:
-                count += 1
+        with _open_tar(inp) as tar:
+            for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
                     raise _bad(f"more than {MAX_MEMBERS} members")
-                _read_member(tar, member, contents, temp_path, have, progress)
+                _read_member(tar, member, contents, store, progress)
     except tarfile.TarError as e:
         contents.discard()
-        raise InvalidInputError(f"the archive is damaged or truncated: {e}", "write it again with 'modelpkg save'") from e
+        raise InvalidInputError(f"the archive is damaged or truncated: {e}",
+                                "write it again with 'modelpkg save'") from e
     except EOFError as e:
         contents.discard()
         raise InvalidInputError("the archive is truncated", "write it again with 'modelpkg save'") from e
@@ -183,8 +180,15 @@ def read_archive(inp: BinaryIO, temp_path: Callable[[], Path], *, have: Callable
     return contents
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, contents: ArchiveContents,
-                 temp_path: Callable[[], Path], have: Callable[[Digest, int], bool], progress: Progress) -> None:
+def _open_tar(inp: BinaryIO) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=inp, mode="r|*")
+    except tarfile.TarError as e:
+        raise InvalidInputError(f"not a tar archive: {e}", "pass a file written by 'modelpkg save'") from e
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, contents: ArchiveContents, store: Store,
+                 progress: Progress) -> None:
     name = member_path(member.name)
     if member.isdir():
         return
@@ -208,7 +212,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, contents: Archiv
     source = tar.extractfile(member)
     task = digest.short
     progress.start(task, member.size, f"loading {digest.short}")
-    if have(digest, member.size):
+    if store.has_blob(digest, member.size):
         hasher, size = sha256(), 0
         while chunk := source.read(CHUNK):
             hasher.update(chunk)
@@ -216,20 +220,21 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, contents: Archiv
             progress.advance(task, len(chunk))
         actual = Digest(hasher.hexdigest())
         if actual != digest:
-            raise IntegrityError(f"blob {digest} in the archive is corrupted (its content has digest {actual})",
-                                 "the archive was damaged; copy it again")
+            raise _corrupted(digest, actual)
         contents.present[digest] = size
     else:
-        tmp = temp_path()
-        with fsutil.removing_on_error(tmp):
-            actual, size = fsutil.copy_and_hash(source, tmp, progress=progress, task=task)
-            if actual != digest:
-                raise IntegrityError(f"blob {digest} in the archive is corrupted (its content has digest {actual})",
-                                     "the archive was damaged; copy it again")
-        contents.staged[digest] = (tmp, size)
+        staged = ingest.stage(store, source, prefix="load", progress=progress, task=task)
+        contents.staged[digest] = staged  # from here on, removed with the others on any error
+        staged.expect(digest, error=lambda s: _corrupted(digest, s.digest))
+        size = staged.size
     if size != member.size:
         raise _bad(f"member {name} is truncated")
     progress.finish(task)
+
+
+def _corrupted(digest: Digest, actual: Digest) -> IntegrityError:
+    return IntegrityError(f"blob {digest} in the archive is corrupted (its content has digest {actual})",
+                          "the archive was damaged; copy it again")
 
 
 def _small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:

@@ -5,13 +5,16 @@ Layout (OCI image-spec image-layout.md), under ``MODELPKG_HOME``::
     oci-layout                      {"imageLayoutVersion": "1.0.0"}
     index.json                      one entry per name: org.opencontainers.image.ref.name = the full reference
     blobs/sha256/<hex>              content, named by its digest (manifests, configs, layers)
-    ingest/                         working files: temp files, <hex>.partial downloads, pins (not part of the layout)
+    ingest/                         working files (not part of the layout): temp files, <hex>.partial
+                                    downloads and the <hex>.lock their one downloader holds
     ingest/pins/                    digests that running operations are about to reference
+    ingest/verified/<hex>           when a blob was last hashed and found right (size, mtime, inode)
     .lock                           the store lock (index.json updates, gc)
 
 Rules that keep it consistent (huggingface_hub's cache and go-containerregistry's layout are the models):
 
-- A blob is written to a temp file in ``ingest/``, fsynced, and renamed to its digest: it is whole or absent.
+- A blob is written to a temp file in ``ingest/``, hashed, fsynced, and renamed to its digest
+  (``commit_temp``; ``store.ingest`` is the path every stream and download takes): it is whole or absent.
 - index.json is rewritten atomically under the store lock, and only after every blob it needs exists.
 - An operation *pins* the digests it will reference before it relies on them; gc (under the store lock)
   never deletes a pinned blob, nor one younger than its grace period. Pins die with their process (a
@@ -25,10 +28,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
@@ -343,6 +347,10 @@ class Store:
         """Where an interrupted download of ``digest`` is kept for resuming."""
         return self.ingest_dir / f"{digest.hex}.partial"
 
+    def download_lock_path(self, digest: Digest) -> Path:
+        """The lock one downloader of ``digest`` holds (``ingest.download_lock``); gc keeps its partial while held."""
+        return self.ingest_dir / f"{digest.hex}.lock"
+
     def temp_path(self, prefix: str = "tmp") -> Path:
         self.init()
         return fsutil.temp_name(self.ingest_dir, prefix)
@@ -423,7 +431,8 @@ class Store:
             raise fsutil.os_error(e, self.index_path, "reading") from e
         obj = load_json(data, f"{self.index_path}", limit=64 * 1024 * 1024)
         if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
-            raise StoreError(f"{self.index_path} is not a valid OCI index", "restore it from a backup or remove the store")
+            raise StoreError(f"{self.index_path} is not a valid OCI index",
+                             "restore it from a backup or remove the store")
         return [m for m in obj["manifests"] if isinstance(m, dict)]
 
     def _write_index(self, manifests: list[dict]) -> None:
@@ -489,7 +498,7 @@ class Store:
             parsed = parse_manifest(self.read_blob(digest), media_type)
         except (NotFoundError, IntegrityError, StoreError, ValueError):
             return  # a missing or broken manifest marks nothing more; verify reports it
-        except Exception:  # noqa: BLE001 - any unreadable manifest only stops marking below it
+        except Exception:  # any unreadable manifest only stops marking below it
             return
         if isinstance(parsed, Index):
             for child in parsed.manifests:
@@ -508,7 +517,7 @@ class Store:
             try:
                 digest = Digest(path.name)
                 st = path.stat()
-            except (StoreError, ValueError, OSError, Exception):  # noqa: BLE001 - stray names are not blobs
+            except (StoreError, ValueError, OSError, Exception):  # stray names are not blobs
                 continue
             if digest not in keep and now - st.st_mtime >= grace:
                 blobs.append((digest, st.st_size))
@@ -578,7 +587,7 @@ class Store:
             for path in _listdir(self.blobs_dir):
                 try:
                     digests.append(Digest(path.name))
-                except Exception:  # noqa: BLE001 - a stray file name is reported below
+                except Exception:  # a stray file name is reported below
                     continue
         problems = []
         for digest in digests:
@@ -665,7 +674,7 @@ class Pins:
                 continue
             try:
                 pinned.update(Digest(h) for h in json.loads(path.read_text()))
-            except Exception:  # noqa: BLE001 - a pin being rewritten is read again next time
+            except Exception:  # a pin being rewritten is read again next time
                 continue
         return pinned
 
