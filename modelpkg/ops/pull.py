@@ -19,22 +19,19 @@ On a store this process cannot write (a read-only mount), a pull with nothing to
 names this manifest, every blob present and sound) succeeds without pinning or writing anything; any other
 pull fails at the pin with the store's one-line error, before anything is downloaded.
 
-Where each blob came from is remembered (``ingest/origins/<host>.json``), so a later push to another
-repository on that registry can mount it instead of uploading it.
+Where each blob came from is remembered (``store.origins``), so a later push to another repository on that
+registry can mount it instead of uploading it.
 
 Orchestration: imports the core, the store and ``modelpkg.registry``.
 """
 
 from __future__ import annotations
 
-import json
 import platform as _platform
 import tarfile
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from pathlib import Path
 
-from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, NotFoundError, RegistryError
@@ -46,9 +43,9 @@ from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import pull_client
 from modelpkg.runtime import ggufmeta
 from modelpkg.store import Pins, RefEntry, Store, ingest
+from modelpkg.store.origins import remember_origin
 
 WORKERS = 3
-MAX_ORIGINS = 8  # repositories remembered per blob
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
          "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
@@ -205,40 +202,6 @@ def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor
         progress.finish(task, "verified")
         ingest.commit_download(store, blob.digest, pins)
 
-
-
-# ---------------------------------------------------------------------------------------------------------
-# where blobs came from: lets push mount instead of upload (ingest/origins/ is a folder, which gc skips)
-
-def _origins_path(store: Store, host: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
-    return store.ingest_dir / "origins" / f"{safe}.json"
-
-
-def known_origins(store: Store, host: str) -> dict[str, list[str]]:
-    """digest hex -> repositories on ``host`` known to hold it (most recent first)."""
-    try:
-        obj = json.loads(_origins_path(store, host).read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def remember_origin(store: Store, host: str, repo: str, digests: list[Digest]) -> None:
-    """Record that ``repo`` on ``host`` holds ``digests``. Best effort: a failure only costs a mount later."""
-    from filelock import FileLock
-
-    path = _origins_path(store, host)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=10):
-            origins = known_origins(store, host)
-            for digest in digests:
-                repos = [r for r in origins.get(digest.hex, []) if isinstance(r, str) and r != repo]
-                origins[digest.hex] = [repo, *repos][:MAX_ORIGINS]
-            fsutil.atomic_write(path, json.dumps(origins, sort_keys=True).encode(), path.parent)
-    except Exception:  # noqa: BLE001 - the map is an optimisation; never fail a pull or push over it
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 For each blob (config and layers, a few at a time): ``HEAD`` it and skip what the registry has; try a
 cross-repository mount when the blob is known to be in another repository on the same registry (pull
-and push remember where blobs went, see ``pull.remember_origin``); otherwise stream it up with POST + PUT
+and push remember where blobs went, see ``store.origins``); otherwise stream it up with POST + PUT
 (or PATCH chunks with ``chunked=True``). The manifest goes last, as the exact stored bytes with their own
 media type, and the digest the registry reports is checked (OCI distribution-spec "Pushing manifests").
 
@@ -35,11 +35,11 @@ from modelpkg.core.manifest import Descriptor, Manifest, load_json, model_layers
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.ops import sign
-from modelpkg.ops.pull import known_origins, remember_origin
 from modelpkg.registry.auth import scope
 from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import client_for
 from modelpkg.store import Pins, RefEntry, Store
+from modelpkg.store.origins import known_origins, remember_origin
 
 WORKERS = 3
 

@@ -9,6 +9,8 @@ Layout (OCI image-spec image-layout.md), under ``MODELPKG_HOME``::
                                     downloads and the <hex>.lock their one downloader holds
     ingest/pins/                    digests that running operations are about to reference
     ingest/verified/<hex>           when a blob was last hashed and found right (size, mtime, inode)
+    ingest/origins/<host>.json      which repositories on a registry hold which blobs (``store.origins``:
+                                    push mounts them instead of uploading)
     .lock                           the store lock (index.json updates, gc)
 
 Rules that keep it consistent (huggingface_hub's cache and go-containerregistry's layout are the models):
