@@ -9,7 +9,8 @@
 Every operation checks everything before it names anything: a failure leaves the destination's names as
 they were (blobs already placed are unreferenced and ``gc`` removes them).
 
-Orchestration: imports the core, ``store``, ``ollama_store``, ``archive``, ``fsutil`` and ``models``.
+Orchestration: imports the core, ``base.fsutil``, the store (its layout, ``ollama`` and ``archive``) and
+``ops.convert``; never the registry, the server or the CLI.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
-
-from modelpkg.store import archive
+from typing import BinaryIO
 
 from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
 from modelpkg.core.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, parse_manifest
-from modelpkg.store.ollama import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
-from modelpkg.store import RefEntry, Store, link_annotations
+from modelpkg.ops.convert import convert
+from modelpkg.store import RefEntry, Store, archive, link_annotations
+from modelpkg.store.ollama import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
 
 LINK_CAVEAT = ("hard links share the file (its inode) with Ollama: an in-place edit of either would change both; "
                "Ollama never edits a blob in place (it writes new files and renames them), so this is safe in "
@@ -167,10 +168,8 @@ def export_ollama(store: Store, ref: Reference, ollama: OllamaStore, *, as_name:
     """Write a model into an Ollama models folder: blobs first (verified), the manifest last.
 
     A manifest that is Ollama's already (imported from Ollama, pulled from registry.ollama.ai) is written as
-    it is; any other is converted by ``push.convert`` (``formats.to_ollama``: ConfigV2, vnd.ollama layers in
+    it is; any other is converted by ``ops.convert`` (``formats.to_ollama``: ConfigV2, vnd.ollama layers in
     Ollama's order, messages in Ollama's field order), its new small blobs kept in the store."""
-    from modelpkg.ops.push import convert
-
     progress = progress or NullProgress()
     oname = parse_ollama_name(as_name) if as_name else ollama_name_for(ref)
     with store.session() as pins:
@@ -452,7 +451,8 @@ class ExportFilesResult:
                           for f in self.files]}
 
 
-def _file_plan(entry: RefEntry, manifest: Manifest, size_of: Callable[[Digest], int]) -> tuple[list[tuple[str, str | None, Descriptor]], list[str]]:
+def _file_plan(entry: RefEntry, manifest: Manifest,
+               size_of: Callable[[Digest], int]) -> tuple[list[tuple[str, str | None, Descriptor]], list[str]]:
     """(relative path, role, blob) for each layer worth writing, and notes about renamed or skipped ones.
 
     A layer with a derived blob (the GGUF inside a KitOps tar) is written as that blob, under the role's name."""
@@ -528,8 +528,9 @@ def export_files(store: Store, ref: Reference, dest: Path, *, allow_link: bool =
             tmp = fsutil.temp_name(folder, ".modelpkg-export")
             task = layer.digest.short
             progress.start(task, layer.size, f"writing {rel}")
-            _, _, how = fsutil.place_file(store.blob_path(layer.digest), tmp, allow_link=allow_link and role in _WEIGHTS,
-                             expected=layer.digest, progress=progress, task=task)
+            _, _, how = fsutil.place_file(store.blob_path(layer.digest), tmp,
+                                          allow_link=allow_link and role in _WEIGHTS,
+                                          expected=layer.digest, progress=progress, task=task)
             try:
                 os.replace(tmp, target)
             except OSError as e:

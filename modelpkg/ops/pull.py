@@ -10,6 +10,7 @@ The order follows Ollama's PullModel with its gaps closed (ollama-behaviour.md s
    ``store.partial_path(digest)`` (kept across interruptions, so the next pull resumes), is verified
    while it arrives and moved into place atomically (``store.ingest``). A per-digest file lock
    (``ingest/<hex>.lock``) keeps two processes from downloading one blob at once: the second finds it present;
+   a KitOps model tar then has its GGUF extracted into a blob of its own (``ops.kitops``);
 3. write the manifest and its name last (``store.tag``): a failure at any step leaves the old name as it
    was, and a blob already present is never fetched again (a pull of an unchanged model is one request),
    unless it is damaged: a blob changed since it was last verified (``Store.has_good_blob``) is re-hashed,
@@ -28,20 +29,18 @@ Orchestration: imports the core, the store and ``modelpkg.registry``.
 from __future__ import annotations
 
 import platform as _platform
-import tarfile
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import ExitStack
 
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import InvalidInputError, NotFoundError, RegistryError
+from modelpkg.core.errors import NotFoundError, RegistryError
 from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.ops import sign
+from modelpkg.ops.kitops import derivable, derive_blobs
 from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import pull_client
-from modelpkg.runtime import ggufmeta
 from modelpkg.store import Pins, RefEntry, Store, ingest
 from modelpkg.store.origins import remember_origin
 
@@ -142,7 +141,7 @@ def _up_to_date(store: Store, ref: Reference, digest: Digest, manifest: Manifest
     if entry.index != index or (index is not None and not store.has_blob(index)):
         return None
     derived = dict(entry.derived)
-    if any(layer.digest not in derived or not store.has_blob(derived[layer.digest]) for layer in _derivable(manifest)):
+    if any(layer.digest not in derived or not store.has_blob(derived[layer.digest]) for layer in derivable(manifest)):
         return None
     blobs = manifest.unique_blobs()
     if not all(store.has_good_blob(blob.digest, blob.size) for blob in blobs):
@@ -177,8 +176,9 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
             fetch_blob(store, client, ref.repository, blob, pins, progress, str(ref))
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="pull") as pool:
-        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress, str(ref)) for blob in missing]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        futures = [pool.submit(fetch_blob, store, client, ref.repository, blob, pins, progress, str(ref))
+                   for blob in missing]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in futures:
@@ -201,87 +201,3 @@ def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor
         client.download_blob(repo, blob, store.partial_path(blob.digest), progress, task, subject=subject)
         progress.finish(task, "verified")
         ingest.commit_download(store, blob.digest, pins)
-
-
-
-# ---------------------------------------------------------------------------------------------------------
-# derived blobs: a KitOps ModelKit's model layer is a tar (maybe gzipped) holding the GGUF. The GGUF is
-# extracted, streaming, into its own blob, recorded on the name's index entry (Store.tag derived=), and
-# read in place of the tar by show and run (RefEntry.local); gc keeps it while the name exists.
-
-MAX_TAR_MEMBERS = 10_000
-MAX_EXPANSION = 16  # a GGUF in a gzipped tar is at most this many times the layer (weights barely compress)
-MIN_CAP = 256 * 1024 * 1024
-
-
-def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
-                 progress: Progress | None = None) -> tuple[tuple[Digest, Digest], ...]:
-    """Derived blobs for the layers that need one: (layer digest, derived digest) pairs."""
-    out = []
-    known = {layer: made for entry in store.refs() for layer, made in entry.derived}
-    for layer in _derivable(manifest):
-        made = known.get(layer.digest)
-        if made is not None and store.has_blob(made):
-            pins.add(made)
-            store.touch(made)
-        else:
-            (progress or NullProgress()).message(f"extracting the GGUF from {layer.digest.short}")
-            made = extract_gguf(store, layer, pins)
-        out.append((layer.digest, made))
-    return tuple(out)
-
-
-def _derivable(manifest: Manifest) -> list[Descriptor]:
-    """The layers that get a derived blob: a KitOps model tar."""
-    from modelpkg.core.manifest import is_kitops_tar, layer_role
-
-    return [layer for layer in manifest.layers if is_kitops_tar(layer) and layer_role(layer) == "model"]
-
-
-def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:
-    """Stream the GGUF file out of the tar blob ``layer`` into its own blob, verified as GGUF.
-
-    The whole tar is checked on the way and refused if any member is a link, a device, an absolute path or
-    a path with ``..`` (KitOps's own unpack refuses these too), or if it holds more than
-    ``MAX_TAR_MEMBERS`` members; the GGUF is the first ``*.gguf`` regular file."""
-    found: ingest.Staged | None = None
-    with ExitStack() as cleanup:  # the staged GGUF goes if anything after it is refused
-        try:
-            with store.open_blob(layer.digest) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for count, member in enumerate(tar, 1):
-                    name = _checked_name(layer, member, count)
-                    if found is None and member.isfile() and name.lower().endswith(".gguf"):
-                        source = tar.extractfile(member)
-                        assert source is not None
-                        found = cleanup.enter_context(ingest.stage(store, source, prefix="kitops"))
-                        if found.size != member.size:
-                            raise _refused(layer, f"{member.name[:200]!r} is truncated")
-        except (tarfile.TarError, EOFError, OSError) as e:  # zlib and gzip errors are OSError/EOFError
-            raise _refused(layer, f"not a valid tar: {str(e)[:160]}") from e
-        if found is None:
-            raise _refused(layer, "it holds no .gguf file")
-        ggufmeta.check_magic(found.path)
-        return found.commit(pins)
-
-
-def _checked_name(layer: Descriptor, member: tarfile.TarInfo, count: int) -> str:
-    """The member's name with ``/`` separators, or the tar refused at this member: too many members, an
-    unsafe path, a link or device, an absurd size."""
-    if count > MAX_TAR_MEMBERS:
-        raise _refused(layer, f"more than {MAX_TAR_MEMBERS} members")
-    name = member.name.replace("\\", "/")
-    if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/", 1)[0]:
-        raise _refused(layer, f"unsafe path {member.name[:200]!r}")
-    if member.issym() or member.islnk():
-        raise _refused(layer, f"{member.name[:200]!r} is a link")
-    if not (member.isfile() or member.isdir()):
-        raise _refused(layer, f"{member.name[:200]!r} is not a regular file or folder")
-    if member.isfile() and member.size > max(MAX_EXPANSION * layer.size, MIN_CAP):
-        raise _refused(layer, f"{member.name[:200]!r} claims {member.size} bytes, too many for a "
-                              f"{layer.size}-byte layer")
-    return name
-
-
-def _refused(layer: Descriptor, why: str) -> InvalidInputError:
-    return InvalidInputError(f"the KitOps model layer {layer.digest.short} is refused: {why}",
-                             "ask the publisher for a ModelKit whose model tar holds plain files")

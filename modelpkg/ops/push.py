@@ -11,9 +11,9 @@ To push under another name, give the model that name first (``modelpkg cp``), as
 Without ``format`` the stored manifest goes as it is (a model pulled from Ollama's registry stays in
 Ollama's format, and digests and signatures stay valid). ``format`` picks a dialect (``modelpkg.core.formats``):
 ``modelpack`` (a no-op for what ``create`` made), ``ollama`` or ``docker`` build that manifest and config
-from the model (the weights and text blobs are the same blobs), store them as blobs (unnamed: the local
-name keeps pointing at the stored manifest, and gc removes the converted ones later) and send those. What a format cannot carry
-is reported in ``notes``.
+from the model (``ops.convert``; the weights and text blobs are the same blobs), store them as blobs
+(unnamed: the local name keeps pointing at the stored manifest, and gc removes the converted ones later) and
+send those. What a format cannot carry is reported in ``notes``.
 
 Signatures ``pull`` kept for the manifest pushed go with it, after it (``sign.push_kept``): the
 ``sha256-<hex>.sig`` tag and any kept referrer. A conversion has another digest, so they do not carry over
@@ -25,20 +25,19 @@ Orchestration: imports the core, the store and ``modelpkg.registry``.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from modelpkg.core import formats
-from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError
-from modelpkg.core.manifest import Descriptor, Manifest, load_json, model_layers
+from modelpkg.core.errors import IntegrityError, NotFoundError, RegistryError
+from modelpkg.core.manifest import Descriptor
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.ops import sign
+from modelpkg.ops.convert import convert
 from modelpkg.registry.auth import scope
 from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import client_for
-from modelpkg.store import Pins, RefEntry, Store
+from modelpkg.store import RefEntry, Store
 from modelpkg.store.origins import known_origins, remember_origin
 
 WORKERS = 3
@@ -141,37 +140,3 @@ def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descr
         raise
     progress.finish(task, result.how)
 
-
-def convert(store: Store, entry: RefEntry, manifest: Manifest, format: str, pins: Pins) -> formats.Converted:
-    """Build the model's ``format`` form; its new small blobs go into the store, pinned."""
-    from modelpkg.runtime import ggufmeta
-
-    view = model_layers(manifest)
-    if view.model is None:
-        raise InvalidInputError(f"{entry.name} has no weights layer, so it cannot be pushed as {format}")
-    weights = entry.local(view.model.digest)  # the GGUF itself, also for a model pulled as a KitOps tar
-    if weights != view.model.digest:
-        view = replace(view, model=Descriptor(mt.MODELPACK_WEIGHT, weights, store.blob_path(weights).stat().st_size))
-    info = ggufmeta.read_info(store.blob_path(weights))
-    facts = formats.ModelFacts(architecture=info.architecture, param_size=info.param_size,
-                               quantization=info.file_type, weights_size=view.model.size,
-                               context_length=info.context_length, gguf_metadata=info.metadata)
-    if format == "ollama":
-        messages = None
-        if view.messages is not None:
-            loaded = load_json(store.read_blob(view.messages.digest), "the model's messages")
-            data = formats.ollama_messages(loaded if isinstance(loaded, list) else [])
-            messages = Descriptor(mt.OLLAMA_MESSAGES, store.put_bytes(data, pins), len(data))
-        converted = formats.to_ollama(view, facts, messages)
-    elif format == "modelpack":
-        converted = formats.to_modelpack(view, facts, info.name)
-    else:
-        params = load_json(store.read_blob(view.params.digest), "the model's parameters") if view.params else {}
-        template = view.chat_template
-        if template is None and info.chat_template:
-            text = info.chat_template.encode("utf-8")
-            template = Descriptor(mt.DMR_CHAT_TEMPLATE, store.put_bytes(text, pins), len(text))
-        converted = formats.to_docker(view, facts, params=params if isinstance(params, dict) else {},
-                                      chat_template=template, created=manifest.annotations.get(mt.CREATED))
-    store.put_bytes(converted.config, pins)
-    return converted

@@ -36,8 +36,8 @@ from modelpkg.core.manifest import Descriptor, Manifest, canonical_json, model_l
 from modelpkg.core.reference import parse_reference
 from modelpkg.core.signing import parse_policy
 from modelpkg.ops import interop
+from modelpkg.ops.kitops import extract_gguf
 from modelpkg.ops.models import describe
-from modelpkg.ops.pull import extract_gguf
 from modelpkg.registry import auth, credentials
 from modelpkg.registry.mirrors import parse_config
 from modelpkg.store import Store
