@@ -31,6 +31,7 @@ from modelpkg.runtime.runner import Result, load_options, sampling_options
 from modelpkg.server.backend import Backend, display_name, normalised
 from modelpkg.server.cache import parse_keep_alive
 from modelpkg.server.http import ApiError, Request, api_error, iso_time
+from modelpkg.store import ingest
 
 Route = Callable[[Request], None]
 
@@ -352,17 +353,11 @@ class OllamaApi:
                 raise ApiError(404, "blob not found")
             req.send_empty()
             return
-        from modelpkg.base import fsutil
+        def mismatch(staged: ingest.Staged) -> ApiError:
+            return ApiError(400, f"digest mismatch, expected {str(digest)!r}, got {str(staged.digest)!r}")
 
         with self.store.session() as pins:
-            tmp = self.store.temp_path("upload")
-            try:
-                actual, _ = fsutil.copy_and_hash(req.body_stream(), tmp)
-                if actual != digest:
-                    raise ApiError(400, f"digest mismatch, expected {str(digest)!r}, got {str(actual)!r}")
-                self.store.commit_temp(tmp, digest, pins)
-            finally:
-                tmp.unlink(missing_ok=True)
+            ingest.receive(self.store, req.body_stream(), pins, expected=digest, prefix="upload", error=mismatch)
         req.send_empty(201)
 
     # ----- generation

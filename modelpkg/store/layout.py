@@ -500,7 +500,7 @@ class Store:
             parsed = parse_manifest(self.read_blob(digest), media_type)
         except (NotFoundError, IntegrityError, StoreError, ValueError):
             return  # a missing or broken manifest marks nothing more; verify reports it
-        except Exception:  # any unreadable manifest only stops marking below it
+        except Exception:  # noqa: BLE001 - any unreadable manifest only stops marking below it
             return
         if isinstance(parsed, Index):
             for child in parsed.manifests:
@@ -519,7 +519,7 @@ class Store:
             try:
                 digest = Digest(path.name)
                 st = path.stat()
-            except (StoreError, ValueError, OSError, Exception):  # stray names are not blobs
+            except (StoreError, ValueError, OSError, Exception):  # noqa: BLE001 - stray names are not blobs
                 continue
             if digest not in keep and now - st.st_mtime >= grace:
                 blobs.append((digest, st.st_size))
@@ -589,7 +589,7 @@ class Store:
             for path in _listdir(self.blobs_dir):
                 try:
                     digests.append(Digest(path.name))
-                except Exception:  # a stray file name is reported below
+                except Exception:  # noqa: BLE001 - a stray file name is reported below
                     continue
         problems = []
         for digest in digests:
@@ -676,7 +676,7 @@ class Pins:
                 continue
             try:
                 pinned.update(Digest(h) for h in json.loads(path.read_text()))
-            except Exception:  # a pin being rewritten is read again next time
+            except Exception:  # noqa: BLE001 - a pin being rewritten is read again next time
                 continue
         return pinned
 

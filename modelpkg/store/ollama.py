@@ -37,8 +37,8 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _TAG = _MODEL
 
-_OLLAMA_TYPES = frozenset({mt.OLLAMA_MODEL, mt.OLLAMA_ADAPTER, mt.OLLAMA_PROJECTOR, mt.OLLAMA_TEMPLATE, mt.OLLAMA_PROMPT,
-                           mt.OLLAMA_SYSTEM, mt.OLLAMA_PARAMS, mt.OLLAMA_MESSAGES, mt.OLLAMA_LICENSE,
+_OLLAMA_TYPES = frozenset({mt.OLLAMA_MODEL, mt.OLLAMA_ADAPTER, mt.OLLAMA_PROJECTOR, mt.OLLAMA_TEMPLATE,
+                           mt.OLLAMA_PROMPT, mt.OLLAMA_SYSTEM, mt.OLLAMA_PARAMS, mt.OLLAMA_MESSAGES, mt.OLLAMA_LICENSE,
                            "application/vnd.ollama.image.draft"})
 
 

@@ -50,5 +50,5 @@ def remember_origin(store: Store, host: str, repo: str, digests: list[Digest]) -
                 repos = [r for r in origins.get(digest.hex, []) if isinstance(r, str) and r != repo]
                 origins[digest.hex] = [repo, *repos][:MAX_ORIGINS]
             fsutil.atomic_write(path, json.dumps(origins, sort_keys=True).encode(), path.parent)
-    except Exception:  # the map is an optimisation; never fail a pull or push over it
+    except Exception:  # noqa: BLE001 - the map is an optimisation; never fail a pull or push over it
         pass

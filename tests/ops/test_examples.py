@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from modelpkg.core import modelfile as mf
 from modelpkg.cli.app import cli
+from modelpkg.core import modelfile as mf
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "Modelfile.examples").glob("*.Modelfile"))
 

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from conftest import make_gguf
 from modelpkg.base import config, fsutil
-from modelpkg.core import mediatypes as mt
 from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
 from modelpkg.core.errors import StoreError
-from modelpkg.ops.interop import export_files, safe_relpath
 from modelpkg.core.manifest import canonical_json, go_json
+from modelpkg.ops.interop import export_files, safe_relpath
 from modelpkg.ops.models import describe
 from modelpkg.store import Store
 from registry_env import push_blob, push_manifest
@@ -137,8 +137,8 @@ def test_hostile_titles_in_a_pulled_manifest_stay_inside_the_folder(home, tmp_pa
         layers.append({"mediaType": "application/octet-stream", "digest": push_blob(session, registry.url, repo, data),
                        "size": len(data), "annotations": {mt.TITLE: title}})
     manifest = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "layers": layers,
-                           "config": {"mediaType": mt.OCI_EMPTY, "digest": push_blob(session, registry.url, repo, b"{}"),
-                                      "size": 2}}).encode()
+                           "config": {"mediaType": mt.OCI_EMPTY, "size": 2,
+                                      "digest": push_blob(session, registry.url, repo, b"{}")}}).encode()
     push_manifest(session, registry.url, repo, "v1", manifest)
     name = f"{registry.host}/{repo}:v1"
     result = CliRunner().invoke(cli, ["pull", name])
@@ -200,11 +200,11 @@ def test_a_kitops_model_exports_saves_and_loads_with_its_gguf(home, tmp_path, ti
     import io
     import tarfile
 
-    from modelpkg.core.digest import Digest
-    from modelpkg.ops.interop import export_ollama, load, save
-    from modelpkg.core.manifest import parse_manifest
-    from modelpkg.store.ollama import OllamaStore
     from artifacts import member, publish_kitops, tar_bytes
+    from modelpkg.core.digest import Digest
+    from modelpkg.core.manifest import parse_manifest
+    from modelpkg.ops.interop import export_ollama, load, save
+    from modelpkg.store.ollama import OllamaStore
 
     data = tiny_gguf.read_bytes()
     model_tar = tar_bytes([(member("models", tarfile.DIRTYPE), None), (member("models/tiny.gguf"), data)], False)

@@ -9,9 +9,7 @@ modelpkg's encoder.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import subprocess
 import tarfile
@@ -21,18 +19,18 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from artifacts import member, publish, publish_kitops, tar_bytes
 from conftest import make_gguf
-from artifacts import KITFILE, member, publish, publish_kitops, tar_bytes
-from registry_env import push_blob, push_manifest
 from modelpkg.base import config
+from modelpkg.cli.app import cli
 from modelpkg.core import formats
 from modelpkg.core import mediatypes as mt
-from modelpkg.cli.app import cli
 from modelpkg.core.digest import Digest
 from modelpkg.core.manifest import Descriptor, go_json, parse_manifest
 from modelpkg.ops.pull import pull
 from modelpkg.ops.push import push
 from modelpkg.store import Store
+from registry_env import push_manifest
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -212,7 +210,7 @@ def full_model(home, tmp_path):
 @pytest.mark.parametrize("fmt", ["modelpack", "ollama", "docker"])
 def test_round_trip_preserves_what_the_format_carries(registry, full_model, fmt):
     name = f"{registry.host}/acme/round-{fmt}:v1"
-    ref, gguf = full_model(name)
+    _ref, gguf = full_model(name)
     before = show(name)
     pushed = run("push", "--format", fmt, name)
     assert pushed.exit_code == 0, pushed.stderr
@@ -333,7 +331,8 @@ def test_pull_a_plain_oras_artifact_with_a_gguf_file(registry, home, tiny_gguf):
     ], artifact_type="application/vnd.example.model")
     assert run("pull", name).exit_code == 0
     got = show(name)
-    assert (got["architecture"], got["quantization"], got["context_length"], got["license"]) == ("llama", "F16", 256, "BSD")
+    facts = (got["architecture"], got["quantization"], got["context_length"], got["license"])
+    assert facts == ("llama", "F16", 256, "BSD")
     assert Path(got["model_path"]).read_bytes() == tiny_gguf.read_bytes()
 
 
@@ -376,7 +375,8 @@ def test_pull_a_kitops_modelkit_extracts_the_gguf(registry, home, tiny_gguf, com
 ])
 def test_a_kitops_tar_with_an_unsafe_member_is_refused(registry, home, tiny_gguf, bad_member, why):
     data = None if bad_member.type in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE) else b"GGUF"
-    model_tar = tar_bytes([(member("ok.txt"), b"fine"), (bad_member, data), (member("models/t.gguf"), tiny_gguf.read_bytes())])
+    model_tar = tar_bytes([(member("ok.txt"), b"fine"), (bad_member, data),
+                           (member("models/t.gguf"), tiny_gguf.read_bytes())])
     name = publish_kitops(registry, "acme/kit-bad", model_tar, False)
     result = run("pull", name)
     assert result.exit_code != 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -347,7 +348,7 @@ def test_push_of_an_unknown_model(home):
 ])
 def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, f"acme/fault-{fault.replace('_', '-')}:v1")
+    _name, ref, blob = remote_only(proxy, big_model, f"acme/fault-{fault.replace('_', '-')}:v1")
     # twice in a row, except corruption: one corrupt copy is fetched again, two are an IntegrityError
     proxy.add(fault, "GET", f"/blobs/{blob.digest}", count=1 if fault == "corrupt" else 2, **params)
     client = fresh(proxy.host, timeout=(5, 1.0))
@@ -360,7 +361,7 @@ def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
 
 def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/ignore-range:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/ignore-range:v1")
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=700_000)
     proxy.add("ignore_range", "GET", f"/blobs/{blob.digest}")
     pull(store(), ref, client=fresh(proxy.host))
@@ -371,7 +372,7 @@ def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_mo
 
 def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/corrupt:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/corrupt:v1")
     proxy.add("corrupt", "GET", f"/blobs/{blob.digest}", count=None, offset=5, length=1)
     with pytest.raises(IntegrityError, match=f"blob {blob.digest.short}"):
         pull(store(), ref, client=fresh(proxy.host))
@@ -406,7 +407,7 @@ def test_429_honours_retry_after(registry, fault_proxy, tiny_model):
 
 def test_an_interrupted_pull_resumes_without_downloading_again(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/resume:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/resume:v1")
     cut = 1_000_000
     proxy.add("reset", "GET", f"/blobs/{blob.digest}", count=None, after=cut)
     with pytest.raises(NetworkError):
@@ -426,7 +427,7 @@ def test_an_interrupted_pull_resumes_without_downloading_again(registry, fault_p
 
 def test_large_blobs_download_in_ranged_parts(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/parts:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/parts:v1")
     client = fresh(proxy.host)
     client.part_threshold = 256 * 1024
     client.split_below = float("inf")  # parts from the start
@@ -453,7 +454,7 @@ def test_a_slow_stream_is_split_into_ranged_parts_and_a_fast_one_is_not(registry
     # the parts ask for exactly what the dropped stream had not delivered: its prefix is kept
     ranges = sorted(tuple(int(x) for x in g.headers["Range"].removeprefix("bytes=").split("-")) for g in gets[1:])
     assert ranges[0][0] >= 2 * 1024 * 1024 and ranges[-1][1] == blob.size - 1
-    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
     assert_store_sound(store())
 
     run("rm", name)
@@ -465,7 +466,7 @@ def test_a_slow_stream_is_split_into_ranged_parts_and_a_fast_one_is_not(registry
 
 def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/parts-resume:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/parts-resume:v1")
     client = fresh(proxy.host, retries=0)
     client.part_threshold = 256 * 1024
     client.split_below = float("inf")  # parts from the start
@@ -484,7 +485,7 @@ def test_a_failed_ranged_download_keeps_its_verified_prefix_and_resumes(registry
 
 def test_two_concurrent_pulls_download_each_blob_once(registry, fault_proxy, big_model):
     proxy = fault_proxy(registry)
-    name, ref, blob = remote_only(proxy, big_model, "acme/concurrent:v1")
+    _name, ref, blob = remote_only(proxy, big_model, "acme/concurrent:v1")
     proxy.clear()
     proxy.add("stall", "GET", f"/blobs/{blob.digest}", after=10, seconds=0.5)
     errors = []

@@ -17,17 +17,16 @@ import requests
 from click.testing import CliRunner
 
 from modelpkg.base import config, keys
-
-from modelpkg.core import signing
-from modelpkg.core import mediatypes as mt
 from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
+from modelpkg.core import signing
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import AuthError, InvalidInputError, TrustError
 from modelpkg.core.manifest import Descriptor, Index, parse_manifest
+from modelpkg.core.signing import Policy, Rule
 from modelpkg.ops.pull import pull
 from modelpkg.ops.push import push
 from modelpkg.registry.client import RegistryClient
-from modelpkg.core.signing import Policy, Rule
 from modelpkg.store import Store
 
 D1 = Digest.of(b"one")
@@ -174,7 +173,7 @@ def test_a_private_key_others_can_read_is_refused(home, tmp_path):
 
 @pytest.fixture
 def keypair(tmp_path):
-    private, public, fingerprint = keys.generate(tmp_path / "keys")
+    private, public, _fingerprint = keys.generate(tmp_path / "keys")
     return private, public
 
 
@@ -543,7 +542,7 @@ def publish_index(registry, tiny_model, repo: str) -> tuple[str, str, str]:
         ref = tiny_model(f"{registry.host}/{repo}:{tag}", extra)
         digests.append(str(push(store(), ref)))
     entries = []
-    for digest, arch in zip(digests, ("amd64", "arm64")):
+    for digest, arch in zip(digests, ("amd64", "arm64"), strict=True):
         raw = registry_get(registry, f"{repo}/manifests/{digest}").content
         entries.append({"mediaType": mt.OCI_MANIFEST, "digest": digest, "size": len(raw),
                         "platform": {"os": "linux", "architecture": arch}})

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from conftest import make_gguf
 from modelpkg.base import config
-from modelpkg.core import mediatypes as mt
 from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
 from modelpkg.core.errors import IntegrityError, InvalidInputError
 from modelpkg.ops.interop import load, save
 from modelpkg.ops.models import describe
@@ -109,7 +109,8 @@ def test_cli_save_to_stdout_and_load_from_stdin(home, tiny_model, tmp_path, monk
     assert (tmp_path / "m.tar").read_bytes() == saved.stdout_bytes
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     _fresh_home(monkeypatch, tmp_path)
-    loaded = runner.invoke(cli, ["load", "--json"], input=saved.stdout_bytes, env={"MODELPKG_HOME": str(tmp_path / "second")})
+    loaded = runner.invoke(cli, ["load", "--json"], input=saved.stdout_bytes,
+                           env={"MODELPKG_HOME": str(tmp_path / "second")})
     assert loaded.exit_code == 0, loaded.stderr
     assert json.loads(loaded.stdout)["names"] == [str(ref)]
     loaded = runner.invoke(cli, ["load", "-i", str(tmp_path / "m.tar")])

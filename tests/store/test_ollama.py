@@ -17,14 +17,14 @@ from click.testing import CliRunner
 
 from conftest import make_gguf
 from modelpkg.base import config, fsutil
-from modelpkg.core import mediatypes as mt
 from modelpkg.cli.app import cli
+from modelpkg.core import mediatypes as mt
 from modelpkg.core.errors import IntegrityError, InvalidReferenceError, NotFoundError
-from modelpkg.ops.interop import export_ollama, import_ollama
 from modelpkg.core.manifest import go_json, parse_manifest
+from modelpkg.ops.interop import export_ollama, import_ollama
 from modelpkg.ops.models import describe
-from modelpkg.store.ollama import OllamaName, OllamaStore, parse_ollama_name
 from modelpkg.store import Store
+from modelpkg.store.ollama import OllamaName, OllamaStore, parse_ollama_name
 
 TEMPLATE = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"
 SYSTEM = "You are a terse assistant."
@@ -122,8 +122,9 @@ def test_import_all_keeps_names_and_ollamas_manifest_bytes(home, ollama_dir, no_
     names = sorted(m.name for m in result.models)
     assert names == ["hf.co/acme/other-model:Q4_K_M", "registry.ollama.ai/library/tiny:latest"]
     store = _store()
-    entry, manifest = store.manifest(config.reference("tiny"))
-    assert store.read_blob(entry.digest) == (ollama_dir / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
+    entry, _manifest = store.manifest(config.reference("tiny"))
+    written = ollama_dir / "manifests/registry.ollama.ai/library/tiny/latest"
+    assert store.read_blob(entry.digest) == written.read_bytes()
     assert entry.media_type == mt.DOCKER_MANIFEST
     details = describe(store, config.reference("tiny"))
     assert (details.template, details.system, details.licenses) == (TEMPLATE, SYSTEM, (LICENSE,))
@@ -204,7 +205,8 @@ def _modes(root: Path) -> set[tuple[str, int]]:
 
 def test_export_writes_ollamas_layout_and_format(home, tiny_model, tmp_path, no_reflink):
     ref = tiny_model("tiny", f'TEMPLATE """{TEMPLATE}"""\nSYSTEM """{SYSTEM}"""\nPARAMETER temperature 0.7\n'
-                             f'PARAMETER stop <|im_end|>\nLICENSE """{LICENSE}"""\nMESSAGE user hi\nMESSAGE assistant hello\n')
+                             'PARAMETER stop <|im_end|>\n'
+                             f'LICENSE """{LICENSE}"""\nMESSAGE user hi\nMESSAGE assistant hello\n')
     target = tmp_path / "ollama"
     result = export_ollama(_store(), ref, OllamaStore(target))
     assert result.ollama_name == "tiny:latest" and result.converted
