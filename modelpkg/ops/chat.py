@@ -4,7 +4,7 @@ What ``modelpkg run`` does, without the terminal: ``open_model`` resolves a name
 in the store) and checks the weights' digest; a ``Session`` holds one conversation with one loaded model
 and turns each request into a prompt, the way Ollama's server does (reference/ollama-behaviour.md §5):
 
-- **Prompt path.** A Modelfile ``TEMPLATE`` (Go text/template) is rendered with ``modelpkg.core.template.render``
+- **Prompt path.** A Modelfile ``TEMPLATE`` (Go text/template) is rendered with ``modelpkg.core.prompt.render``
   (Ollama's ``template.Execute``). Without one, a Jinja chat template -- the model's own template layer
   (Docker Model Runner's ``chat.template.jinja``), else the GGUF's ``tokenizer.chat_template`` -- is
   rendered with llama-cpp-python's chat formatting (what ``create_chat_completion`` would use; newer
@@ -230,7 +230,7 @@ def completion_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     gives each prompt followed by its answer (``{{ .Response }}`` is appended to a template that lacks it),
     system messages print nothing, consecutive messages of one role are joined by a blank line (``collate``),
     and nothing follows the last turn's answer (usually empty). The same text as
-    ``template.render(DEFAULT_TEMPLATE, messages)`` (a property test checks it), without loading the
+    ``prompt.render(DEFAULT_TEMPLATE, messages)`` (a property test checks it), without loading the
     template engine for a base model."""
     collated: list[list[str]] = []
     for m in messages:
@@ -381,9 +381,9 @@ class Session:
             return Prompt(runner.format_chat(messages, self.jinja_template(runner)), False, tuple(messages), kind)
         if kind == COMPLETION:
             return Prompt(completion_prompt(messages), True, tuple(messages), kind)
-        from modelpkg.core import template as gotemplate  # imported when used: it takes ~60 ms
+        from modelpkg.core.prompt import render  # imported when used: it takes ~60 ms
 
-        return Prompt(gotemplate.render(self.details.template, messages), True, tuple(messages), kind)
+        return Prompt(render(self.details.template, messages), True, tuple(messages), kind)
 
     # ----- generation
 

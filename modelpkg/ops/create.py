@@ -118,7 +118,7 @@ def _blob_digest(value: str) -> Digest | None:
 
 def _check_template(template: str, parsed: mf.Modelfile) -> None:
     """A template that does not parse is an error now, at create time, not when the model runs."""
-    from modelpkg.core import template as gotemplate
+    from modelpkg.core import gotemplate
 
     try:
         gotemplate.parse(template)

@@ -2,7 +2,7 @@
 truncation, and the weights check before loading.
 
 The pure parts run without a model. The prompt paths run against the real Gemma 3 270M in llama.cpp: the
-Go TEMPLATE path (what is sent is exactly what ``template.render`` gives, special tokens parsed), the
+Go TEMPLATE path (what is sent is exactly what ``prompt.render`` gives, special tokens parsed), the
 GGUF's own Jinja template (a copy of Gemma with ``tokenizer.chat_template`` added to its header), and
 plain completion for the base model.
 """
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpkg.ops import chat
-from modelpkg.core import template as gotemplate
+from modelpkg.core import prompt
 from modelpkg.core.errors import IntegrityError, InvalidInputError, NotFoundError, UsageError
 from modelpkg.ops.models import describe
 from modelpkg.store import Store
@@ -186,7 +186,7 @@ def test_go_template_prompt_is_what_template_render_gives(gemma_store, runners):
     _, details = gemma_store
     session = chat.Session(details["chat"], {"num_predict": 4}, load=runners)
     answer = session.send("What is the capital of France?").text()
-    expected = gotemplate.render(details["chat"].template, [
+    expected = prompt.render(details["chat"].template, [
         {"role": "system", "content": details["chat"].system},
         {"role": "user", "content": "What is the capital of France?"}])
     assert session.last_prompt.kind == chat.GO_TEMPLATE
@@ -333,7 +333,7 @@ _MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "
 @given(_MESSAGES)
 def test_plain_completion_prompt_is_ollamas_default_template(messages):
     """A base model's prompt is what Ollama's default template {{ .Prompt }} renders, turn by turn."""
-    assert chat.completion_prompt(messages) == gotemplate.render(chat.DEFAULT_TEMPLATE, messages)
+    assert chat.completion_prompt(messages) == prompt.render(chat.DEFAULT_TEMPLATE, messages)
 
 
 def test_plain_completion_prompt_examples():

@@ -1,7 +1,7 @@
 """Fuzzing the readers of hostile input: only ever a ModelpkgError, never another exception, never a hang.
 
 Complements the property tests next to each parser (tests/test_modelfile.py, test_reference.py,
-test_manifest.py, test_template.py): here are the readers those do not reach: the config, parameters and
+test_manifest.py, test_gotemplate.py, test_prompt.py): here are the readers those do not reach: the config, parameters and
 messages a stored model carries (``models.describe``), the credentials files, the trust policy and mirrors
 TOML, the ``WWW-Authenticate`` challenge parser, the token service's answer, the registry's error bodies, the
 archive reader (``load``) and the KitOps tar extraction on arbitrary tars, and the template renderer on
@@ -30,8 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelpkg.core import mediatypes as mt
-from modelpkg.core import template
+from modelpkg.core import prompt
 from modelpkg.core.errors import ModelpkgError
+from modelpkg.core.gotemplate import MAX_OUTPUT
 from modelpkg.core.manifest import Descriptor, Manifest, canonical_json, model_layers, parse_manifest
 from modelpkg.core.reference import parse_reference
 from modelpkg.core.signing import parse_policy
@@ -394,8 +395,8 @@ TOOLS = st.none() | st.lists(st.fixed_dictionaries({"type": st.just("function") 
        st.none() | st.booleans() | st.sampled_from(["high", "low", "x"]) | JSON)
 def test_render_any_conversation(source, messages, tools, think):
     with only_modelpkg_errors():
-        out = template.render(source, messages, tools=tools, think=think)
-        assert isinstance(out, str) and len(out) <= template.MAX_OUTPUT
+        out = prompt.render(source, messages, tools=tools, think=think)
+        assert isinstance(out, str) and len(out) <= MAX_OUTPUT
 
 
 def test_a_batch_line_nested_past_the_stack_is_that_lines_error(home, gemma_gguf, tmp_path):
