@@ -29,8 +29,9 @@ and the runner adapter; ``llama_cpp`` only through the runner.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from modelpkg.base import fsutil
 from modelpkg.core import modelfile as mf
@@ -45,9 +46,9 @@ from modelpkg.core.errors import (
     UsageError,
 )
 from modelpkg.core.manifest import model_layers
-from modelpkg.ops.models import ModelDetails, describe
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
+from modelpkg.ops.models import ModelDetails, describe
 from modelpkg.runtime.runner import (
     Generation,
     LoadOptions,
@@ -177,9 +178,8 @@ def typed_options(options: Any) -> dict[str, Any]:
             if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
                 raise InvalidInputError(f"option {name} must be a string or a list of strings")
             out[name] = list(items)
-        elif kind is bool and isinstance(value, bool):
-            out[name] = value
-        elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        elif (kind is bool and isinstance(value, bool)) or (
+                kind is int and isinstance(value, int) and not isinstance(value, bool)):
             out[name] = value
         elif kind is int and isinstance(value, float) and value.is_integer():
             out[name] = int(value)
@@ -242,7 +242,7 @@ def completion_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     out: list[str] = []
     prompt = response = ""
     for role, content in collated:  # template.go Execute's loop over a legacy template's turns
-        if role == "system" and (prompt or response) or role == "user" and response:
+        if (role == "system" and (prompt or response)) or (role == "user" and response):
             out.append(prompt + response)
             prompt = response = ""
         if role == "user":
@@ -401,7 +401,7 @@ class Session:
 
     def request(self, *, prompt: str | None = None, messages: Any = None, system: str | None = None,
                 options: Mapping[str, Any] | None = None, fresh: bool = True,
-                format: Any = None) -> Generation:  # noqa: A002 - Ollama's request field
+                format: Any = None) -> Generation:  # "format" shadows a builtin: it is Ollama's field name
         """One independent request (a batch line): ``prompt`` (with the model's history and system) or a
         whole ``messages`` conversation, with ``options`` on top of the session's parameters.
 
@@ -422,7 +422,7 @@ class Session:
         return self.generate(msgs, options, fresh=fresh, format=format)
 
     def generate(self, messages: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None, *,
-                 fresh: bool = False, format: Any = None) -> Generation:  # noqa: A002
+                 fresh: bool = False, format: Any = None) -> Generation:
         """Render ``messages`` and stream the answer; ``format`` is Ollama's (``"json"`` or a schema)."""
         params = self.parameters(extra)
         runner = self.runner(extra)

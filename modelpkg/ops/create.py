@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modelpkg.runtime import ggufmeta
 from modelpkg.core import mediatypes as mt
 from modelpkg.core import modelfile as mf
 from modelpkg.core.digest import Digest
@@ -33,6 +32,7 @@ from modelpkg.core.manifest import (
 )
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
+from modelpkg.runtime import ggufmeta
 from modelpkg.store import Pins, RefEntry, Store
 
 
@@ -230,7 +230,8 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
     stored = _blob_digest(adapter) if adapter is not None and not expand_path(adapter, base_dir).exists() else None
     if stored is not None:
         line = parsed.get("adapter")[-1].line
-        layers.append(modelpack_layer("adapter", stored, _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size))
+        size = _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size
+        layers.append(modelpack_layer("adapter", stored, size))
     elif adapter is not None:
         path = expand_path(adapter, base_dir)
         line = parsed.get("adapter")[-1].line

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelpkg.ops import chat
 from modelpkg.core import prompt
 from modelpkg.core.errors import IntegrityError, InvalidInputError, NotFoundError, UsageError
+from modelpkg.ops import chat
 from modelpkg.ops.models import describe
 from modelpkg.store import Store
 
@@ -318,7 +318,8 @@ def test_gguf_jinja_template_is_used_when_there_is_no_template(tmp_path, gemma_g
         runner = session.runner()
         assert runner.chat_template == GEMMA_JINJA
         assert session.last_prompt.kind == chat.GGUF_TEMPLATE and not session.last_prompt.add_bos
-        assert session.last_prompt.text == "<bos>Be brief.\n\n<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
+        assert session.last_prompt.text == \
+            "<bos>Be brief.\n\n<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
         assert runner.last_prompt_tokens[0] == runner._llm.token_bos()
         assert runner.last_prompt_tokens.count(runner._llm.token_bos()) == 1
         assert session.template_text() == GEMMA_JINJA

@@ -1,11 +1,11 @@
 """Fuzzing the readers of hostile input: only ever a ModelpkgError, never another exception, never a hang.
 
-Complements the property tests next to each parser (tests/test_modelfile.py, test_reference.py,
-test_manifest.py, test_gotemplate.py, test_prompt.py): here are the readers those do not reach: the config, parameters and
-messages a stored model carries (``models.describe``), the credentials files, the trust policy and mirrors
-TOML, the ``WWW-Authenticate`` challenge parser, the token service's answer, the registry's error bodies, the
-archive reader (``load``) and the KitOps tar extraction on arbitrary tars, and the template renderer on
-arbitrary conversations. Each example must also finish within ``PER_EXAMPLE_SECONDS``.
+Complements the property tests next to each parser (tests/core/test_modelfile.py, test_reference.py,
+test_manifest.py, test_gotemplate.py, test_prompt.py): here are the readers those do not reach: the config,
+parameters and messages a stored model carries (``models.describe``), the credentials files, the trust policy
+and mirrors TOML, the ``WWW-Authenticate`` challenge parser, the token service's answer, the registry's error
+bodies, the archive reader (``load``) and the KitOps tar extraction on arbitrary tars, and the template
+renderer on arbitrary conversations. Each example must also finish within ``PER_EXAMPLE_SECONDS``.
 
 ``MODELPKG_FUZZ_EXAMPLES=<n>`` scales every property's example count by n (default 1).
 """
