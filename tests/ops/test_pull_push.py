@@ -23,6 +23,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from capabilities import missing, require_module
 from conftest import make_gguf
 from modelpkg.base import config
 from modelpkg.cli.app import cli
@@ -697,7 +698,7 @@ def _lan_address() -> str | None:
 def test_plain_http_is_refused_for_a_non_loopback_host_without_insecure(home):
     address = _lan_address()
     if address is None:
-        pytest.skip("no non-loopback IPv4 address on this machine")
+        missing("no non-loopback IPv4 address on this machine")
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -779,7 +780,7 @@ def test_tls_registry_is_verified_against_the_ca_bundle(tmp_path, tiny_model, mo
 
 
 def test_oras_pulls_what_modelpkg_pushed(registry, tiny_model, tiny_gguf, tmp_path, monkeypatch):
-    oras = pytest.importorskip("oras.provider")
+    oras = require_module("oras.provider")
     name = f"{registry.host}/acme/oras-out:v1"
     tiny_model(name, "SYSTEM hello\n")
     push(store(), config.reference(name))
@@ -793,7 +794,7 @@ def test_oras_pulls_what_modelpkg_pushed(registry, tiny_model, tiny_gguf, tmp_pa
 
 
 def test_modelpkg_pulls_what_oras_pushed(registry, tiny_gguf, home, tmp_path, monkeypatch):
-    oras = pytest.importorskip("oras.provider")
+    oras = require_module("oras.provider")
     monkeypatch.chdir(tiny_gguf.parent)
     name = f"{registry.host}/acme/oras-in:v1"
     oras.Registry(hostname=registry.host, insecure=True).push(

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from capabilities import require_module
 from modelpkg.store import Store
 from reliability_helpers import env_int, names, run_cli, start_cli, store_problems
 
@@ -119,7 +120,7 @@ def test_readers_during_gc(registry, tmp_path, big_remote):
 @pytest.mark.model
 @pytest.mark.llama
 def test_runs_during_gc(tmp_path, gemma_gguf):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp")
     home = tmp_path / "home"
     (tmp_path / "Modelfile").write_text(f"FROM {gemma_gguf}\n")
     assert run_cli(home, "create", "gemma", "-f", str(tmp_path / "Modelfile")).returncode == 0

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from capabilities import require_module
 from modelpkg.core.digest import Digest
 from modelpkg.core.reference import parse_reference
 from modelpkg.ops.pull import pull
@@ -100,7 +101,7 @@ def test_pull_repairs_what_verify_flagged_even_with_the_old_mtime(pulled):
 @pytest.mark.model
 @pytest.mark.llama
 def test_run_refuses_a_corrupted_model(tmp_path, gemma_gguf):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp")
     home = tmp_path / "home"
     (tmp_path / "Modelfile").write_text(f"FROM {gemma_gguf}\n")
     assert run_cli(home, "create", "gemma-damaged", "-f", str(tmp_path / "Modelfile")).returncode == 0

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from capabilities import missing
 from modelpkg.base import config
 from modelpkg.core.errors import NetworkError
 from modelpkg.ops.pull import pull
@@ -184,7 +185,7 @@ def _certificate(folder: Path, address: str) -> tuple[Path, Path]:
 def tls_registry(tmp_path):
     address = _lan_address()
     if address is None:
-        pytest.skip("no non-loopback address to serve TLS on")
+        missing("no non-loopback address to serve TLS on")
     binary = require_registry_binary()
     cert, key = _certificate(tmp_path / "tls", address)
     port = free_port(address)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from capabilities import require_module
 from modelpkg.cli.app import cli
 from modelpkg.core.errors import RunnerError
 from modelpkg.runtime import runner as rn
@@ -89,7 +90,7 @@ def test_later_layers_win_and_stop_lists_replace():
 
 def test_argument_names_exist_in_llama_cpp_python():
     """The names the mapping produces are parameters of the installed llama-cpp-python (no model loaded)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require_module("llama_cpp")
     init = inspect.signature(llama_cpp.Llama.__init__).parameters
     generate = inspect.signature(llama_cpp.Llama.generate).parameters
     assert set(rn.LoadOptions(Path("/m")).llama_kwargs()) <= set(init)
@@ -147,7 +148,7 @@ def invoke(env, *args, input=""):
 @pytest.fixture(scope="module")
 def plain(gemma_gguf):
     """What a plain llama-cpp-python script gives on the same file, with llama-cpp-python's own API."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require_module("llama_cpp")
     llm = llama_cpp.Llama(str(gemma_gguf), n_ctx=4096, n_batch=512, last_n_tokens_size=64, verbose=False)
 
     def complete(prompt, **kwargs):
@@ -422,7 +423,7 @@ def test_corrupted_weights_are_refused(home, tiny_model):
 
 
 def test_a_model_llama_cpp_cannot_load_is_a_clean_error(home, tiny_model):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp")
     tiny_model("tiny")
     result = CliRunner().invoke(cli, ["run", "tiny", "hello"])
     assert result.exit_code == RunnerError.exit_code, result.output

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from capabilities import require_module
 from modelpkg.core.errors import InvalidInputError
 from modelpkg.server.app import make_server
 from modelpkg.server.cache import parse_keep_alive
@@ -23,9 +24,9 @@ from modelpkg.server.http import DEFAULT_ORIGINS, local_host_header, origin_allo
 from modelpkg.server.ollama import modelfile_from_fields
 from modelpkg.server.openai import openai_format, openai_messages, openai_options
 
-ollama = pytest.importorskip("ollama")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
+ollama = require_module("ollama")
+openai = require_module("openai")
+httpx = require_module("httpx")
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "Modelfile.examples"
@@ -90,7 +91,7 @@ def test_openai_fields_map_to_ollama_options():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, gemma_gguf):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp")
     from modelpkg.base import config
     from modelpkg.ops.create import create
     from modelpkg.store import Store

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,7 +24,7 @@ from modelpkg.ops.models import describe
 from modelpkg.store import Store
 
 EXTRA = 'TEMPLATE "{{ .Prompt }}"\nSYSTEM be brief\nPARAMETER temperature 0.3\nLICENSE MIT\nMESSAGE user hi\n'
-skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+skopeo = pytest.mark.usefixtures("skopeo_binary")
 
 
 def _store() -> Store:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from capabilities import require_binary
 from conftest import make_gguf
 from modelpkg.base import config
 from modelpkg.core.digest import Digest
@@ -36,9 +37,7 @@ def test_layout_is_a_standard_oci_layout(home, tiny_model):
 
 
 def test_skopeo_reads_the_store_as_it_is(home, tiny_model, tmp_path):
-    skopeo = "/usr/bin/skopeo"
-    if not os.path.exists(skopeo):
-        pytest.skip("skopeo is not installed")
+    skopeo = require_binary("skopeo", "apt-get install skopeo")
     tiny_model("tiny")
     out = subprocess.run([skopeo, "inspect", "--raw", f"oci:{home}:registry.ollama.ai/library/tiny:latest"],
                          capture_output=True, text=True, timeout=60)
