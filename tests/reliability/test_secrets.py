@@ -119,6 +119,29 @@ def test_basic_auth_passwords_never_leak(basic_registry, tiny_model, tmp_path, d
     assert cli.leaks(_forms(password, user) | _forms(wrong, user)) == []
 
 
+# A password typed as URL user info into a model name or a registry host: each command refuses it with one
+# error line that shows the text with the password masked. 127.0.0.1:9 (discard) is never contacted: the text
+# is refused before any request.
+TYPED = [("pull", "{auth}@{host}/acme/typed:v1"), ("pull", "https://{auth}@{host}/acme/typed:v1"),
+         ("push", "{auth}@{host}/acme/typed:v1"), ("show", "{auth}@{host}/acme/typed:v1"),
+         ("login", "{auth}@{host}"), ("login", "https://{auth}@{host}"), ("logout", "{auth}@{host}"),
+         ("logout", "https://{auth}@{host}/v2/")]
+
+
+@pytest.mark.parametrize("debug", ["0", "1"])
+def test_a_password_typed_into_a_name_or_host_is_shown_masked(home, tmp_path, debug):
+    user, password, host = "alice", "Typed-" + secrets.token_urlsafe(12), "127.0.0.1:9"
+    cli = Cli(tmp_path, debug)
+    for command, form in TYPED:
+        text = form.format(auth=f"{user}:{password}", host=host)
+        login = ["-u", user, "--password-stdin"] if command == "login" else []
+        done = cli(command, text, *login, input="x\n", ok=False)
+        error = next(line for line in done.stderr.decode().splitlines() if line.startswith("Error:"))
+        masked = text.replace(f"{user}:{password}@", f"{user}:***@")
+        assert repr(masked) in error, (command, error)
+    assert cli.leaks(_forms(password, user)) == []
+
+
 @pytest.mark.parametrize("debug", ["0", "1"])
 def test_tokens_and_token_passwords_never_leak(token_registry, token_server, tiny_model, tmp_path, debug):
     host, user, password = token_registry.host, token_registry.username, token_registry.password
