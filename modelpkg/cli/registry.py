@@ -129,12 +129,13 @@ def _host(text: str) -> str:
     from modelpkg.core.reference import mask_password
 
     host = re.sub(r"^[a-z]+://", "", text.strip()).split("/", 1)[0]
+    shown = mask_password(text, host=True)
     try:
         ref = config.reference(f"{host}/x")
     except InvalidInputError as e:
-        raise UsageError(f"invalid registry host {mask_password(text)!r}", "write it as host or host:port") from e
+        raise UsageError(f"invalid registry host {shown!r}", "write it as host or host:port") from e
     if ref.host != host:
-        raise UsageError(f"invalid registry host {mask_password(text)!r}",
+        raise UsageError(f"invalid registry host {shown!r}",
                          "write it as host or host:port, e.g. ghcr.io")
     return host
 

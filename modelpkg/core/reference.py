@@ -88,13 +88,14 @@ class Reference:
         return text
 
 
-def mask_password(text: str) -> str:
+def mask_password(text: str, *, host: bool = False) -> str:
     """``text`` for an error message, with a password typed as URL user info (``[https://]user:pw@host/...``)
     masked: errors are printed and logged, passwords must not be. A digest reference (``name:tag@sha256:...``)
-    is left alone: nothing after its ``@`` holds a ``/``."""
+    is left alone: nothing after its ``@`` holds a ``/``. ``host=True``: ``text`` is a registry host, never a
+    digest reference, so ``user:pw@host`` is masked without a ``/`` after it."""
     head, at, rest = text.partition("@")
     scheme, _, userinfo = head.rpartition("://")
-    if at and ":" in userinfo and "/" not in userinfo and (scheme or "/" in rest):
+    if at and ":" in userinfo and "/" not in userinfo and (host or scheme or "/" in rest):
         return f"{scheme + '://' if scheme else ''}{userinfo.split(':', 1)[0]}:***@{rest}"
     return text
 
