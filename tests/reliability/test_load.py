@@ -90,4 +90,7 @@ def test_concurrent_pulls_of_models_sharing_layers(registry, fault_proxy, tmp_pa
           f"{elapsed:.1f} s; shared layer downloaded {len(proxy.matching('GET', weights))}x; "
           f"{sent / MB:.1f} MB of blobs sent; {len(proxy.requests)} requests; peak RSS per process "
           f"median {rss[len(rss) // 2] / 1024:.0f} MB, max {rss[-1] / 1024:.0f} MB")
-    assert rss[-1] < 150 * 1024  # bounded: blobs stream through 4 MiB buffers, never whole in memory
+    # Bounded at the figures' precision (MB): most pulls peak at 33-34 MB and a few at 41-42, so the median is
+    # one or the other; the one that downloads the shared layer peaks at 50 MB (its 16 MiB buffer ring). A blob
+    # held whole in memory, or a larger ring, would add up to its 32 MB.
+    assert rss[len(rss) // 2] < 45 * 1024 and rss[-1] < 60 * 1024
