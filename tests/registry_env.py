@@ -8,8 +8,9 @@ Fixtures: ``registry`` (anonymous), ``basic_registry`` (htpasswd), ``token_regis
 reset per test) are session-scoped RegistryServers; ``fault_proxy(upstream)`` is a per-test factory::
 
     proxy = fault_proxy(registry)                     # or a "host:port"
-    proxy.add("truncate", "GET", r"/blobs/sha256:", after=1000)   # next matching request only (count=1)
+    cut = proxy.add("truncate", "GET", r"/blobs/sha256:", after=1000)   # next matching request (count=1)
     ...client pulls from proxy.host...
+    assert cut.fired == 1                             # the cut happened (not just matched: see Fault)
     assert len(proxy.matching("GET", r"/manifests/")) == 1
 
 Must not import modelpkg: these fixtures are what modelpkg's registry client is tested against, so they
@@ -283,11 +284,13 @@ class TokenRequest:
 
 
 class Issued(tuple):
-    """``(user, scopes)``: who got a token and the scopes granted (``type:name:actions`` strings)."""
+    """``(user, scopes)``: who got a token and the scopes granted (``type:name:actions`` strings); ``.token``
+    is the JWT, ``.at`` when it was issued (``time.monotonic()``), to count the tokens a pull refreshed."""
 
     def __new__(cls, user, scopes, token):
         self = super().__new__(cls, (user, tuple(scopes)))
         self.token = token
+        self.at = time.monotonic()
         return self
 
     user = property(lambda self: self[0])
@@ -554,9 +557,15 @@ def token_server(token_registry):
 # --- fault proxy ----------------------------------------------------------------------------------------
 
 # Fault kinds and their parameters with defaults. Body offsets count bytes of the response body.
+# A fault *fires* when it does what it says (Fault.fired, ProxiedRequest.fired): a reset or truncate
+# fires only on a body longer than `after` (a 317-byte config blob takes the fault without being cut),
+# ignore_range only on a request that had a Range header.
 FAULT_KINDS: dict[str, dict] = {
-    "reset": {"after": 0},                # send `after` body bytes, then close with a TCP RST
-    "truncate": {"after": 0},             # full Content-Length, only `after` bytes, then a clean close (FIN)
+    # send `after` body bytes, pause `seconds` (the connection open, nothing sent), then close with a TCP
+    # RST; bytes still in the proxy's socket buffers are lost with it (counted as sent, never received)
+    "reset": {"after": 0, "seconds": 0},
+    # full Content-Length, only `after` bytes, pause `seconds`, then a clean close (FIN): nothing is lost
+    "truncate": {"after": 0, "seconds": 0},
     "status": {"status": 500, "body": None, "headers": None},   # answer without asking upstream
     "retry_after": {"seconds": 1},        # 429 Too Many Requests with Retry-After: seconds
     "corrupt": {"offset": 0, "length": 1},  # XOR 0xFF over body[offset:offset+length]
@@ -588,7 +597,8 @@ class Fault:
         self.method = method.upper() if method else None
         self.path = re.compile(path)
         self.remaining = count
-        self.hits = 0
+        self.hits = 0    # requests that matched and took the fault
+        self.fired = 0   # ... on which it took effect (a cut made, a Range dropped, a status answered)
         self.params = {**FAULT_KINDS[kind], **params}
 
     def __getattr__(self, name):
@@ -605,7 +615,7 @@ class Fault:
 
     def __repr__(self) -> str:
         return f"Fault({self.kind} {self.method or '*'} {self.path.pattern} remaining={self.remaining} " \
-               f"hits={self.hits} {self.params})"
+               f"hits={self.hits} fired={self.fired} {self.params})"
 
 
 class ProxiedRequest:
@@ -613,12 +623,13 @@ class ProxiedRequest:
 
     def __init__(self, method: str, path: str, query: str, headers, fault: str | None):
         self.method, self.path, self.query, self.headers, self.fault = method, path, query, headers, fault
+        self.fired = False    # the fault took effect on this request (see FAULT_KINDS)
         self.status: int | None = None
         self.bytes_sent = 0   # response body bytes handed to the client socket
         self.bytes_received = 0   # request body bytes read from the client (and forwarded upstream)
 
     def __repr__(self) -> str:
-        fault = f" [{self.fault}]" if self.fault else ""
+        fault = f" [{self.fault}{' fired' if self.fired else ''}]" if self.fault else ""
         return f"<{self.method} {self.path} -> {self.status}, {self.bytes_sent} B{fault}>"
 
 
@@ -679,8 +690,10 @@ class _OtherHostHandler(_QuietHandler):
 class FaultProxy:
     """A threaded HTTP proxy on 127.0.0.1 in front of ``upstream`` (host:port) that injects faults.
 
-    ``add(kind, method, path_regex, count=1, **params)`` queues a fault (see FAULT_KINDS); ``requests``
-    records every request; ``other_host`` is where ``redirect_other_host`` sends clients.
+    ``add(kind, method, path_regex, count=1, **params)`` queues a fault (see FAULT_KINDS) and returns it:
+    its ``hits`` counts the requests that took it, ``fired`` those on which it took effect. ``requests``
+    records every request (``fired(kind)``: those a fault took effect on); ``other_host`` is where
+    ``redirect_other_host`` sends clients.
     """
 
     def __init__(self, upstream: str):
@@ -725,6 +738,10 @@ class FaultProxy:
     def bytes_sent(self, method: str | None = None, path: str = "") -> int:
         return sum(r.bytes_sent for r in self.matching(method, path))
 
+    def fired(self, kind: str | None = None, method: str | None = None, path: str = "") -> list[ProxiedRequest]:
+        """Recorded requests on which a fault (of ``kind``, None: any) took effect."""
+        return [r for r in self.matching(method, path) if r.fired and (kind is None or r.fault == kind)]
+
     def close(self) -> None:
         self._closing.set()  # wakes stalled responses
         self._httpd.shutdown()
@@ -740,6 +757,13 @@ class FaultProxy:
                         fault.remaining -= 1
                     return fault
         return None
+
+    def _fire(self, record: ProxiedRequest, fault: Fault) -> None:
+        """Count ``fault`` as fired on ``record``: before its effect, so a client that saw it finds it counted."""
+        with self._lock:
+            if not record.fired:
+                record.fired = True
+                fault.fired += 1
 
     def __repr__(self) -> str:
         return f"FaultProxy({self.url} -> {self.upstream}, {len(self.faults)} faults)"
@@ -758,7 +782,7 @@ class _ProxyHandler(_QuietHandler):
         proxy.requests.append(record)
         try:
             if fault is not None and fault.kind in ("status", "retry_after"):
-                self._answer_fault(record, fault)
+                self._answer_fault(proxy, record, fault)
             elif fault is not None and fault.kind == "redirect_other_host":
                 self._redirect(proxy, record, fault)
             else:
@@ -803,12 +827,14 @@ class _ProxyHandler(_QuietHandler):
             yield from self._sized_body(size)
             self.rfile.readline(16)  # CRLF after the chunk
 
-    def _upstream_headers(self, fault: Fault | None) -> dict:
+    def _upstream_headers(self, fault: Fault | None, record: ProxiedRequest | None = None) -> dict:
         headers: dict[str, str] = {}
         for name, value in self.headers.items():
             if name.lower() in _HOP_BY_HOP:
                 continue
             if fault is not None and fault.kind == "ignore_range" and name.lower() in ("range", "if-range"):
+                if record is not None and name.lower() == "range":
+                    self.server.owner._fire(record, fault)
                 continue
             headers[name] = f"{headers[name]}, {value}" if name in headers else value  # e.g. several Accept
         if self.headers.get("Content-Length"):
@@ -819,17 +845,19 @@ class _ProxyHandler(_QuietHandler):
         conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
         body = self._request_body()
         if body is not None:
-            body = self._counted(record, body, fault.after if fault is not None and fault.kind == "cut_request"
+            body = self._counted(record, body, fault if fault is not None and fault.kind == "cut_request"
                                  else None)
         try:
-            conn.request(self.command, self.path, body=body, headers=self._upstream_headers(fault))
+            conn.request(self.command, self.path, body=body, headers=self._upstream_headers(fault, record))
             self._relay(proxy, record, conn.getresponse(), fault)
         finally:
             conn.close()
 
-    def _counted(self, record: ProxiedRequest, body, cut: int | None):
-        """The request body, counted into ``record``; with ``cut``, reset after that many bytes (what came
-        before is forwarded: upstream sees a body that breaks off, as over a real broken link)."""
+    def _counted(self, record: ProxiedRequest, body, fault: Fault | None):
+        """The request body, counted into ``record``; with a ``cut_request`` fault, reset after ``after``
+        bytes (what came before is forwarded: upstream sees a body that breaks off, as over a real broken
+        link)."""
+        cut = fault.after if fault is not None else None
         for data in body:
             if cut is not None:
                 data = data[:cut - record.bytes_received]
@@ -837,6 +865,7 @@ class _ProxyHandler(_QuietHandler):
             if data:
                 yield data
             if cut is not None and record.bytes_received >= cut:
+                self.server.owner._fire(record, fault)
                 self._cut("reset")
 
     # -- response side --
@@ -865,20 +894,25 @@ class _ProxyHandler(_QuietHandler):
         stall_at = fault.after if kind == "stall" else None
         sent = 0
         while True:
-            if cut is not None and sent >= cut:
-                self._cut(kind)
             data = upstream.read1(_CHUNK)
             if not data:
                 break
-            if cut is not None:
-                data = data[:cut - sent]
+            if cut is not None and sent + len(data) > cut:  # body left beyond `after`: cut it here
+                self._write(record, data[:cut - sent], chunked)
+                proxy._fire(record, fault)
+                proxy._closing.wait(fault.seconds)
+                self._cut(kind)
             if kind == "corrupt":
-                data = _flip(data, sent, fault.offset, fault.length)
+                flipped = _flip(data, sent, fault.offset, fault.length)
+                if flipped != data:
+                    proxy._fire(record, fault)
+                data = flipped
             if stall_at is not None and sent + len(data) >= stall_at:
                 head, data = data[:stall_at - sent], data[stall_at - sent:]
                 self._write(record, head, chunked)
                 sent += len(head)
                 stall_at = None
+                proxy._fire(record, fault)
                 proxy._closing.wait(fault.seconds)
             self._write(record, data, chunked)
             sent += len(data)
@@ -899,7 +933,7 @@ class _ProxyHandler(_QuietHandler):
             self.connection.close()
         raise _Abort(kind)
 
-    def _answer_fault(self, record: ProxiedRequest, fault: Fault) -> None:
+    def _answer_fault(self, proxy: FaultProxy, record: ProxiedRequest, fault: Fault) -> None:
         for _ in self._request_body() or ():
             pass  # read the request body so the connection stays usable
         if fault.kind == "retry_after":
@@ -910,6 +944,7 @@ class _ProxyHandler(_QuietHandler):
         if body is None:
             body = json.dumps({"errors": [{"code": code, "message": f"injected fault: {status}"}]}).encode()
         record.status = status
+        proxy._fire(record, fault)
         self._send(status, body, headers=headers)
 
     def _redirect(self, proxy: FaultProxy, record: ProxiedRequest, fault: Fault) -> None:
@@ -927,6 +962,7 @@ class _ProxyHandler(_QuietHandler):
             conn.close()
         location = proxy.other_host.put(data, content_type, record.path.rsplit("/", 1)[-1])
         record.status = fault.status
+        proxy._fire(record, fault)
         self._send(fault.status, b"", headers={"Location": location}, content_type="text/plain")
 
 

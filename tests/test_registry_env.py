@@ -321,3 +321,49 @@ def test_faults_validate_their_parameters(registry, fault_proxy):
     assert fault.hits == 3
     proxy.clear()
     assert requests.get(f"{proxy.url}/v2/", timeout=5).status_code == 200 and len(proxy.requests) == 1
+
+
+def test_a_fault_fires_only_where_it_takes_effect(registry, fault_proxy, seeded):
+    """``hits`` counts the requests that took a fault, ``fired`` those it did something to: a cut past the
+    end of a body, or an ignored Range on a request without one, takes the fault and changes nothing."""
+    proxy = fault_proxy(registry)
+    blob = _blob_url(proxy, seeded)
+    past_the_end = proxy.add("reset", "GET", r"/blobs/", after=len(BLOB))
+    assert requests.get(blob, timeout=5).content == BLOB  # the body is not longer than `after`: not cut
+    assert (past_the_end.hits, past_the_end.fired) == (1, 0)
+    cut = proxy.add("truncate", "GET", r"/blobs/", after=len(BLOB) - 1)
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        _ = requests.get(blob, timeout=5).content
+    assert (cut.hits, cut.fired) == (1, 1) and proxy.requests[-1].bytes_sent == len(BLOB) - 1
+
+    ignored = proxy.add("ignore_range", "GET", r"/blobs/", count=2)
+    assert requests.get(blob, timeout=5).status_code == 200  # no Range to ignore
+    assert requests.get(blob, headers={"Range": "bytes=10-"}, timeout=5).status_code == 200
+    assert (ignored.hits, ignored.fired) == (2, 1)
+    corrupt = proxy.add("corrupt", "GET", r"/blobs/", count=2, offset=len(BLOB))
+    assert requests.get(blob, timeout=5).content == BLOB  # nothing at that offset to flip
+    answered = proxy.add("status", "GET", r"/manifests/", status=503)
+    assert requests.get(f"{proxy.url}/v2/env/proxied/manifests/v1", timeout=5).status_code == 503
+    assert (corrupt.hits, corrupt.fired, answered.fired) == (1, 0, 1)
+    assert [(r.fault, r.fired) for r in proxy.requests] == [
+        ("reset", False), ("truncate", True), ("ignore_range", False), ("ignore_range", True),
+        ("corrupt", False), ("status", True)]
+    assert [r.fault for r in proxy.fired()] == ["truncate", "ignore_range", "status"]
+    assert proxy.fired("truncate", "GET", r"/blobs/") == [proxy.requests[1]]
+
+
+def test_a_cut_can_wait_before_it_breaks_the_connection(registry, fault_proxy, seeded):
+    """``seconds`` on reset and truncate: the first ``after`` bytes arrive at once, the break comes later."""
+    proxy = fault_proxy(registry)
+    proxy.add("truncate", "GET", r"/blobs/", after=5000, seconds=0.6)
+    conn = http.client.HTTPConnection(proxy.host, timeout=5)
+    conn.request("GET", f"/v2/env/proxied/blobs/{seeded[2]}")
+    response = conn.getresponse()
+    started = time.monotonic()
+    assert response.read(5000) == BLOB[:5000]
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    assert time.monotonic() - started >= 0.55
+    conn.close()
+    assert proxy.requests[0].fired and proxy.requests[0].bytes_sent == 5000

@@ -351,24 +351,34 @@ def test_pull_survives_a_fault(registry, fault_proxy, big_model, fault, params):
     proxy = fault_proxy(registry)
     _name, ref, blob = remote_only(proxy, big_model, f"acme/fault-{fault.replace('_', '-')}:v1")
     # twice in a row, except corruption: one corrupt copy is fetched again, two are an IntegrityError
-    proxy.add(fault, "GET", f"/blobs/{blob.digest}", count=1 if fault == "corrupt" else 2, **params)
+    count = 1 if fault == "corrupt" else 2
+    injected = proxy.add(fault, "GET", f"/blobs/{blob.digest}", count=count, **params)
     client = fresh(proxy.host, timeout=(5, 1.0))
     entry = pull(store(), ref, client=client)
     assert store().has_blob(blob.digest, blob.size)
-    assert proxy.faults[0].hits >= 1
+    assert injected.fired == count  # each fault happened, on a weights GET of its own
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert [g.fired for g in gets] == [True] * count + [False]
     assert entry.digest == store().resolve(ref).digest
     assert_store_sound(store())
 
 
 def test_a_registry_that_ignores_range_is_detected(registry, fault_proxy, big_model):
+    """The weights GET is reset after 700 kB; the resume (Range: bytes=N-) is answered 200 with the whole
+    blob: the kept prefix is dropped and the 200's body stored from byte 0, never appended to it."""
     proxy = fault_proxy(registry)
     _name, ref, blob = remote_only(proxy, big_model, "acme/ignore-range:v1")
-    proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=700_000)
-    proxy.add("ignore_range", "GET", f"/blobs/{blob.digest}")
+    reset = proxy.add("reset", "GET", f"/blobs/{blob.digest}", after=700_000)
+    ignored = proxy.add("ignore_range", "GET", f"/blobs/{blob.digest}")
     pull(store(), ref, client=fresh(proxy.host))
     assert_store_sound(store())
+    assert store().has_blob(blob.digest, blob.size) and not store().partial_path(blob.digest).exists()
+    assert (reset.fired, ignored.fired) == (1, 1)
     gets = proxy.matching("GET", f"/blobs/{blob.digest}")
-    assert len(gets) == 2 and gets[1].status == 200  # the 200 to a Range request restarted from byte 0
+    assert len(gets) == 2 and gets[0].headers.get("Range") is None
+    kept = int(gets[1].headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < kept <= 700_000  # the resume asked for the rest of what the reset left
+    assert gets[1].status == 200 and gets[1].bytes_sent == blob.size  # answered with the whole blob
 
 
 def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(registry, fault_proxy, big_model):
@@ -625,19 +635,59 @@ def test_token_auth_refreshes_after_expiry(token_registry, token_server, tiny_mo
     assert len(token_server.issued) == 2
 
 
-def test_a_token_the_registry_no_longer_accepts_is_renewed_once(token_registry, token_server, tiny_model):
+def test_a_token_the_registry_no_longer_accepts_is_renewed_once(token_registry, token_server, fault_proxy,
+                                                               tiny_model):
     import time
 
-    ref = tiny_model(f"{token_registry.host}/acme/token-renew:v1")
-    client = RegistryClient(token_registry.host, credentials=Credential(token_registry.username,
-                                                                        token_registry.password))
-    token_server.valid_for = 61  # the registry accepts each token for about a second; clients are told 300 s
+    proxy = fault_proxy(token_registry)
+    ref = tiny_model(f"{proxy.host}/acme/token-renew:v1")
+    client = RegistryClient(proxy.host, credentials=Credential(token_registry.username, token_registry.password))
+    token_server.valid_for = 2  # the registry accepts each token for about 2 s; clients are told 300 s
     push(store(), ref, client=client)
-    issued = len(token_server.issued)
-    time.sleep(2.5)
-    run("rm", str(ref))
-    pull(store(), ref, client=client)  # the cached token is refused: one 401, one new token, then success
-    assert len(token_server.issued) > issued
+    assert len(token_server.issued) == 1
+    cached = token_server.issued[0].token
+    deadline = time.monotonic() + 10
+    while requests.get(f"{token_registry.url}/v2/", headers={"Authorization": f"Bearer {cached}"},
+                       timeout=5).status_code == 200:  # until the registry refuses the cached token
+        assert time.monotonic() < deadline, "the registry kept accepting an expired token"
+        time.sleep(0.1)
+    proxy.clear()
+    push(store(), ref, client=client)  # the same scope: the cached token is refused, renewed once, sent again
+    assert len(token_server.issued) == 2
+    statuses = [r.status for r in proxy.requests]
+    assert 401 in statuses and statuses[-1] in (200, 201)
+    assert all(r.headers.get("Authorization") == f"Bearer {token_server.issued[1].token}"
+               for r in proxy.requests[statuses.index(401) + 1:] if r.status != 401)
+
+
+def test_tokens_expiring_mid_pull_are_refreshed_before_they_expire(token_registry, token_server, fault_proxy,
+                                                                    big_model):
+    """A pull that outlives its tokens: each lives 2 s (the client uses one for 1 s: it refreshes at half
+    the lifetime) and the registry takes it for 2 s; the weights GET breaks twice, each 1.3 s after it
+    started, so each resume finds its token stale. Two refreshes, counted at the token server; each
+    resume sent a new token; the registry refused none (one 401: the pull's first request)."""
+    import time
+
+    proxy = fault_proxy(token_registry)
+    cred = Credential(token_registry.username, token_registry.password)
+    name = f"{proxy.host}/acme/token-mid-pull:v1"
+    ref = big_model(name)
+    push(store(), ref, client=RegistryClient(proxy.host, credentials=cred))
+    blob = model_blob(ref)
+    run("rm", name)
+    token_server.expires_in, token_server.valid_for = 2, 2
+    proxy.clear()
+    cuts = proxy.add("truncate", "GET", f"/blobs/{blob.digest}", count=2, after=300_000, seconds=1.3)
+    started = time.monotonic()
+    pull(store(), ref, client=fresh(proxy.host, credentials=cred, timeout=(5, 5)))
+    took = time.monotonic() - started
+    assert store().has_blob(blob.digest, blob.size) and cuts.fired == 2
+    during = [i for i in token_server.issued if i.at >= started]
+    print(f"\ntokens during a {took:.1f} s pull: {len(during)} (1 + {len(during) - 1} refreshed)")
+    assert len(during) == 1 + 2  # the pull's first token, then one refresh per resume
+    gets = proxy.matching("GET", f"/blobs/{blob.digest}")
+    assert [g.headers["Authorization"] for g in gets] == [f"Bearer {i.token}" for i in during]
+    assert [r.status for r in proxy.requests].count(401) == 1 and proxy.requests[0].status == 401
 
 
 def test_token_auth_denied_and_anonymous(token_registry, token_server, tiny_model):

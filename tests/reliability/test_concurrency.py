@@ -37,9 +37,10 @@ def test_two_pulls_of_one_model(registry, fault_proxy, tmp_path, big_remote):
     for n in range(ROUNDS):
         home = tmp_path / f"home{n}"
         proxy.clear()
-        proxy.add("stall", "GET", weights, after=size // 3, seconds=0.5)  # the second arrives mid-download
+        stall = proxy.add("stall", "GET", weights, after=size // 3, seconds=0.5)  # the second arrives mid-download
         first, second = start_cli(home, "pull", name), start_cli(home, "pull", name)
         assert finish(first)[0] == 0 and finish(second)[0] == 0
+        assert stall.fired == 1
         assert len(proxy.matching("GET", weights)) == 1, proxy.matching("GET", weights)
         assert store_problems(home) == [] and names(home) == [name]
 

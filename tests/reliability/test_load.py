@@ -90,7 +90,24 @@ def test_concurrent_pulls_of_models_sharing_layers(registry, fault_proxy, tmp_pa
           f"{elapsed:.1f} s; shared layer downloaded {len(proxy.matching('GET', weights))}x; "
           f"{sent / MB:.1f} MB of blobs sent; {len(proxy.requests)} requests; peak RSS per process "
           f"median {rss[len(rss) // 2] / 1024:.0f} MB, max {rss[-1] / 1024:.0f} MB")
+    # every blob of the 20 models (the shared layer, each model's config, system prompt and params) was
+    # sent once, whole, to one of the 50 processes: the bytes sent are the bytes the store holds
+    blob_gets = [r.path for r in proxy.matching("GET", r"/blobs/")]
+    assert len(blob_gets) == len({p.rsplit("/", 1)[1] for p in blob_gets}), "a blob was downloaded twice"
+    assert sent == blob_bytes(home) and f"{sent / MB:.1f}" == f"{env_int('LOAD_SHARED_MB', 32):.1f}"
     # Bounded at the figures' precision (MB): most pulls peak at 33-34 MB and a few at 41-42, so the median is
     # one or the other; the one that downloads the shared layer peaks at 50 MB (its 16 MiB buffer ring). A blob
     # held whole in memory, or a larger ring, would add up to its 32 MB.
     assert rss[len(rss) // 2] < 45 * 1024 and rss[-1] < 60 * 1024
+
+
+def blob_bytes(home) -> int:
+    """The sizes of the distinct config and layer blobs the store's models name (what pulls download)."""
+    from modelpkg.core.manifest import parse_manifest
+
+    store = Store(home)
+    blobs = {}
+    for entry in store.refs():
+        for desc in parse_manifest(store.read_blob(entry.digest), entry.media_type).blobs():
+            blobs[desc.digest] = desc.size
+    return sum(blobs.values())
