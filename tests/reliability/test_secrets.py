@@ -143,11 +143,13 @@ def test_a_password_typed_into_a_name_or_host_is_shown_masked(home, tmp_path, de
 
 
 @pytest.mark.parametrize("debug", ["0", "1"])
-def test_tokens_and_token_passwords_never_leak(token_registry, token_server, tiny_model, tmp_path, debug):
+def test_tokens_and_token_passwords_never_leak(token_registry, token_server, fault_proxy, tiny_model, tmp_path,
+                                               debug):
     host, user, password = token_registry.host, token_registry.username, token_registry.password
     wrong = "Wr0ng-" + secrets.token_urlsafe(12)
     name = f"{host}/leak/token-{debug}:v1"
-    tiny_model(name)
+    _, manifest = Store(config.home()).manifest(tiny_model(name))
+    weights = max(manifest.layers, key=lambda d: d.size).digest
     cli = Cli(tmp_path, debug)
 
     cli("login", host, "-u", user, "--password-stdin", input=wrong + "\n", ok=False)
@@ -161,10 +163,17 @@ def test_tokens_and_token_passwords_never_leak(token_registry, token_server, tin
     cli("rm", name, ok=True)
     cli("pull", name, ok=False)
     token_server.fail_count = 0
-    token_server.expires_in = 1  # tokens expire during a pull: refreshed, never shown
-    cli("pull", name, ok=True)
+    # tokens expire during a pull: each lives 2 s (the client uses one for 1 s) and the weights GET breaks
+    # twice, 1.3 s after it started, so each resume refreshes first; refreshed, never shown
+    token_server.expires_in = 2
+    proxy = fault_proxy(token_registry)
+    cuts = proxy.add("truncate", "GET", f"/blobs/{weights}", count=2, after=100, seconds=1.3)
+    started = time.monotonic()
+    cli("pull", f"{proxy.host}/leak/token-{debug}:v1", ok=True,
+        env={"MODELPKG_REGISTRY_USER": user, "MODELPKG_REGISTRY_PASSWORD": password})
+    assert cuts.fired == 2
+    assert len([i for i in token_server.issued if i.at >= started]) == 1 + 2  # the first token, two refreshes
     tokens = [issued.token for issued in token_server.issued]
-    assert len(tokens) >= 3
     forms = _forms(password, user) | _forms(wrong, user)
     for token in tokens:
         forms |= {token.encode(), *(part.encode() for part in token.split(".")[1:] if len(part) >= 16)}
