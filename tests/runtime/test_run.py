@@ -292,6 +292,19 @@ class Terminal:
     def send(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def interrupt_at_prompt(self, tries: int = 5, wait: float = 3) -> str:
+        """Ctrl-C at the input prompt, pressed again if nothing happens, as a person would: CPython's readline
+        drops a SIGINT that lands between writing the prompt and its select() on the terminal (the signal is
+        seen only at the next key), a window a loaded machine can hit. Everything up to the next prompt."""
+        for _ in range(tries):
+            self.send("\x03")
+            try:
+                return self.expect(">>> ", timeout=wait)
+            except AssertionError:
+                if self.process.poll() is not None:
+                    raise
+        raise AssertionError(f"Ctrl-C was never answered at the prompt; got {self.buffer!r}")
+
     def close(self) -> int:
         try:
             return self.process.wait(timeout=20)
@@ -352,8 +365,7 @@ def test_repl_ctrl_d_leaves_and_model_history_is_shown(env):
         shown += term.expect("Madrid.")
         assert "What is the capital of France?" in shown and "Paris." in shown
         term.expect(">>> ")
-        term.send("\x03")
-        assert "Use Ctrl + d or /bye to exit." in term.expect(">>> ")
+        assert "Use Ctrl + d or /bye to exit." in term.interrupt_at_prompt()
         term.send("\x04")
         assert term.close() == 0
     finally:
