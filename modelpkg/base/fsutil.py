@@ -1,4 +1,4 @@
-"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, and OSError translation.
+"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, removable lock files, and OSError translation.
 
 Every write that must survive a crash goes: temp file in the destination's filesystem -> fsync ->
 ``os.replace`` -> fsync of the folder. A crash leaves the old file or the new one, never a mix.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -51,22 +52,123 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_name(folder: Path, prefix: str = "tmp") -> Path:
-    """A unique name that records the owner's pid, so gc can tell a live writer's file from debris."""
+    """A unique name that records the owner's pid (``<prefix>-<pid>-<random>``), so a working file can be
+    told from debris: see ``owner_pid`` and the store's owner locks."""
     return folder / f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def owner_alive(name: str) -> bool:
-    """Is the process that made the temp file ``name`` (see ``temp_name``) still running?"""
-    parts = name.split("-")
-    if len(parts) < 3 or not parts[-2].isdigit():
+_OWNED = re.compile(r"-(\d{1,10})-[0-9a-f]+(\.[a-z][a-z.]*)?$")
+
+
+def owner_pid(name: str) -> int | None:
+    """The pid recorded in the working file name ``name`` (see ``temp_name``); None for other names
+    (``<hex>.partial``, ``<hex>.lock``, a folder)."""
+    match = _OWNED.search(name)
+    return int(match[1]) if match else None
+
+
+def pid_exists(pid: int) -> bool:
+    """Is there a process ``pid`` in this pid namespace? (A reused pid says yes: callers only keep files on it.)"""
+    if pid <= 0:
         return False
     try:
-        os.kill(int(parts[-2]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except PermissionError:
         return True  # it exists but belongs to someone else
+    except (OSError, OverflowError):
+        return False  # beyond pid_max: no such process
     return True
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lock files that can be removed. flock(2) dies with its process in any pid namespace (it belongs to the open
+# file, not to a pid), so a lock file tells a live owner from a dead one where a pid cannot. A lock file is
+# removed only by a process that holds its lock, and an acquirer checks, once locked, that the name still
+# leads to the inode it locked (else it was removed meanwhile: it opens the name again). So removing a lock
+# file never lets two processes hold "the same" lock.
+
+UNLOCKABLE = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without flock
+
+
+def lock_file(path: Path, *, blocking: bool = True) -> int | None:
+    """Hold the exclusive flock of ``path`` (created if missing) and return its fd; None when ``blocking`` is
+    False and another process holds it. OSError where it cannot be locked (``UNLOCKABLE``: no flock here)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_named(fd, path):
+            return fd
+        os.close(fd)  # removed (or replaced) while we waited: lock the file the name leads to now
+
+
+def unlock_and_remove(fd: int, path: Path) -> None:
+    """Remove the lock file ``path`` whose lock ``fd`` holds, then release it (a waiter finds the name gone)."""
+    try:
+        if _still_named(fd, path):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def lock_held(path: Path) -> bool:
+    """Does a process hold the flock of ``path``? False when it is missing. Creates nothing; where flock
+    is unavailable the answer is True (nothing can be known, so nothing is taken for dead)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return False
+
+
+def remove_if_unlocked(path: Path) -> bool:
+    """Remove the lock file ``path`` unless a process holds its lock; True when it was removed."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # held, or no flock here: keep it
+    gone = _still_named(fd, path)
+    unlock_and_remove(fd, path)
+    return gone
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        named, opened = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def atomic_write(path: Path, data: bytes, temp_dir: Path | None = None, mode: int = 0o644) -> None:

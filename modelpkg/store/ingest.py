@@ -13,7 +13,7 @@ differ only in where the bytes land: ``Store.partial_path`` (kept across interru
 filled and verified by the registry client) under the per-digest lock ``ingest/<hex>.lock``
 (``Store.download_lock_path``) that keeps two processes from fetching one blob at once.
 
-Adapter: file I/O. Imports the core, ``base.fsutil``, ``filelock`` and the store's layout; never the
+Adapter: file I/O. Imports the core, ``base.fsutil`` and the store's layout; never the
 registry (the client that fills a download is handed in by ``ops``), the runtime or the verbs.
 """
 
@@ -96,18 +96,21 @@ def receive(store: Store, src: BinaryIO, pins: Pins, *, expected: Digest | None 
 @contextmanager
 def download_lock(store: Store, digest: Digest) -> Iterator[None]:
     """Hold the per-digest download lock: one downloader per blob across processes (a second one waits,
-    then finds the blob present). Only a lock against duplicate work: correctness is the atomic rename's."""
-    from filelock import FileLock
-
-    lock = FileLock(str(store.download_lock_path(digest)))
+    then finds the blob present). Only a lock against duplicate work: correctness is the atomic rename's.
+    The lock file goes with the lock (``fsutil.unlock_and_remove``), so a finished pull leaves none; one a
+    killed pull left is removed by the next process to open the store."""
+    path = store.download_lock_path(digest)
     try:
-        lock.acquire()
+        fd = fsutil.lock_file(path)
     except OSError as e:
-        raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
+        if e.errno not in fsutil.UNLOCKABLE:
+            raise fsutil.os_error(e, store.ingest_dir, "locking a download in") from e
+        fd = None  # no flock on this filesystem: two pulls of one blob may both fetch it, one rename wins
     try:
         yield
     finally:
-        lock.release()
+        if fd is not None:
+            fsutil.unlock_and_remove(fd, path)
 
 
 def commit_download(store: Store, digest: Digest, pins: Pins) -> None:

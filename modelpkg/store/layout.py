@@ -8,6 +8,7 @@ Layout (OCI image-spec image-layout.md), under ``MODELPKG_HOME``::
     ingest/                         working files (not part of the layout): temp files, <hex>.partial
                                     downloads and the <hex>.lock their one downloader holds
     ingest/pins/                    digests that running operations are about to reference
+    ingest/owners/                  one lock per process using the store, held while it runs
     ingest/verified/<hex>           when a blob was last hashed and found right (size, mtime, inode)
     ingest/origins/<host>.json      which repositories on a registry hold which blobs (``store.origins``:
                                     push mounts them instead of uploading)
@@ -21,6 +22,11 @@ Rules that keep it consistent (huggingface_hub's cache and go-containerregistry'
 - An operation *pins* the digests it will reference before it relies on them; gc (under the store lock)
   never deletes a pinned blob, nor one younger than its grace period. Pins die with their process (a
   file lock held for the pin's lifetime), so a killed operation never blocks gc for ever.
+- Working files of a killed operation never outlive it: their names carry the owner's pid (``fsutil.temp_name``)
+  and each process holds an owner lock while it uses the store, so the next operation that writes (its first
+  ``session``) removes the files of owners that are gone, at once, and gc plans them whatever their age;
+  reading (list, show, verify) removes nothing. A ``.partial`` download is kept for the next pull to resume
+  from (gc's partial grace decides when it goes).
 
 Adapter: file I/O. Imports the pure core, ``fsutil`` and ``filelock``.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,8 +110,11 @@ class Store:
         self.blobs_dir = self.root / "blobs" / "sha256"
         self.ingest_dir = self.root / "ingest"
         self.pins_dir = self.ingest_dir / "pins"
+        self.owners_dir = self.ingest_dir / "owners"
         self.index_path = self.root / "index.json"
         self._initialised = False
+        self._owner: Path | None = None  # this object's owner lock (``_claim``)
+        self._tidied = False  # the first session removes what killed operations left (``_remove_dead_working_files``)
         self._filelock = None  # one FileLock per Store: re-entrant within a thread, exclusive across threads
 
     # ----------------------------------------------------------------------------------------------------
@@ -117,6 +127,8 @@ class Store:
         try:
             for folder in (self.blobs_dir, self.pins_dir):
                 folder.mkdir(parents=True, exist_ok=True)
+            if self._owner is None:
+                self._claim()
             layout = self.root / "oci-layout"
             if not layout.exists():
                 fsutil.atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}', self.ingest_dir)
@@ -128,6 +140,62 @@ class Store:
             raise fsutil.os_error(e, self.root, "creating the store in") from e
         self._initialised = True
         return self
+
+    # ----------------------------------------------------------------------------------------------------
+    # owners of working files: each process (each Store object) that opens the store holds the flock of
+    # ``ingest/owners/owner-<pid>-<random>.lock`` until it ends. A working file is the owner's while either a
+    # held owner lock names its pid or that pid is a running process here. The lock is what tells a live owner
+    # in another pid namespace (a container sharing the store) from a dead one, where its pid means nothing;
+    # the pid is a second opinion for a filesystem whose locks do not work. A reused pid keeps a dead owner's
+    # files (safe: gc's grace removes them later); nothing of a live owner is ever removed.
+
+    def _claim(self) -> bool:
+        """Hold this process's owner lock before any working file is written (``init``). False where nothing
+        can be written (a read-only store) or locked (no flock here): then this process removes nothing."""
+        try:
+            self.owners_dir.mkdir(parents=True, exist_ok=True)
+            path = fsutil.temp_name(self.owners_dir, "owner").with_suffix(".lock")
+            fd = fsutil.lock_file(path)
+        except OSError:
+            return False
+        weakref.finalize(self, _release_owner, fd, path, os.getpid())
+        self._owner = path
+        return True
+
+    def live_owners(self) -> set[int]:
+        """The pids whose owner lock is held; the locks of owners that are gone are removed on the way."""
+        live = set()
+        for path in _listdir(self.owners_dir):
+            pid = fsutil.owner_pid(path.name)
+            if pid is None:
+                continue
+            if fsutil.lock_held(path):
+                live.add(pid)
+            else:
+                fsutil.remove_if_unlocked(path)
+        return live
+
+    @staticmethod
+    def owned(name: str, live: set[int]) -> bool:
+        """Is the working file ``name`` (pid-named, see ``fsutil.temp_name``) one a live process owns?"""
+        pid = fsutil.owner_pid(name)
+        return pid is not None and (pid in live or fsutil.pid_exists(pid))
+
+    def _remove_dead_working_files(self) -> None:
+        """Remove what killed operations left: their temp files (``ingest-<pid>-...``, ``.write-<pid>-...``,
+        ``upload-<pid>-...``), pins, and download locks nobody holds. One listing of ``ingest/`` and its small
+        folders, nothing per blob. ``.partial`` downloads stay: the next pull resumes from them."""
+        owned = [path for folder in (self.ingest_dir, self.pins_dir) for path in _listdir(folder)
+                 if fsutil.owner_pid(path.name) is not None]
+        owned += [path for path in _listdir(self.ingest_dir / "origins") if path.name.startswith(".write-")]
+        locks = [path for path in _listdir(self.ingest_dir)
+                 if path.name.endswith(".lock") and fsutil.owner_pid(path.name) is None]
+        live = self.live_owners()  # after listing: a file listed was made by an owner already locked
+        for path in owned:
+            if not self.owned(path.name, live):
+                fsutil.unlink_quietly(path)
+        for path in locks:
+            fsutil.remove_if_unlocked(path)
 
     @contextmanager
     def lock(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
@@ -162,6 +230,9 @@ class Store:
     def session(self) -> Iterator[Pins]:
         """An operation's pins: every digest pinned stays safe from gc until the block ends."""
         self.init()
+        if not self._tidied and self._owner is not None:
+            self._tidied = True
+            self._remove_dead_working_files()
         pins = Pins(self)
         try:
             yield pins
@@ -524,31 +595,33 @@ class Store:
             if digest not in keep and now - st.st_mtime >= grace:
                 blobs.append((digest, st.st_size))
         partials = []
-        for path in _listdir(self.ingest_dir):
+        entries = _listdir(self.ingest_dir)
+        live = self.live_owners()  # after listing, as in ``_remove_dead_working_files``
+        for path in entries:
             if path.is_dir():
                 continue
             try:
                 st = path.stat()
             except OSError:
                 continue
-            if self._in_use(path):
+            if self._in_use(path, live):
                 continue
-            # downloads (and their locks) keep the long grace: a pull may resume them days later
+            # downloads (and their locks) keep the long grace: a pull may resume them days later; a temp
+            # file whose owner is gone has no grace at all (nobody will ever finish it)
             long_lived = path.name.endswith((".partial", ".lock"))
-            limit = partial_grace if long_lived else grace
+            orphan = fsutil.owner_pid(path.name) is not None
+            limit = partial_grace if long_lived else 0.0 if orphan else grace
             if now - st.st_mtime >= limit:
                 partials.append((path, st.st_size))
         return GCPlan(tuple(sorted(blobs)), tuple(sorted(partials)))
 
-    @staticmethod
-    def _in_use(path: Path) -> bool:
+    def _in_use(self, path: Path, live: set[int]) -> bool:
         """A working file a live operation owns: its temp file, or a download whose lock is held."""
         name = path.name
-        if fsutil.owner_alive(name):
+        if self.owned(name, live):
             return True
         if name.endswith(".partial") or name.endswith(".lock"):
-            lock = path.with_name(name.split(".")[0] + ".lock")
-            return Pins.held(lock)
+            return fsutil.lock_held(path.with_name(name.split(".")[0] + ".lock"))
         return False
 
     def gc(self, grace: float = 3600.0, partial_grace: float = 7 * 86400.0, dry_run: bool = False) -> GCPlan:
@@ -679,6 +752,13 @@ class Pins:
             except Exception:  # noqa: BLE001 - a pin being rewritten is read again next time
                 continue
         return pinned
+
+
+def _release_owner(fd: int, path: Path, pid: int) -> None:
+    if os.getpid() == pid:
+        fsutil.unlock_and_remove(fd, path)
+    else:  # a forked child: the parent still owns the lock (closing this copy keeps it held)
+        os.close(fd)
 
 
 def _listdir(folder: Path) -> list[Path]:

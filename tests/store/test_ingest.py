@@ -71,3 +71,4 @@ def test_a_download_replaces_a_damaged_blob_under_the_lock(store):
     assert store.read_blob(digest) == data
     assert not store.partial_path(digest).exists()
     assert not Pins.held(store.download_lock_path(digest))
+    assert _working_files(store) == []  # the lock file went with the lock: a finished download leaves nothing

@@ -15,7 +15,7 @@ import pytest
 
 from capabilities import require_binary
 from conftest import make_gguf
-from modelpkg.base import config
+from modelpkg.base import config, fsutil
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, NotFoundError
 from modelpkg.ops.models import remove
@@ -24,6 +24,14 @@ from modelpkg.store import Store
 
 def store_at(home: Path) -> Store:
     return Store(home).init()
+
+
+def leftovers(store: Store) -> list[str]:
+    """Working files left in ``ingest/`` (dotfiles, pins and dead owners' locks included): what a finished or
+    killed-then-rerun operation must not leave. Not the verified markers, nor live processes' owner locks."""
+    return sorted(str(p.relative_to(store.ingest_dir)) for p in store.ingest_dir.rglob("*")
+                  if p.is_file() and p.parent.name != "verified"
+                  and not (p.parent == store.owners_dir and fsutil.lock_held(p)))
 
 
 def test_layout_is_a_standard_oci_layout(home, tiny_model):
@@ -185,8 +193,7 @@ def test_create_killed_at_a_random_moment_leaves_old_or_new(home, tmp_path, seed
         _, manifest = store.manifest(config.reference(entry.name))
         assert all(store.has_blob(d.digest) for d in manifest.blobs())
     assert subprocess.run(_create_cmd(home, "victim", modelfile), env=_env(home), timeout=120).returncode == 0
-    store.gc(grace=0, partial_grace=0)
-    assert not [p for p in store.ingest_dir.iterdir() if p.is_file()]
+    assert leftovers(store) == []  # no gc in between: the re-run removed what the killed run left
 
 
 def test_gc_keeps_a_live_writers_temp_file_and_removes_debris(home):
@@ -195,8 +202,107 @@ def test_gc_keeps_a_live_writers_temp_file_and_removes_debris(home):
     mine.write_bytes(b"being written")
     dead = store.ingest_dir / "ingest-999999999-abcdef"
     dead.write_bytes(b"left by a killed process")
-    removed = [p for p, _ in store.gc(grace=0).partials]
+    removed = [p for p, _ in store.gc().partials]  # the default grace: nobody will finish a dead owner's file
     assert removed == [dead] and mine.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# working files of killed operations: removed by the next operation, never a live owner's
+
+_KILLED = """
+import os, signal, sys
+from modelpkg.core.digest import Digest
+from modelpkg.store import Store, ingest
+store = Store(sys.argv[1]).init()
+with store.session() as pins:
+    store.put_bytes(b"pinned", pins)
+    store.temp_path("ingest").write_bytes(b"half a copy")
+    (store.ingest_dir / f".write-{os.getpid()}-0123456789ab").write_bytes(b"half a write")
+    store.temp_path("upload").write_bytes(b"half an upload")
+    digest = Digest.of(b"a download")
+    with ingest.download_lock(store, digest):
+        store.partial_path(digest).write_bytes(b"a down")
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_operation(home: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", _KILLED, str(home)], timeout=60)
+    assert result.returncode == -signal.SIGKILL
+
+
+def test_the_next_operation_removes_a_killed_ones_working_files_and_keeps_its_partial(home):
+    _killed_operation(home)
+    store = Store(home)
+    partial = store.partial_path(Digest.of(b"a download")).name
+    left = leftovers(store)
+    assert {partial, partial.replace(".partial", ".lock")} < set(left)
+    assert {f.split("-")[0] for f in left if "-" in f} >= {"ingest", ".write", "upload", "pins/pin", "owners/owner"}
+    assert store.refs() == [] and store.verify() == []  # reading removes nothing
+    assert leftovers(store) == left
+    with store.session():
+        pass
+    assert leftovers(store) == [partial]  # no gc, no grace: at once; the download stays to be resumed
+    assert [p.name for p, _ in store.gc(grace=0).partials] == []  # gc's partial grace still keeps it
+
+
+def test_a_live_owners_files_are_kept_even_where_its_pid_means_nothing(home, tmp_path):
+    """A process in another pid namespace (a container sharing the store): its pid names no process here,
+    only its owner lock says it is alive. Stand-in: a helper holds an owner lock for a pid that does not
+    exist here, its working file is kept; once the helper is gone, the next operation removes it."""
+    store = store_at(home)
+    alien = 999_999_999  # beyond pid_max: no process here
+    owner = store.owners_dir / f"owner-{alien}-0123456789ab.lock"
+    working = store.ingest_dir / f"ingest-{alien}-0123456789ab"
+    code = ("import sys, time; from pathlib import Path; from modelpkg.base import fsutil; "
+            "fsutil.lock_file(Path(sys.argv[1])); Path(sys.argv[2]).write_bytes(b'mine'); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(owner), str(working)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (working.exists() and fsutil.lock_held(owner)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not fsutil.pid_exists(alien) and fsutil.lock_held(owner)
+        with Store(home).session():
+            pass
+        assert store.gc().partials == ()
+        assert working.exists() and owner.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with Store(home).session():
+        pass
+    assert not working.exists() and not owner.exists()
+
+
+def test_a_file_named_for_a_running_pid_is_kept_without_an_owner_lock(home):
+    """No owner lock, but the pid runs here (this one, or a reused pid): kept; gc's grace decides later."""
+    store = store_at(home)
+    working = store.ingest_dir / "ingest-1-0123456789ab"  # pid 1 always runs
+    working.write_bytes(b"kept")
+    with Store(home).session():
+        pass
+    assert working.exists() and store.gc().partials == ()
+
+
+def test_a_removed_lock_file_is_never_held_twice(tmp_path):
+    """A waiter that opened the lock file before its holder removed it locks the name again, not the
+    removed file: at every moment the name leads to the one lock that is held."""
+    import threading
+
+    path = tmp_path / "x.lock"
+    first = fsutil.lock_file(path)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(fsutil.lock_file(path)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter has opened the file and waits on its lock
+    assert not got
+    fsutil.unlock_and_remove(first, path)
+    waiter.join(10)
+    assert got and path.exists() and fsutil.lock_held(path)
+    assert os.fstat(got[0]).st_ino == path.stat().st_ino
+    fsutil.unlock_and_remove(got[0], path)
+    assert not path.exists() and not fsutil.lock_held(path)
+    assert fsutil.lock_file(path, blocking=False) is not None
 
 
 def test_ingesting_the_same_content_again_repairs_a_damaged_blob(home, tiny_model, tiny_gguf):
