@@ -79,6 +79,28 @@ def store_problems(home: Path) -> list[str]:
     return problems
 
 
+def working_files(home: Path) -> list[str]:
+    """What operations left in the store's ``ingest/`` (paths relative to it), dotfiles included: temp files,
+    downloads and their locks, pins, owner locks nobody holds. Not the records kept on purpose: the verified
+    markers, ``origins/<host>.json`` (and its lock), and the owner locks of live processes (this one's own)."""
+    from modelpkg.base import fsutil
+
+    ingest = home / "ingest"
+    if not ingest.exists():
+        return []
+    left = []
+    for path in sorted(ingest.rglob("*")):
+        relative = path.relative_to(ingest)
+        if path.is_dir() or relative.parts[0] == "verified":
+            continue
+        if relative.parts[0] == "origins" and not path.name.startswith("."):
+            continue
+        if relative.parts[0] == "owners" and fsutil.lock_held(path):
+            continue
+        left.append(str(relative))
+    return left
+
+
 def names(home: Path) -> list[str]:
     from modelpkg.store import Store
 

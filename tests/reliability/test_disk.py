@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from capabilities import missing
-from reliability_helpers import cli_env, modelpkg_cmd, names, run_cli, store_problems
+from reliability_helpers import cli_env, modelpkg_cmd, names, run_cli, store_problems, working_files
 
 pytestmark = pytest.mark.registry
 MB = 1024 * 1024
@@ -29,13 +29,15 @@ def _mount(*args: str) -> str | None:
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A factory: ``small_fs(megabytes)`` mounts a tmpfs of that size and returns its path (unmounted after)."""
+    """A factory: ``small_fs(megabytes)`` (or ``small_fs(size=bytes)``) mounts a tmpfs of that size and returns
+    its path (unmounted after)."""
     mounted: list[Path] = []
 
-    def make(megabytes: int) -> Path:
+    def make(megabytes: int = 0, *, size: int | None = None) -> Path:
         folder = tmp_path / f"fs{len(mounted)}"
         folder.mkdir()
-        error = _mount("-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder))
+        error = _mount("-t", "tmpfs", "-o", f"size={size if size is not None else f'{megabytes}m'}", "tmpfs",
+                       str(folder))
         if error is not None:
             missing(f"cannot mount a tmpfs here ({error}); test_file_size_limit covers ENOSPC-like failures")
         mounted.append(folder)
@@ -51,10 +53,6 @@ def one_clear_error(result: subprocess.CompletedProcess, *words: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("pulling")]
     assert lines[0].startswith("Error: ") and all(w in lines[0] for w in words), result.stderr
     assert "Traceback" not in result.stderr
-
-
-def working_files(home: Path) -> list[str]:
-    return sorted(p.name for p in (home / "ingest").iterdir() if p.is_file()) if (home / "ingest").exists() else []
 
 
 def test_pull_on_a_full_disk_then_resume(registry, fault_proxy, small_fs, big_remote):
@@ -73,16 +71,25 @@ def test_pull_on_a_full_disk_then_resume(registry, fault_proxy, small_fs, big_re
     assert result.returncode == 0, result.stderr
     assert store_problems(home) == [] and names(home) == [name]
     assert proxy.bytes_sent("GET", weights) <= size - kept  # resumed where the disk filled up
-    assert [f for f in working_files(home) if f.endswith(".partial")] == []
+    assert working_files(home) == []  # the partial used up, its lock gone with it
 
 
-def test_create_on_a_full_disk(small_fs, big_gguf, tmp_path):
-    home = small_fs(big_gguf.stat().st_size // MB - 4) / "home"
+@pytest.mark.parametrize("room", ["short of the weights", "the weights and 4 pages"])
+def test_create_on_a_full_disk(small_fs, big_gguf, tmp_path, room):
+    """The disk fills while the weights are copied, or after them, in one of the small atomic writes (a pin,
+    a config, index.json) whose temp file is a dotfile, ``.write-<pid>-...``."""
+    page = resource.getpagesize()
+    if room == "short of the weights":
+        home = small_fs(big_gguf.stat().st_size // MB - 4) / "home"
+    else:
+        home = small_fs(size=(-(-big_gguf.stat().st_size // page) + 4) * page) / "home"
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f"FROM {big_gguf}\n")
     one_clear_error(run_cli(home, "create", "too-big", "-f", str(modelfile)), "disk full")
+    # checked first (nothing has opened the store since): the failed create removed its own temp files,
+    # dotfiles (.write-<pid>-...), pins and owner lock included
+    assert working_files(home) == []
     assert store_problems(home) == [] and names(home) == []
-    assert [f for f in working_files(home) if not f.startswith(".")] == []  # its temp file was removed
 
 
 def test_read_only_store(registry, small_fs, big_remote, big_gguf, tmp_path):
@@ -174,3 +181,4 @@ def test_file_size_limit(registry, big_remote, tmp_path):
     result = run_cli(home, "pull", name)
     assert result.returncode == 0, result.stderr
     assert store_problems(home) == [] and names(home) == [name]
+    assert working_files(home) == []
