@@ -294,15 +294,24 @@ def test_a_removed_lock_file_is_never_held_twice(tmp_path):
     got = []
     waiter = threading.Thread(target=lambda: got.append(fsutil.lock_file(path)))
     waiter.start()
-    time.sleep(0.2)  # the waiter has opened the file and waits on its lock
-    assert not got
+    inode = f":{path.stat().st_ino} "
+
+    def waiting() -> bool:  # /proc/locks marks a request that waits with "->"
+        return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+    deadline = time.monotonic() + 30
+    while not waiting() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waiting() and not got
     fsutil.unlock_and_remove(first, path)
     waiter.join(10)
     assert got and path.exists() and fsutil.lock_held(path)
     assert os.fstat(got[0]).st_ino == path.stat().st_ino
     fsutil.unlock_and_remove(got[0], path)
     assert not path.exists() and not fsutil.lock_held(path)
-    assert fsutil.lock_file(path, blocking=False) is not None
+    again = fsutil.lock_file(path, blocking=False)  # free: taken at once
+    assert again is not None
+    fsutil.unlock_and_remove(again, path)
 
 
 def test_ingesting_the_same_content_again_repairs_a_damaged_blob(home, tiny_model, tiny_gguf):
