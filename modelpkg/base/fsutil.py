@@ -92,21 +92,33 @@ def pid_exists(pid: int) -> bool:
 UNLOCKABLE = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without flock
 
 
+def _flock(fd: int, *, blocking: bool) -> bool:
+    """Take the exclusive flock of ``fd``: False when not ``blocking`` and another holds it; OSError where
+    there is no flock (``UNLOCKABLE``)."""
+    try:
+        import fcntl
+    except ImportError as e:
+        raise OSError(errno.ENOSYS, "no flock on this system") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
 def lock_file(path: Path, *, blocking: bool = True) -> int | None:
     """Hold the exclusive flock of ``path`` (created if missing) and return its fd; None when ``blocking`` is
     False and another process holds it. OSError where it cannot be locked (``UNLOCKABLE``: no flock here)."""
-    import fcntl
-
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
+            locked = _flock(fd, blocking=blocking)
         except BaseException:
             os.close(fd)
             raise
+        if not locked:
+            os.close(fd)
+            return None
         if _still_named(fd, path):
             return fd
         os.close(fd)  # removed (or replaced) while we waited: lock the file the name leads to now
@@ -126,8 +138,6 @@ def unlock_and_remove(fd: int, path: Path) -> None:
 def lock_held(path: Path) -> bool:
     """Does a process hold the flock of ``path``? False when it is missing. Creates nothing; where flock
     is unavailable the answer is True (nothing can be known, so nothing is taken for dead)."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -135,29 +145,26 @@ def lock_held(path: Path) -> bool:
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not _flock(fd, blocking=False)
     except OSError:
         return True
     finally:
         os.close(fd)  # closing releases a lock this probe took
-    return False
 
 
 def remove_if_unlocked(path: Path) -> bool:
     """Remove the lock file ``path`` unless a process holds its lock; True when it was removed."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = _flock(fd, blocking=False)
     except OSError:
+        locked = False  # no flock here: nothing can be known, keep it
+    if not locked:
         os.close(fd)
-        return False  # held, or no flock here: keep it
+        return False
     gone = _still_named(fd, path)
     unlock_and_remove(fd, path)
     return gone
