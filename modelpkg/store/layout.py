@@ -162,9 +162,9 @@ class Store:
         self._owner = path
         return True
 
-    def live_owners(self) -> set[int]:
-        """The pids whose owner lock is held; the locks of owners that are gone are removed on the way."""
-        live = set()
+    def owners(self) -> tuple[set[int], list[Path]]:
+        """The pids whose owner lock is held, and the owner locks nobody holds (their owners are gone)."""
+        live, dead = set(), []
         for path in _listdir(self.owners_dir):
             pid = fsutil.owner_pid(path.name)
             if pid is None:
@@ -172,8 +172,8 @@ class Store:
             if fsutil.lock_held(path):
                 live.add(pid)
             else:
-                fsutil.remove_if_unlocked(path)
-        return live
+                dead.append(path)
+        return live, dead
 
     @staticmethod
     def owned(name: str, live: set[int]) -> bool:
@@ -190,11 +190,11 @@ class Store:
         owned += [path for path in _listdir(self.ingest_dir / "origins") if path.name.startswith(".write-")]
         locks = [path for path in _listdir(self.ingest_dir)
                  if path.name.endswith(".lock") and fsutil.owner_pid(path.name) is None]
-        live = self.live_owners()  # after listing: a file listed was made by an owner already locked
+        live, dead = self.owners()  # after listing: a file listed was made by an owner already locked
         for path in owned:
             if not self.owned(path.name, live):
                 fsutil.unlink_quietly(path)
-        for path in locks:
+        for path in [*locks, *dead]:
             fsutil.remove_if_unlocked(path)
 
     @contextmanager
@@ -596,7 +596,7 @@ class Store:
                 blobs.append((digest, st.st_size))
         partials = []
         entries = _listdir(self.ingest_dir)
-        live = self.live_owners()  # after listing, as in ``_remove_dead_working_files``
+        live, _ = self.owners()  # after listing, as in ``_remove_dead_working_files``
         for path in entries:
             if path.is_dir():
                 continue
@@ -630,6 +630,7 @@ class Store:
             plan = self.gc_plan(grace, partial_grace)
             if not dry_run:
                 self._delete(plan)
+                self._remove_dead_working_files()  # and the pins, owner and download locks of the dead
         return plan
 
     def sweep(self, digests: set[Digest]) -> GCPlan:

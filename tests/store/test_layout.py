@@ -246,6 +246,19 @@ def test_the_next_operation_removes_a_killed_ones_working_files_and_keeps_its_pa
     assert [p.name for p, _ in store.gc(grace=0).partials] == []  # gc's partial grace still keeps it
 
 
+def test_gc_removes_a_killed_ones_working_files_at_its_default_grace_a_dry_run_only_plans_them(home):
+    _killed_operation(home)
+    store = Store(home)
+    partial = store.partial_path(Digest.of(b"a download")).name
+    left = leftovers(store)
+    planned = sorted(p.name for p, _ in store.gc(dry_run=True).partials)
+    assert planned == sorted(f for f in left if "/" not in f and f.split("-")[0] in ("ingest", ".write", "upload"))
+    # nothing removed, but stale pins (``Pins.live`` has always dropped those while planning)
+    assert leftovers(store) == [f for f in left if not f.startswith("pins/")]
+    store.gc()
+    assert leftovers(store) == [partial]
+
+
 def test_a_live_owners_files_are_kept_even_where_its_pid_means_nothing(home, tmp_path):
     """A process in another pid namespace (a container sharing the store): its pid names no process here,
     only its owner lock says it is alive. Stand-in: a helper holds an owner lock for a pid that does not
