@@ -98,7 +98,7 @@ def download_lock(store: Store, digest: Digest) -> Iterator[None]:
     """Hold the per-digest download lock: one downloader per blob across processes (a second one waits,
     then finds the blob present). Only a lock against duplicate work: correctness is the atomic rename's.
     The lock file goes with the lock (``fsutil.unlock_and_remove``), so a finished pull leaves none; one a
-    killed pull left is removed by the next process to open the store."""
+    killed pull left goes at the next operation on the store (``Store.session``) or gc."""
     path = store.download_lock_path(digest)
     try:
         fd = fsutil.lock_file(path)

@@ -607,9 +607,10 @@ class Store:
             if self._in_use(path, live):
                 continue
             # downloads (and their locks) keep the long grace: a pull may resume them days later; a temp
-            # file whose owner is gone has no grace at all (nobody will ever finish it)
+            # file whose owner is gone has no grace at all (nobody will ever finish it), where owner locks
+            # work here (this process holds one), so that "gone" is known and not just a pid not seen
             long_lived = path.name.endswith((".partial", ".lock"))
-            orphan = fsutil.owner_pid(path.name) is not None
+            orphan = self._owner is not None and fsutil.owner_pid(path.name) is not None
             limit = partial_grace if long_lived else 0.0 if orphan else grace
             if now - st.st_mtime >= limit:
                 partials.append((path, st.st_size))
