@@ -96,8 +96,8 @@ def sign(name: str, key_path: Path, password_stdin: bool, insecure: bool, ca_bun
     if keys.is_encrypted(key_path):
         if password_stdin:
             password = _password_from_stdin()
-        elif config.key_password():
-            password = config.key_password()
+        elif (from_env := config.key_password()) is not None:
+            password = from_env
         elif sys.stdin.isatty():
             password = click.prompt(f"Password for {key_path}", hide_input=True, err=True).encode()
     private = keys.load_private(key_path, password)

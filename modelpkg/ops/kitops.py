@@ -13,8 +13,8 @@ Orchestration: imports the core, the store and ``runtime.ggufmeta``; never the r
 
 from __future__ import annotations
 
-import tarfile
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError
@@ -22,6 +22,9 @@ from modelpkg.core.manifest import Descriptor, Manifest, is_kitops_tar, layer_ro
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.runtime import ggufmeta
 from modelpkg.store import Pins, Store, ingest
+
+if TYPE_CHECKING:
+    import tarfile
 
 MAX_TAR_MEMBERS = 10_000
 MAX_EXPANSION = 16  # a GGUF in a gzipped tar is at most this many times the layer (weights barely compress)
@@ -56,6 +59,8 @@ def extract_gguf(store: Store, layer: Descriptor, pins: Pins) -> Digest:
     The whole tar is checked on the way and refused if any member is a link, a device, an absolute path or
     a path with ``..`` (KitOps's own unpack refuses these too), or if it holds more than
     ``MAX_TAR_MEMBERS`` members; the GGUF is the first ``*.gguf`` regular file."""
+    import tarfile  # here, not at the top: pull, chat and so run import this module, and few pulls are KitOps
+
     found: ingest.Staged | None = None
     with ExitStack() as cleanup:  # the staged GGUF goes if anything after it is refused
         try:

@@ -32,8 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from modelpkg.base import config
 from modelpkg.core.digest import Digest
@@ -41,7 +40,11 @@ from modelpkg.core.errors import AuthError, InvalidInputError, InvalidReferenceE
 from modelpkg.core.manifest import Descriptor
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
-from modelpkg.registry.client import PullClient
+
+if TYPE_CHECKING:  # annotations only: reading the mirror config needs neither requests nor the client
+    import requests
+
+    from modelpkg.registry.client import PullClient
 
 CONFIG_FILE_ENV = "MODELPKG_CONFIG_FILE"
 PULL_FROM = ("all", "digest-only", "tag-only")

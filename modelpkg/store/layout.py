@@ -185,11 +185,10 @@ class Store:
         """Remove what killed operations left: their temp files (``ingest-<pid>-...``, ``.write-<pid>-...``,
         ``upload-<pid>-...``), pins, and download locks nobody holds. One listing of ``ingest/`` and its small
         folders, nothing per blob. ``.partial`` downloads stay: the next pull resumes from them."""
-        owned = [path for folder in (self.ingest_dir, self.pins_dir) for path in _listdir(folder)
-                 if fsutil.owner_pid(path.name) is not None]
+        ingest = _listdir(self.ingest_dir)
+        owned = [path for path in [*ingest, *_listdir(self.pins_dir)] if fsutil.owner_pid(path.name) is not None]
         owned += [path for path in _listdir(self.ingest_dir / "origins") if path.name.startswith(".write-")]
-        locks = [path for path in _listdir(self.ingest_dir)
-                 if path.name.endswith(".lock") and fsutil.owner_pid(path.name) is None]
+        locks = [path for path in ingest if path.name.endswith(".lock") and fsutil.owner_pid(path.name) is None]
         live, dead = self.owners()  # after listing: a file listed was made by an owner already locked
         for path in owned:
             if not self.owned(path.name, live):
@@ -724,20 +723,6 @@ class Pins:
         self._lock.release()
 
     @staticmethod
-    def held(lock_path: Path) -> bool:
-        from filelock import FileLock, Timeout
-
-        if not lock_path.exists():
-            return False
-        probe = FileLock(str(lock_path))
-        try:
-            probe.acquire(timeout=0)
-        except Timeout:
-            return True
-        probe.release()
-        return False
-
-    @staticmethod
     def live(store: Store) -> set[Digest]:
         """Every digest pinned by a live process; stale pin files are removed on the way."""
         pinned: set[Digest] = set()
@@ -745,7 +730,7 @@ class Pins:
             if not path.name.endswith(".json"):
                 continue
             lock_path = Path(str(path) + ".lock")
-            if not Pins.held(lock_path):
+            if not fsutil.lock_held(lock_path):
                 fsutil.remove(path)
                 fsutil.remove(lock_path)
                 continue

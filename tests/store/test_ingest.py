@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from modelpkg.base import fsutil
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, InvalidInputError
 from modelpkg.store import Pins, Store, ingest
@@ -65,10 +66,10 @@ def test_a_download_replaces_a_damaged_blob_under_the_lock(store):
     digest = Digest.of(data)
     store.blob_path(digest).write_bytes(b"short")  # a damaged blob under the right name
     with store.session() as pins, ingest.download_lock(store, digest):
-        assert Pins.held(store.download_lock_path(digest))  # a second downloader waits here
+        assert fsutil.lock_held(store.download_lock_path(digest))  # a second downloader waits here
         store.partial_path(digest).write_bytes(data)  # what the registry client leaves, verified
         ingest.commit_download(store, digest, pins)
     assert store.read_blob(digest) == data
     assert not store.partial_path(digest).exists()
-    assert not Pins.held(store.download_lock_path(digest))
+    assert not fsutil.lock_held(store.download_lock_path(digest))
     assert _working_files(store) == []  # the lock file went with the lock: a finished download leaves nothing
