@@ -6,6 +6,14 @@ store; ADAPTER files), ingests files in one pass, and writes the manifest and it
 any point leaves the store as it was (blobs already written are unreferenced and go at the next gc). The
 Modelfile kept in the manifest names files by digest, never by local path (``published_modelfile``).
 
+Two modes. The CLI's (``base_dir`` is the Modelfile's folder) reads local files, as Ollama's CLI does. The
+API's (``base_dir=None``, what ``/api/create`` uses) never touches a path: FROM, ADAPTER and DRAFT may only
+name a blob already in the store by digest (``sha256:<hex>``, or ``@sha256:<hex>`` as older ollama CLIs
+sent it after uploading the file to ``/api/blobs``) or, for FROM and DRAFT, a model in the store; anything
+that could be a path is refused by ``check_api_modelfile`` with one error (``PATHS_REFUSED``) whose text
+depends neither on the value nor on what exists on the server, so the API is no oracle for "does this file
+exist?" (CVE-2024-39719) and cannot make a model of a server file to push elsewhere.
+
 Orchestration: imports the core and the store adapters.
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +44,12 @@ from modelpkg.core.reference import Reference, parse_reference
 from modelpkg.runtime import ggufmeta
 from modelpkg.store import Pins, RefEntry, Store
 
+# The one answer for every path in a request (never the value itself: the text must not vary with it).
+PATHS_REFUSED = ("FROM, ADAPTER and DRAFT sent to the API cannot name a file on the server: name a model in the "
+                 "store, or upload the file with POST /api/blobs/sha256:<hex> and name it by that digest "
+                 "(FROM sha256:<hex>, or the request's \"files\" and \"adapters\")")
+_URL_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[/\\]")  # file:/x, file:///x, http://x, C:\x, C:/x
+
 
 @dataclass(frozen=True)
 class CreateResult:
@@ -42,15 +57,18 @@ class CreateResult:
     layers: tuple[Descriptor, ...]
 
 
-def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: bool = False,
+def create(store: Store, ref: Reference, text: str, base_dir: Path | None, *, link: bool = False,
            progress: Progress | None = None, resolve_name=parse_reference) -> CreateResult:
     """Build the model that ``text`` (a Modelfile read from ``base_dir``) describes and name it ``ref``.
 
-    ``resolve_name`` parses a FROM model name into a Reference (the CLI passes one that knows the
+    ``base_dir`` None is the API's mode: no path is read, only blobs and models in the store (see the module
+    docstring). ``resolve_name`` parses a FROM model name into a Reference (the CLI passes one that knows the
     configured default registry).
     """
     progress = progress or NullProgress()
     parsed = mf.parse(text)
+    if base_dir is None:
+        check_api_modelfile(parsed)
     params = parsed.parameters()
     template = parsed.template
     if template is not None:
@@ -74,7 +92,7 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path, *, link: boo
     return CreateResult(entry, tuple(layers))
 
 
-def published_modelfile(parsed: mf.Modelfile, base_dir: Path, weights: Digest | None,
+def published_modelfile(parsed: mf.Modelfile, base_dir: Path | None, weights: Digest | None,
                         adapter: Digest | None) -> str:
     """The Modelfile as the manifest annotation keeps it, and so as every push publishes it: no local paths.
 
@@ -101,13 +119,34 @@ def published_modelfile(parsed: mf.Modelfile, base_dir: Path, weights: Digest | 
     return mf.format(mf.Modelfile(tuple(kept)))
 
 
-def _is_local(value: str, base_dir: Path) -> bool:
-    """Does a FROM/ADAPTER/DRAFT value name a local path (rather than a model or a blob digest)?"""
-    return _blob_digest(value) is None and (_looks_like_path(value) or expand_path(value, base_dir).exists())
+def check_api_modelfile(parsed: mf.Modelfile) -> None:
+    """The API's rule, checked before anything is read: every FROM, ADAPTER and DRAFT value is a blob digest
+    or (FROM, DRAFT) something that can only be a model name; anything else is ``PATHS_REFUSED``. Pure: it
+    looks at the text only, so its answer cannot depend on the server's files."""
+    for ins in parsed.instructions:
+        if ins.keyword not in ("from", "adapter", "draft") or _blob_digest(ins.value) is not None:
+            continue
+        if ins.keyword == "adapter" or _could_be_path(ins.value):
+            raise InvalidInputError(PATHS_REFUSED, "")
+
+
+def _could_be_path(value: str) -> bool:
+    """Could a FROM/DRAFT value be read as a path or a URL to one? (A valid model name never is.)"""
+    return _looks_like_path(value) or "\\" in value or ".." in value or _URL_OR_DRIVE.match(value) is not None
+
+
+def _is_local(value: str, base_dir: Path | None) -> bool:
+    """Does a FROM/ADAPTER/DRAFT value name a local path (rather than a model or a blob digest)? In the API's
+    mode (no ``base_dir``) nothing is looked up: only what reads as a path is one."""
+    if _blob_digest(value) is not None:
+        return False
+    return _looks_like_path(value) or (base_dir is not None and expand_path(value, base_dir).exists())
 
 
 def _blob_digest(value: str) -> Digest | None:
-    """``sha256:<hex>`` in FROM or ADAPTER names a blob in the store (as the published Modelfile writes it)."""
+    """``sha256:<hex>`` in FROM or ADAPTER names a blob in the store (as the published Modelfile writes it);
+    ``@sha256:<hex>`` too (older ollama CLIs rewrote FROM to it after uploading the file)."""
+    value = value[1:] if value.startswith("@sha256:") else value
     if not value.startswith("sha256:"):
         return None
     try:
@@ -145,21 +184,14 @@ def _find_gguf(path: Path) -> Path:
     return path
 
 
-def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins, link: bool,
+def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path | None, pins: Pins, link: bool,
                   progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
     """The base model's layers, its GGUF's metadata, and whether FROM named a file (or a blob) rather
-    than a model."""
+    than a model. A file of that name wins over a blob digest and a model name (CLI mode only)."""
     value = parsed.from_
     line = next((i.line for i in parsed.instructions if i.keyword == "from"), None)
-    path = expand_path(value, base_dir)
-    blob = _blob_digest(value) if not path.exists() else None
-    if blob is not None:
-        gguf = _stored_gguf(store, blob, pins, "FROM", line)
-        info = ggufmeta.read_info(gguf)
-        if info.model_type == "adapter":
-            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
-        return ModelLayers(model=modelpack_layer("model", blob, gguf.stat().st_size)), info, True
-    if path.exists():
+    path = expand_path(value, base_dir) if base_dir is not None else None
+    if path is not None and path.exists():
         gguf = _find_gguf(path)
         ggufmeta.check_magic(gguf)
         # Read the metadata (importing numpy and gguf takes ~0.3 s) while the weights are copied.
@@ -170,15 +202,32 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path, pins: Pins
         if info.model_type == "adapter":
             raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
         return ModelLayers(model=model), info, True
-    if _looks_like_path(value):
+    blob = _blob_digest(value)
+    if blob is not None:
+        gguf = _stored_gguf(store, blob, pins, "FROM", line)
+        info = ggufmeta.read_info(gguf)
+        if info.model_type == "adapter":
+            raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        return ModelLayers(model=modelpack_layer("model", blob, gguf.stat().st_size)), info, True
+    if path is not None and _looks_like_path(value):
         raise ModelfileError(f"FROM {value}: file not found ({path})", line)
+    return _from_model(store, value, line, pins, resolve_name, files=base_dir is not None)
+
+
+def _from_model(store: Store, value: str, line: int | None, pins: Pins, resolve_name,
+                files: bool) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
+    """FROM a model in the store: its layers (pinned) and its weights' metadata."""
     try:
         base_ref = resolve_name(value)
     except InvalidInputError as e:
-        raise ModelfileError(f"FROM {value}: not a file, and not a valid model name ({e.message})", line) from e
+        what = "not a file, and not" if files else "not"
+        raise ModelfileError(f"FROM {value}: {what} a valid model name ({e.message})", line) from e
     try:
         entry, manifest = store.manifest(base_ref)
     except NotFoundError as e:
+        if not files:
+            raise ModelfileError(f"FROM {value}: no model {base_ref.short()} in the store", line,
+                                 "pull the model first, or upload its GGUF to /api/blobs and name it by digest") from e
         raise ModelfileError(f"FROM {value}: no such file, and no model {base_ref.short()} in the store", line,
                              "check the path (relative to the Modelfile's folder) or pull the model first") from e
     base = model_layers(manifest)
@@ -197,8 +246,12 @@ def _stored_gguf(store: Store, digest: Digest, pins: Pins, keyword: str, line: i
     path = store.blob_path(digest)
     if not store.has_blob(digest):
         raise ModelfileError(f"{keyword} {digest}: no such blob in the store", line,
-                             "pull or create the model it belongs to first, or name the file")
-    ggufmeta.check_magic(path)
+                             "upload it (POST /api/blobs/<digest>), pull or create the model it belongs to, "
+                             "or name the file")
+    try:
+        ggufmeta.check_magic(path)
+    except InvalidInputError as e:  # its message names the blob's path in the store: say it by digest
+        raise ModelfileError(f"{keyword} {digest}: that blob is not a GGUF file", line) from e
     return path
 
 
@@ -220,26 +273,34 @@ def _text_layer(store: Store, role: str, data: bytes, pins: Pins) -> Descriptor:
     return modelpack_layer(role, store.put_bytes(data, pins), len(data))
 
 
-def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers, base_dir: Path, pins: Pins,
+def _adapter_layer(store: Store, parsed: mf.Modelfile, base_dir: Path | None, pins: Pins,
+                   progress: Progress) -> Descriptor:
+    """The last ADAPTER's layer: a file (CLI mode only; a file of that name wins over a digest), or a blob."""
+    adapter = parsed.adapter
+    assert adapter is not None
+    line = parsed.get("adapter")[-1].line
+    path = expand_path(adapter, base_dir) if base_dir is not None else None
+    if path is not None and path.exists():
+        gguf = _find_gguf(path)
+        ggufmeta.check_magic(gguf)
+        return _ingest(store, gguf, "adapter", pins, False, progress)
+    stored = _blob_digest(adapter)
+    if stored is not None:
+        size = _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size
+        return modelpack_layer("adapter", stored, size)
+    if path is None:  # check_api_modelfile refuses this first; kept so no caller can skip the rule
+        raise InvalidInputError(PATHS_REFUSED, "")
+    raise ModelfileError(f"ADAPTER {adapter}: file not found ({path})", line)
+
+
+def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers, base_dir: Path | None, pins: Pins,
             progress: Progress) -> list[Descriptor]:
     """The new model's layers, in a fixed order: model, adapters, projectors, template, system, params,
     messages, licenses. What the Modelfile sets replaces the base model's layer of that role."""
     assert base.model is not None
     layers: list[Descriptor] = [base.model]
-    adapter = parsed.adapter
-    stored = _blob_digest(adapter) if adapter is not None and not expand_path(adapter, base_dir).exists() else None
-    if stored is not None:
-        line = parsed.get("adapter")[-1].line
-        size = _stored_gguf(store, stored, pins, "ADAPTER", line).stat().st_size
-        layers.append(modelpack_layer("adapter", stored, size))
-    elif adapter is not None:
-        path = expand_path(adapter, base_dir)
-        line = parsed.get("adapter")[-1].line
-        if not path.exists():
-            raise ModelfileError(f"ADAPTER {adapter}: file not found ({path})", line)
-        gguf = _find_gguf(path)
-        ggufmeta.check_magic(gguf)
-        layers.append(_ingest(store, gguf, "adapter", pins, False, progress))
+    if parsed.adapter is not None:
+        layers.append(_adapter_layer(store, parsed, base_dir, pins, progress))
     else:
         layers += [_as_role(a, "adapter") for a in base.adapters]
     layers += [_as_role(p, "projector") for p in base.projectors]

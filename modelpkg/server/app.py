@@ -42,7 +42,6 @@ from modelpkg.server.http import (
     ApiServerV6,
     ClientGone,
     Request,
-    api_error,
     check_browser,
 )
 from modelpkg.server.ollama import OllamaApi
@@ -101,7 +100,7 @@ class App:
         except ClientGone:
             status = 499
         except Exception as e:  # noqa: BLE001 - every failure becomes an HTTP answer, never a traceback
-            err = api_error(e)
+            err = self.backend.public_error(e)
             status = err.status
             if not isinstance(e, (ApiError, ModelpkgError)) and config.debug():
                 import traceback

@@ -1,5 +1,6 @@
 """What the Ollama and OpenAI handlers share: the store, the model cache and the log of finished generations;
-looking a model up by name, draining a generation to a client, a chat turn, embedding texts.
+looking a model up by name, draining a generation to a client, a chat turn, embedding texts; and every
+error as the API answers it (``public_error``: no path of the server's in the text).
 
 Built on ``http`` (its errors and ``Request``) and ``cache``; imports neither API module (they import this
 one), and from below only the core, ``base.config`` (names), ``ops`` (``chat``, ``models``), the runner's
@@ -9,10 +10,12 @@ one), and from below only the core, ``base.config`` (names), ``ops`` (``chat``, 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from modelpkg.base import config
@@ -22,7 +25,7 @@ from modelpkg.ops.chat import Session, conversation, open_model, typed_options
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
 from modelpkg.server.cache import Loaded, ModelCache
-from modelpkg.server.http import ApiError, ClientGone, Request
+from modelpkg.server.http import ApiError, ClientGone, Request, api_error
 from modelpkg.store import Store
 
 EVENTS_KEPT = 100
@@ -52,6 +55,26 @@ class Backend:
         with self._events_lock:
             self.events.append(Event(path, model, result.done_reason, result.eval_count, result.prompt_eval_count))
             del self.events[:-EVENTS_KEPT]
+
+    # ----- errors
+
+    def public_error(self, e: BaseException) -> ApiError:
+        """``e`` as the API answers it. Library errors name files by their paths, which is right for the CLI
+        but tells an API client where the store and the home folder are; here the store is ``<store>``, the
+        config folder ``<config>``, the home folder ``~``, and other configured files and folders ``<path>``."""
+        err = api_error(e)
+        message = hide_paths(err.message, self._private_paths())
+        return err if message == err.message else ApiError(err.status, message, err.kind, err.code)
+
+    def _private_paths(self) -> list[tuple[Path | None, str]]:
+        try:
+            home: Path | None = Path.home()
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry
+            home = None
+        configured = (config.config_file(), config.policy_file(), config.docker_config(), config.registry_auth_file(),
+                      config.xdg_runtime_dir(), config.xdg_config_home(), config.ollama_models())
+        return [(self.store.root, "<store>"), (config.config_dir(), "<config>"), (home, "~"),
+                *((path, "<path>") for path in configured)]
 
     # ----- models
 
@@ -109,6 +132,28 @@ class Backend:
             vectors, count = runner.embed(texts, truncate=truncate) if texts else ([], 0)
             load = loaded.load_duration
         return vectors, count, load, time.perf_counter() - started
+
+
+def hide_paths(text: str, paths: list[tuple[Path | None, str]]) -> str:
+    """``text`` with each of ``paths`` (as given and resolved; the longest first, so the store inside the home
+    folder is ``<store>``) replaced by its label where it stands as a whole path or a path's start."""
+    spelled: dict[str, str] = {}
+    for path, label in paths:
+        if path is None:
+            continue
+        for form in (str(path), _resolved(path)):
+            if form and form != "/" and form not in spelled:
+                spelled[form] = label
+    for form in sorted(spelled, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.~-]){re.escape(form)}(?![^/\s'\"`),;:\]])", spelled[form], text)
+    return text
+
+
+def _resolved(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return ""
 
 
 def display_name(name: str) -> str:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from modelpkg import __version__
@@ -30,7 +29,7 @@ from modelpkg.ops.models import ModelDetails, describe, modelfile_for
 from modelpkg.runtime.runner import Result, load_options, sampling_options
 from modelpkg.server.backend import Backend, display_name, normalised
 from modelpkg.server.cache import parse_keep_alive
-from modelpkg.server.http import ApiError, Request, api_error, iso_time
+from modelpkg.server.http import ApiError, Request, iso_time
 from modelpkg.store import ingest
 
 Route = Callable[[Request], None]
@@ -49,25 +48,13 @@ def parameters_text(parameters: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def modelfile_from_fields(body: Mapping[str, Any], blob_path: Callable[[Digest], Path]) -> str:
+def modelfile_from_fields(body: Mapping[str, Any]) -> str:
     """An ``/api/create`` request's JSON fields (``from``, ``files``, ``adapters``, ``template``, ``system``,
-    ``parameters``, ``messages``, ``license``) as Modelfile text, for ``create``."""
-    items: list[mf.Instruction] = []
-    files, adapters = body.get("files") or {}, body.get("adapters") or {}
-    if not isinstance(files, dict) or not isinstance(adapters, dict):
-        raise InvalidInputError("files and adapters must map file names to sha256 digests")
-    if body.get("from"):
-        if not isinstance(body["from"], str):
-            raise InvalidInputError("from must be a model name")
-        items.append(mf.Instruction("from", body["from"]))
-    elif files:
-        ggufs = [d for name, d in files.items() if str(name).lower().endswith(".gguf")] or list(files.values())
-        if len(ggufs) != 1:
-            raise InvalidInputError("give one GGUF file in files", "safetensors folders are not supported")
-        items.append(mf.Instruction("from", str(blob_path(Digest.parse(ggufs[0])))))
-    else:
-        raise InvalidInputError("neither 'from' nor 'files' was specified")
-    items += [mf.Instruction("adapter", str(blob_path(Digest.parse(d)))) for d in adapters.values()]
+    ``parameters``, ``messages``, ``license``) as Modelfile text, for ``create`` in its API mode: ``files``
+    and ``adapters`` map file names to the digests of blobs uploaded to ``/api/blobs``, which become
+    ``FROM sha256:<hex>`` and ``ADAPTER sha256:<hex>`` (never a path in the store). The file names only pick
+    the GGUF; like Ollama, a name that is not a clean relative path is refused."""
+    items = _from_and_adapters(body)
     for key in ("template", "system"):
         if body.get(key) is not None:
             if not isinstance(body[key], str):
@@ -87,6 +74,38 @@ def modelfile_from_fields(body: Mapping[str, Any], blob_path: Callable[[Digest],
             raise InvalidInputError("messages must be {\"role\", \"content\"} objects")
         items.append(mf.Instruction("message", m["content"], str(m.get("role", ""))))
     return mf.format(mf.Modelfile(tuple(items)))
+
+
+def _from_and_adapters(body: Mapping[str, Any]) -> list[mf.Instruction]:
+    """``from`` (a model) or the GGUF of ``files``, and ``adapters``: FROM and ADAPTER lines."""
+    files, adapters = body.get("files") or {}, body.get("adapters") or {}
+    if not isinstance(files, dict) or not isinstance(adapters, dict):
+        raise InvalidInputError("files and adapters must map file names to sha256 digests")
+    for name, digest in (*files.items(), *adapters.items()):
+        if not _relative_name(name):
+            raise InvalidInputError("file path must be relative")  # Ollama's words (server/create.go)
+        if not isinstance(digest, str):
+            raise InvalidInputError("files and adapters must map file names to sha256 digests")
+    if body.get("from"):
+        if not isinstance(body["from"], str):
+            raise InvalidInputError("from must be a model name")
+        items = [mf.Instruction("from", body["from"])]
+    elif files:
+        ggufs = [d for name, d in files.items() if name.lower().endswith(".gguf")] or list(files.values())
+        if len(ggufs) != 1:
+            raise InvalidInputError("give one GGUF file in files", "safetensors folders are not supported")
+        items = [mf.Instruction("from", str(Digest.parse(ggufs[0])))]
+    else:
+        raise InvalidInputError("neither 'from' nor 'files' was specified")
+    return items + [mf.Instruction("adapter", str(Digest.parse(d))) for d in adapters.values()]
+
+
+def _relative_name(name: Any) -> bool:
+    """Go's ``fs.ValidPath``, which Ollama checks ``files`` names with: slash-separated, relative, no empty,
+    ``.`` or ``..`` element (``.`` alone is the root)."""
+    if not isinstance(name, str) or not name:
+        return False
+    return name == "." or all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -291,7 +310,7 @@ class OllamaApi:
                 break
             req.write_json_line(item)  # a client that goes away leaves the work running, as Ollama's does
         if failure:
-            req.write_json_line({"error": api_error(failure[0]).message})
+            req.write_json_line({"error": self.backend.public_error(failure[0]).message})
         req.end_stream()
 
     def pull(self, req: Request) -> None:
@@ -318,7 +337,9 @@ class OllamaApi:
         self._progress_job(req, body, work)
 
     def create(self, req: Request) -> None:
-        from modelpkg.ops.create import create
+        """``/api/create`` in ``create``'s API mode: FROM and ADAPTER name blobs and models in the store, never
+        a path (refused here, before anything streams, with one 400 whatever the path)."""
+        from modelpkg.ops.create import check_api_modelfile, create
 
         body = req.json()
         _, ref = self.reference(body)
@@ -328,15 +349,13 @@ class OllamaApi:
         if text is not None and not isinstance(text, str):
             raise ApiError(400, "modelfile must be a string")
         if text is None:
-            text = modelfile_from_fields(body, self.store.blob_path)
-        else:
-            mf.parse(text)  # a Modelfile that does not parse is a 400 before anything streams
+            text = modelfile_from_fields(body)
+        check_api_modelfile(mf.parse(text))  # a Modelfile that does not parse, or names a path: a 400 now
         self.store.init()
-        base = self.store.root
 
         def work(progress: Progress) -> None:
             progress.message("parsing modelfile")
-            create(self.store, ref, text, base, link=True, progress=progress, resolve_name=config.reference)
+            create(self.store, ref, text, None, progress=progress, resolve_name=config.reference)
             self.cache.unload(str(ref))
             progress.message("success")
 

@@ -64,16 +64,17 @@ def test_create_fields_become_a_modelfile():
     text = modelfile_from_fields(
         {"from": "gemma3-base", "system": "Be brief.\nVery.", "template": "{{ .Prompt }}",
          "parameters": {"temperature": 0, "stop": ["a", "b"]}, "license": ["MIT", "x"],
-         "messages": [{"role": "user", "content": "hi"}]}, lambda d: Path("/b") / d.hex)
+         "messages": [{"role": "user", "content": "hi"}]})
     parsed = mf.parse(text)
     assert parsed.system == "Be brief.\nVery."
     assert parsed.parameters() == {"temperature": 0.0, "stop": ["a", "b"]}
     assert [i.value for i in parsed.instructions if i.keyword == "license"] == ["MIT", "x"]
     digest = "sha256:" + "a" * 64
-    text = modelfile_from_fields({"files": {"m.gguf": digest}}, lambda d: Path("/b") / d.hex)
-    assert mf.parse(text).instructions[0].value == "/b/" + Digest.parse(digest).hex
+    text = modelfile_from_fields({"files": {"m.gguf": digest}, "adapters": {"a.gguf": digest}})
+    assert [i.value for i in mf.parse(text).instructions] == [digest, digest]  # by digest, never a store path
+    assert Digest.parse(digest).hex in text
     with pytest.raises(InvalidInputError):
-        modelfile_from_fields({"system": "x"}, lambda d: Path("/b"))
+        modelfile_from_fields({"system": "x"})
 
 
 def test_openai_fields_map_to_ollama_options():
