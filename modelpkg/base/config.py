@@ -10,8 +10,9 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_CONFIG_FILE``: the pull-mirror configuration (default ``config.toml`` in the config dir)
 - ``MODELPKG_POLICY``: the trust policy (default ``policy.toml`` in the config dir)
 - ``MODELPKG_KEY_PASSWORD``: the password of an encrypted signing key
-- ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``:
-  registry logins for CI (``modelpkg.registry.credentials``)
+- ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``,
+  ``MODELPKG_REGISTRY_HOSTS``: registry logins for CI, and the hosts the host-less one is for
+  (``modelpkg.registry.credentials``)
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -86,8 +87,15 @@ def registry_login(key: str | None = None) -> tuple[str | None, str | None]:
 
 
 def registry_login_host() -> str | None:
-    """``MODELPKG_REGISTRY_HOST``: the one host the plain ``MODELPKG_REGISTRY_USER`` login is for."""
+    """``MODELPKG_REGISTRY_HOST``: the host the plain ``MODELPKG_REGISTRY_USER`` login is for, instead of the
+    default registry."""
     return os.environ.get("MODELPKG_REGISTRY_HOST") or None
+
+
+def registry_login_hosts() -> tuple[str, ...]:
+    """``MODELPKG_REGISTRY_HOSTS``: more hosts the plain login is for (comma- or space-separated)."""
+    value = os.environ.get("MODELPKG_REGISTRY_HOSTS") or ""
+    return tuple(host for host in value.replace(",", " ").split() if host)
 
 
 def ollama_models() -> Path | None:

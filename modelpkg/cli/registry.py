@@ -50,7 +50,8 @@ def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None
 
     Blobs already in the store are not downloaded again, and an interrupted pull resumes where it
     stopped. Credentials come from 'modelpkg login', Docker's or podman's config, or
-    MODELPKG_REGISTRY_USER / MODELPKG_REGISTRY_PASSWORD.
+    MODELPKG_REGISTRY_USER / MODELPKG_REGISTRY_PASSWORD (for the default registry and the hosts
+    MODELPKG_REGISTRY_HOSTS lists; MODELPKG_REGISTRY_USER_<HOST> for any other).
 
     \b
     Examples:

@@ -4,8 +4,11 @@ Lookup order for a host (first hit wins):
 
 1. environment, for CI: ``MODELPKG_REGISTRY_USER_<HOST>`` / ``MODELPKG_REGISTRY_PASSWORD_<HOST>`` (the host
    upper-cased, every other character than A-Z 0-9 turned into ``_``: ``ghcr.io`` -> ``GHCR_IO``,
-   ``localhost:5000`` -> ``LOCALHOST_5000``), then ``MODELPKG_REGISTRY_USER`` / ``MODELPKG_REGISTRY_PASSWORD``
-   (for every host, or only for ``MODELPKG_REGISTRY_HOST`` when that is set);
+   ``localhost:5000`` -> ``LOCALHOST_5000``), then ``MODELPKG_REGISTRY_USER`` / ``MODELPKG_REGISTRY_PASSWORD``,
+   which name no host and so go only to the hosts they are configured for (``login_hosts``): the default
+   registry (``MODELPKG_REGISTRY``, else registry.ollama.ai), or ``MODELPKG_REGISTRY_HOST`` instead when that
+   is set, and the hosts ``MODELPKG_REGISTRY_HOSTS`` lists. Never to any other host: a name can point a pull
+   anywhere (``serve``'s ``/api/pull`` takes it from a client), and the operator's password must not follow it;
 2. ``modelpkg login``'s file, ``auth.json`` in ``config.config_dir()`` (mode 0600, Docker's ``auths`` format);
 3. Docker's ``config.json`` (``$DOCKER_CONFIG`` or ``~/.docker``): ``credHelpers[host]``, then ``credsStore``,
    both through the ``docker-credential-<name> get`` programs, then ``auths[host]`` (``auth`` or
@@ -184,13 +187,25 @@ def login_path() -> Path:
     return config.config_dir() / LOGIN_FILE
 
 
+def login_hosts() -> set[str]:
+    """The hosts the host-less ``MODELPKG_REGISTRY_USER`` / ``_PASSWORD`` are for, normalised (``_host_id``)."""
+    home = config.registry_login_host() or config.default_registry()
+    return {_host_id(h) for h in (home, *config.registry_login_hosts())}
+
+
+def _host_id(host: str) -> str:
+    """One spelling per host: lower case, no scheme or path (``https://GHCR.io/v2/`` -> ``ghcr.io``); Docker
+    Hub's names are one host."""
+    key = _normalise_key(host.lower())
+    return DOCKER_HUB_KEY if key in _DOCKER_HUB_HOSTS else key
+
+
 def from_env(host: str) -> Credential | None:
     key = _env_key(host)
     user, password = config.registry_login(key)
     if user and password:
         return Credential(user, password, source=f"MODELPKG_REGISTRY_USER_{key}")
-    only = config.registry_login_host()
-    if only and only != host:
+    if _host_id(host) not in login_hosts():
         return None
     user, password = config.registry_login()
     if user and password:

@@ -526,6 +526,7 @@ def test_basic_auth_with_env_credentials(basic_registry, tiny_model, monkeypatch
     tiny_model(name)
     monkeypatch.setenv("MODELPKG_REGISTRY_USER", basic_registry.username)
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", basic_registry.password)
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", basic_registry.host)  # the host-less login is for it
     assert run("push", name).exit_code == 0
     run("rm", name)
     result = run("pull", name)
@@ -540,6 +541,7 @@ def test_basic_auth_wrong_password_and_no_credentials(basic_registry, tiny_model
     assert error_lines(anonymous) == [f"Error: authentication required for {name}"]
     monkeypatch.setenv("MODELPKG_REGISTRY_USER", basic_registry.username)
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", "not-the-password")
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", basic_registry.host)
     wrong = run("push", name)
     assert wrong.exit_code == 6
     assert error_lines(wrong) == [f"Error: wrong username or password for {basic_registry.host}"]

@@ -1,16 +1,23 @@
 """Where registry credentials come from: env, modelpkg's login file, Docker's config (auths, credHelpers,
-credsStore through real ``docker-credential-*`` scripts on PATH) and podman's auth.json."""
+credsStore through real ``docker-credential-*`` scripts on PATH) and podman's auth.json; and where they go:
+the host-less ``MODELPKG_REGISTRY_USER`` / ``_PASSWORD`` only to the default registry and the hosts listed for
+them, checked against real registries (the Authorization headers a second loopback registry received),
+directly and through ``serve``'s ``/api/pull``."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import stat
+import threading
 
 import pytest
+import requests
 
-from modelpkg.core.errors import AuthError, NotFoundError
+from modelpkg.base import config
+from modelpkg.core.errors import AuthError, ModelpkgError, NotFoundError
 from modelpkg.registry import credentials as creds
 from modelpkg.registry.credentials import Credential
 
@@ -21,8 +28,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MODELPKG_CONFIG_DIR", str(tmp_path / "config"))
     for name in list(os.environ):
-        if name.startswith("MODELPKG_REGISTRY_") or name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE",
-                                                            "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
+        if name.startswith("MODELPKG_REGISTRY") or name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE",
+                                                           "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
             monkeypatch.delenv(name)
     return tmp_path
 
@@ -50,10 +57,33 @@ def test_env_per_host_wins_over_generic(monkeypatch):
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD_LOCALHOST_5000", "l-secret")
     assert creds.lookup("localhost:5000") == Credential("local", "l-secret",
                                                         source="MODELPKG_REGISTRY_USER_LOCALHOST_5000")
-    assert creds.lookup("ghcr.io").username == "generic"
-    monkeypatch.setenv("MODELPKG_REGISTRY_HOST", "quay.io")  # the generic pair only for that host
-    assert creds.lookup("ghcr.io") is None
+    assert creds.lookup("registry.ollama.ai").username == "generic"  # the default registry
+    assert creds.lookup("ghcr.io") is None  # any other host: not without being named for it
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOST", "quay.io")  # the generic pair for that host instead
+    assert creds.lookup("ghcr.io") is None and creds.lookup("registry.ollama.ai") is None
     assert creds.lookup("quay.io").username == "generic"
+
+
+def test_the_host_less_login_goes_only_to_the_hosts_it_is_for(monkeypatch):
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER", "ci")
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", "ci-secret")
+    assert creds.lookup("registry.ollama.ai") == Credential("ci", "ci-secret", source="MODELPKG_REGISTRY_USER")
+    for other in ("ghcr.io", "registry.ollama.ai:443", "evil.example.com", "localhost:5000", "127.0.0.1:5000"):
+        assert creds.lookup(other) is None, other
+    monkeypatch.setenv("MODELPKG_REGISTRY", "ghcr.io")  # the default registry moves, and the login with it
+    assert creds.lookup("ghcr.io").username == "ci"
+    assert creds.lookup("registry.ollama.ai") is None
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", "Mirror.Example.com, localhost:5000 https://quay.io/v2/")
+    for listed in ("ghcr.io", "mirror.example.com", "localhost:5000", "quay.io"):
+        assert creds.lookup(listed).username == "ci", listed
+    for other in ("registry.ollama.ai", "localhost:5001", "mirror.example.com.evil.io", "example.com"):
+        assert creds.lookup(other) is None, other
+    monkeypatch.setenv("MODELPKG_REGISTRY", "docker.io")  # Docker Hub's names are one host
+    assert creds.lookup("registry-1.docker.io").username == "ci"
+    # per-host variables are configured for their host and still apply there, listed or not
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER_EVIL_EXAMPLE_COM", "own")
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD_EVIL_EXAMPLE_COM", "own-secret")
+    assert creds.lookup("evil.example.com").password == "own-secret"
 
 
 def test_login_file_round_trip_is_0600_and_logout_removes_it():
@@ -167,6 +197,8 @@ def test_order_env_then_login_then_docker_then_podman(tmp_path, monkeypatch):
     assert creds.lookup("r.example.com").username == "login"
     monkeypatch.setenv("MODELPKG_REGISTRY_USER", "env")
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", "pw")
+    assert creds.lookup("r.example.com").username == "login"  # the host-less pair is not for this host
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", "r.example.com")
     assert creds.lookup("r.example.com").username == "env"
 
 
@@ -177,3 +209,117 @@ def test_a_broken_config_file_is_one_clear_error(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(Exception, match=r"config\.json is not valid JSON"):
         creds.lookup("r.example.com")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where the host-less login goes, against real registries: two loopback proxies in front of one Basic-auth
+# registry are two hosts, and each records the Authorization headers it received
+
+
+def _carries(proxy, user: str, password: str) -> list[str]:
+    """The Authorization headers ``proxy`` received that hold the password (in clear or Basic-encoded)."""
+    found = []
+    for record in proxy.requests:
+        header = record.headers.get("Authorization") or ""
+        scheme, _, value = header.partition(" ")
+        decoded = ""
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value).decode("utf-8", "replace")
+            except ValueError:
+                decoded = ""
+        if password in header or password in decoded:
+            found.append(header)
+    return found
+
+
+@pytest.fixture
+def two_hosts(basic_registry, fault_proxy, tiny_model, monkeypatch):
+    """``(default, other, repository)``: two proxies of ``basic_registry``, the model pushed there (with that
+    host's own variables, then unset), none of it in the local store; the host-less login set, and the
+    first proxy the default registry."""
+    from modelpkg.ops.models import remove
+    from modelpkg.ops.push import push
+    from modelpkg.store import Store
+
+    default, other = fault_proxy(basic_registry), fault_proxy(basic_registry)
+    repository = "acme/lent:v1"
+    key = re.sub(r"[^A-Z0-9]", "_", basic_registry.host.upper())  # 127.0.0.1:5000 -> 127_0_0_1_5000
+    monkeypatch.setenv(f"MODELPKG_REGISTRY_USER_{key}", basic_registry.username)
+    monkeypatch.setenv(f"MODELPKG_REGISTRY_PASSWORD_{key}", basic_registry.password)
+    ref = tiny_model(f"{basic_registry.host}/{repository}")
+    push(Store(config.home()), ref, insecure=True)
+    remove(Store(config.home()), [ref])
+    monkeypatch.delenv(f"MODELPKG_REGISTRY_USER_{key}")
+    monkeypatch.delenv(f"MODELPKG_REGISTRY_PASSWORD_{key}")
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER", basic_registry.username)
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", basic_registry.password)
+    monkeypatch.setenv("MODELPKG_REGISTRY", default.host)
+    return default, other, repository
+
+
+@pytest.mark.registry
+def test_a_pull_from_another_host_gets_no_password_the_default_and_listed_hosts_do(two_hosts, basic_registry,
+                                                                                   monkeypatch):
+    from modelpkg.ops.pull import pull
+    from modelpkg.store import Store
+
+    default, other, repository = two_hosts
+    user, password = basic_registry.username, basic_registry.password
+    store = Store(config.home())
+    with pytest.raises(AuthError, match="authentication required"):
+        pull(store, config.reference(f"{other.host}/{repository}"), insecure=True)
+    assert other.matching() and _carries(other, user, password) == []
+    pull(store, config.reference(repository), insecure=True)  # no host: the default registry, which gets them
+    assert _carries(default, user, password)
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", f"localhost:1,{other.host}")  # named for it: now it gets them
+    pull(store, config.reference(f"{other.host}/{repository}"), insecure=True)
+    assert _carries(other, user, password)
+    assert store.manifest(config.reference(f"{other.host}/{repository}"))
+
+
+@pytest.mark.registry
+def test_serve_lends_no_password_to_a_host_a_client_names(two_hosts, basic_registry):
+    from modelpkg.server.app import make_server
+    from modelpkg.store import Store
+
+    default, other, repository = two_hosts
+    user, password = basic_registry.username, basic_registry.password
+    server = make_server(Store(config.home()), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        bodies = []
+        for stream in (False, True):
+            answer = requests.post(server.url + "/api/pull", timeout=60, json={
+                "model": f"{other.host}/{repository}", "insecure": True, "stream": stream})
+            bodies.append(answer.text)
+            assert "authentication required" in answer.text
+        assert other.matching() and _carries(other, user, password) == []
+        answer = requests.post(server.url + "/api/pull", timeout=60,
+                               json={"model": repository, "insecure": True, "stream": False})
+        assert answer.json() == {"status": "success"}
+        assert _carries(default, user, password)
+        assert not any(password in body for body in bodies)
+    finally:
+        server.shutdown()
+        server.close()
+
+
+@pytest.mark.registry
+def test_a_token_service_behind_another_host_gets_no_password(token_registry, token_server, fault_proxy,
+                                                              tiny_model, monkeypatch):
+    """A registry a name points at sends the client to its token service with the login: not the operator's."""
+    from modelpkg.ops.pull import pull
+    from modelpkg.store import Store
+
+    other = fault_proxy(token_registry)
+    monkeypatch.setenv("MODELPKG_REGISTRY_USER", token_registry.username)
+    monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", token_registry.password)
+    with pytest.raises(ModelpkgError):  # refused anonymously (with the login: not found, as no one pushed it)
+        pull(Store(config.home()), config.reference(f"{other.host}/acme/token-lent:v1"), insecure=True)
+    assert token_server.requests  # the challenge was followed, anonymously
+    for request in token_server.requests:
+        header = request.headers.get("Authorization") or ""
+        assert request.user is None and token_registry.password not in header, request
+        assert base64.b64encode(f"{token_registry.username}:{token_registry.password}".encode()).decode() not in header

@@ -424,6 +424,7 @@ def test_a_redirect_to_another_host_drops_the_bearer_token(token_registry, token
     name = f"{proxy.host}/acme/redirect-token:v1"
     monkeypatch.setenv("MODELPKG_REGISTRY_USER", token_registry.username)
     monkeypatch.setenv("MODELPKG_REGISTRY_PASSWORD", token_registry.password)
+    monkeypatch.setenv("MODELPKG_REGISTRY_HOSTS", proxy.host)
     tiny_model(name)
     assert run("push", name).exit_code == 0
     _, manifest = Store(config.home()).manifest(config.reference(name))

@@ -108,7 +108,8 @@ def test_basic_auth_passwords_never_leak(basic_registry, tiny_model, tmp_path, d
     cli("pull", name, ok=True)
     cli("show", name, "--json", ok=True)
     cli("pull", f"{host}/leak/missing:v1", ok=False)
-    cli("pull", name, ok=False, env={"MODELPKG_REGISTRY_USER": user, "MODELPKG_REGISTRY_PASSWORD": wrong})
+    cli("pull", name, ok=False, env={"MODELPKG_REGISTRY_USER": user, "MODELPKG_REGISTRY_PASSWORD": wrong,
+                                     "MODELPKG_REGISTRY_HOSTS": host})
     cli("pull", f"{user}:{password}@{host}/leak/typed:v1", ok=False)  # a password typed into a name
     cli("login", f"https://{user}:{password}@{host}", "-u", user, "--password-stdin", input=wrong, ok=False)
     assert cli.leaks(_forms(password, user) | _forms(wrong, user), skip=login_file) == []
@@ -170,7 +171,8 @@ def test_tokens_and_token_passwords_never_leak(token_registry, token_server, fau
     cuts = proxy.add("truncate", "GET", f"/blobs/{weights}", count=2, after=100, seconds=1.3)
     started = time.monotonic()
     cli("pull", f"{proxy.host}/leak/token-{debug}:v1", ok=True,
-        env={"MODELPKG_REGISTRY_USER": user, "MODELPKG_REGISTRY_PASSWORD": password})
+        env={"MODELPKG_REGISTRY_USER": user, "MODELPKG_REGISTRY_PASSWORD": password,
+             "MODELPKG_REGISTRY_HOSTS": proxy.host})
     assert cuts.fired == 2
     assert len([i for i in token_server.issued if i.at >= started]) == 1 + 2  # the first token, two refreshes
     tokens = [issued.token for issued in token_server.issued]
