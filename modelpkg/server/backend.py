@@ -10,6 +10,7 @@ one), and from below only the core, ``base.config`` (names), ``ops`` (``chat``, 
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -142,7 +143,7 @@ def hide_paths(text: str, paths: list[tuple[Path | None, str]]) -> str:
         if path is None:
             continue
         for form in (str(path), _resolved(path)):
-            if form and form != "/" and form not in spelled:
+            if os.path.isabs(form) and form != "/" and form not in spelled:  # "home" alone is a word
                 spelled[form] = label
     for form in sorted(spelled, key=len, reverse=True):
         text = re.sub(rf"(?<![\w.~-]){re.escape(form)}(?![^/\s'\"`),;:\]])", spelled[form], text)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -23,6 +24,7 @@ from conftest import make_gguf
 from modelpkg.base import config
 from modelpkg.core.digest import Digest
 from modelpkg.server.app import make_server
+from modelpkg.server.backend import hide_paths
 from modelpkg.store import Store
 
 ZERO = "sha256:" + "0" * 64
@@ -207,3 +209,24 @@ def test_store_errors_through_the_api_carry_no_server_path(api, home):
         assert "not a valid OCI index" in error_of(answer), answer.text
         assert "<store>" in error_of(answer)
     assert not any(str(home) in body for body in api.bodies)
+
+
+def test_config_file_errors_through_the_api_carry_no_server_path(api, tmp_path, monkeypatch):
+    user_home = tmp_path / "user"
+    (user_home / ".docker").mkdir(parents=True)
+    (user_home / ".docker" / "config.json").write_text("{broken")
+    monkeypatch.setenv("HOME", str(user_home))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    for stream in (False, True):  # credentials are looked up before any request: the error is the file's
+        answer = api.post("/api/pull", {"model": "127.0.0.1:9/acme/x:v1", "insecure": True, "stream": stream})
+        assert error_of(answer) == "~/.docker/config.json is not valid JSON", answer.text
+    assert not any(str(tmp_path) in body for body in api.bodies)
+
+
+def test_hide_paths_replaces_whole_paths_only():
+    paths = [(Path("/srv/u/store"), "<store>"), (Path("/srv/u"), "~"), (Path("home"), "<x>"), (Path("/"), "<root>"),
+             (None, "<none>")]
+    text = "cannot read /srv/u/.docker/config.json, /srv/u/store/blobs or /srv/u; /srv/user2 and /srv/u2 stay"
+    assert hide_paths(text, paths) == "cannot read ~/.docker/config.json, <store>/blobs or ~; /srv/user2 and " \
+                                      "/srv/u2 stay"
+    assert hide_paths("the home folder is /", paths) == "the home folder is /"
