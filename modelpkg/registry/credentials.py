@@ -6,11 +6,11 @@ Lookup order for a host (first hit wins):
    upper-cased, every other character than A-Z 0-9 turned into ``_``: ``ghcr.io`` -> ``GHCR_IO``,
    ``localhost:5000`` -> ``LOCALHOST_5000``; so hosts that differ only there, ``my-reg.io`` and ``my.reg.io``,
    share one pair: keep such a host's login in the login file), then ``MODELPKG_REGISTRY_USER`` /
-   ``MODELPKG_REGISTRY_PASSWORD``,
-   which name no host and so go only to the hosts they are configured for (``login_hosts``): the default
-   registry (``MODELPKG_REGISTRY``, else registry.ollama.ai), or ``MODELPKG_REGISTRY_HOST`` instead when that
-   is set, and the hosts ``MODELPKG_REGISTRY_HOSTS`` lists. Never to any other host: a name can point a pull
-   anywhere (``serve``'s ``/api/pull`` takes it from a client), and the operator's password must not follow it;
+   ``MODELPKG_REGISTRY_PASSWORD``, which name no host and so go only to the hosts they are configured for
+   (``login_hosts``): the default registry (``MODELPKG_REGISTRY``, else registry.ollama.ai), or
+   ``MODELPKG_REGISTRY_HOST`` instead when that is set, and the hosts ``MODELPKG_REGISTRY_HOSTS`` lists. Never
+   to any other host: a name can point a pull anywhere (``serve``'s ``/api/pull`` takes it from a client), and
+   the operator's password must not follow it;
 2. ``modelpkg login``'s file, ``auth.json`` in ``config.config_dir()`` (mode 0600, Docker's ``auths`` format);
 3. Docker's ``config.json`` (``$DOCKER_CONFIG`` or ``~/.docker``): ``credHelpers[host]``, then ``credsStore``,
    both through the ``docker-credential-<name> get`` programs, then ``auths[host]`` (``auth`` or
