@@ -1,7 +1,8 @@
 """Ollama's API (``/api/*``, ``server/routes.go``): the models in the store (list, show, copy, delete, pull,
 push, create, blobs) and generation (``generate``, ``chat``, ``embed``, ``embeddings``), with Ollama's JSON
 fields, NDJSON streams and status codes. Pull, push and create run in a worker thread and stream Ollama's
-status lines.
+status lines. Create runs in ``create``'s API mode: a request names blobs uploaded to ``/api/blobs`` and models
+in the store, never a file on the server (any path is one 400, whatever exists).
 
 Built on ``http``, ``cache`` and ``backend``; never imports ``openai`` or ``app`` (``app`` routes here), nor the
 CLI. ``create``, ``pull``, ``push`` and ``models``' copy and remove are imported when called.
