@@ -122,6 +122,7 @@ class App:
 
                 traceback.print_exception(e)
             req.send_error_answer(err)
+            del err  # the error's traceback holds this frame: a cycle that would keep the request's body alive
         self.log(f"{req.method} {req.path} {status} {time.perf_counter() - started:.3f}s")
 
     def _route(self, req: Request) -> Callable[[Request], None]:

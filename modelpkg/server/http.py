@@ -15,7 +15,6 @@ connections are capped per client address and in all, beyond which a client gets
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fnmatch
 import functools
@@ -413,9 +412,8 @@ def _size(n: int) -> str:
 @functools.cache
 def _malloc_trim():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to call
+        return ctypes.CDLL(None).malloc_trim  # the C library already loaded (no ldconfig run to find it)
+    except (OSError, AttributeError, TypeError):  # not glibc, or no dlopen(NULL): nothing to call
         return None
 
 
@@ -466,6 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # http.server's own reader, replaced by one that keeps the deadlines
         self.limits: Limits = self.server.limits  # type: ignore[attr-defined]
         self.reader = _DeadlineSocket(self.connection, self.limits.header_timeout)
         self.rfile = io.BufferedReader(self.reader)
