@@ -13,6 +13,9 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``,
   ``MODELPKG_REGISTRY_HOSTS``: registry logins for CI, and the hosts the host-less one is for
   (``modelpkg.registry.credentials``)
+- ``MODELPKG_SERVE_HEADER_TIMEOUT``, ``MODELPKG_SERVE_BODY_TIMEOUT`` (seconds), ``MODELPKG_SERVE_MAX_BODY`` (bytes),
+  ``MODELPKG_SERVE_MAX_JSON_VALUES``, ``MODELPKG_SERVE_MAX_CONNECTIONS``, ``MODELPKG_SERVE_MAX_CLIENT_CONNECTIONS``:
+  what one client may cost ``serve`` (``serve_limits``; unset: the defaults of ``modelpkg.server.http.Limits``)
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from modelpkg.core.errors import UsageError
 from modelpkg.core.reference import DEFAULT_REGISTRY, Reference, parse_reference
 
 
@@ -118,3 +122,33 @@ def xdg_runtime_dir() -> Path | None:
 def xdg_config_home() -> Path | None:
     value = os.environ.get("XDG_CONFIG_HOME")
     return Path(value) if value else None
+
+
+# ----- serve's bounds on what one client may cost (kept together; the defaults live with the server)
+
+SERVE_LIMITS = {  # Limits field -> (variable, type)
+    "header_timeout": ("MODELPKG_SERVE_HEADER_TIMEOUT", float),
+    "body_timeout": ("MODELPKG_SERVE_BODY_TIMEOUT", float),
+    "max_body": ("MODELPKG_SERVE_MAX_BODY", int),
+    "max_json_values": ("MODELPKG_SERVE_MAX_JSON_VALUES", int),
+    "max_connections": ("MODELPKG_SERVE_MAX_CONNECTIONS", int),
+    "max_client_connections": ("MODELPKG_SERVE_MAX_CLIENT_CONNECTIONS", int),
+}
+
+
+def serve_limits() -> dict[str, float | int]:
+    """The ``MODELPKG_SERVE_*`` bounds that are set, by ``Limits`` field; each a positive number."""
+    found: dict[str, float | int] = {}
+    for field, (name, kind) in SERVE_LIMITS.items():
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if not number > 0 or number != number or number == float("inf"):
+            raise UsageError(f"{name} must be a positive {'whole ' if kind is int else ''}number, not {value[:40]!r}",
+                             f"unset it for the default, or set e.g. {name}={'30' if kind is float else '64'}")
+        found[field] = number
+    return found

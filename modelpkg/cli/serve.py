@@ -1,6 +1,12 @@
 """``modelpkg serve``: Ollama's and OpenAI's HTTP APIs over the store (``modelpkg.server.app``).
 
 CLI layer: parses options, builds the server, runs it until Ctrl-C.
+
+On a non-loopback address without a token it starts, with a warning on stderr (``app.exposure_warning``),
+rather than refusing: ``--host 0.0.0.0`` is how a server in a container is reached at all (Docker, Compose,
+Kubernetes, Open WebUI's recipe), and whether that is open to a network is decided by the port mapping
+outside, which the process cannot see. A refusal would make the common safe case type a flag whose name
+says "insecure", and that teaches people to type it everywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from modelpkg.core.errors import UsageError
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 for every interface: set a --token then).")
+              help="Address to listen on (0.0.0.0 for every interface: set a --token then; without one "
+                   "serve warns that anyone who can reach it can use it).")
 @click.option("--port", default=11434, type=click.IntRange(0, 65535), show_default=True,
               help="Port to listen on (Ollama's; 0 picks a free one).")
 @click.option("--token", envvar="MODELPKG_SERVE_TOKEN", metavar="TOKEN",
@@ -47,7 +54,7 @@ def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: 
       curl http://127.0.0.1:11434/api/tags
       OLLAMA_HOST=http://127.0.0.1:11434 python -c "import ollama; print(ollama.list())"
     """
-    from modelpkg.server.app import make_server
+    from modelpkg.server.app import exposure_warning, make_server
     from modelpkg.server.cache import parse_keep_alive
     from modelpkg.server.http import stderr_log
 
@@ -64,6 +71,9 @@ def serve(host: str, port: int, token: str | None, keep_alive: str, max_loaded: 
         signal.signal(signal.SIGTERM, _stop)
         click.echo(f"modelpkg serve: listening on {server.url} (store {store.root})"
                    + (" with a bearer token" if token else ""), err=True)
+        warning = exposure_warning(host, token)
+        if warning:
+            click.echo(f"modelpkg serve: {warning}", err=True)
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         click.echo("modelpkg serve: stopping", err=True)

@@ -19,6 +19,11 @@ on the standard library's ``ThreadingHTTPServer`` (one thread per connection):
 - **Errors** are Ollama's ``{"error": "..."}`` with its status codes (unknown model: 404; bad JSON: 400),
   and OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under ``/v1``.
 
+- **Bounds** (``http.Limits``, from ``MODELPKG_SERVE_*``): routes that only name or describe a model take
+  JSON bodies of at most 1 MiB, generation and embedding routes ``max_body`` (16 MiB); a refused request's
+  body is never read. A server on a non-loopback address without a token is open to anyone who can reach
+  it: ``exposure_warning`` says so, and ``serve`` prints it.
+
 The rooms: ``http`` (requests, answers, the server, browser rules), ``cache`` (models in memory),
 ``backend`` (what both APIs share), ``ollama`` (``/api``), ``openai`` (``/v1``). This module is the top of
 them: ``App`` checks each request (browser rules, the bearer token) and routes it; ``make_server`` binds it.
@@ -41,6 +46,8 @@ from modelpkg.server.http import (
     ApiServer,
     ApiServerV6,
     ClientGone,
+    Limits,
+    MiB,
     Request,
     check_browser,
 )
@@ -50,6 +57,10 @@ from modelpkg.store import Store
 
 # asked before any token is given: is a server there, and which one
 OPEN_ROUTES = (("HEAD", "/"), ("GET", "/api/version"))
+# routes whose JSON names or describes a model (a Modelfile, a few fields) take less than generation and
+# embedding routes, which carry prompts, conversations and batches (Limits.max_body)
+SMALL_BODY, SMALL_BODY_ROUTES = 1 * MiB, frozenset(
+    {"/api/show", "/api/copy", "/api/delete", "/api/pull", "/api/push", "/api/create"})
 
 
 class App:
@@ -95,7 +106,10 @@ class App:
             if self.token and not self._authorised(req):
                 raise ApiError(401, "unauthorized: a valid 'Authorization: Bearer <token>' header is required",
                                "authentication_error", "invalid_api_key")
-            self._route(req)(req)
+            route = self._route(req)
+            if req.path in SMALL_BODY_ROUTES:
+                req.max_body = min(req.max_body, SMALL_BODY)
+            route(req)
             status = req.status
         except ClientGone:
             status = 499
@@ -107,6 +121,7 @@ class App:
 
                 traceback.print_exception(e)
             req.send_error_answer(err)
+            del err  # the error's traceback holds this frame: a cycle that would keep the request's body alive
         self.log(f"{req.method} {req.path} {status} {time.perf_counter() - started:.3f}s")
 
     def _route(self, req: Request) -> Callable[[Request], None]:
@@ -128,16 +143,30 @@ class App:
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
                 keep_alive: float | None = DEFAULT_KEEP_ALIVE, max_loaded: int = MAX_LOADED,
-                log: Callable[[str], None] | None = None, origins: tuple[str, ...] = ()) -> ApiServer:
-    """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it)."""
+                log: Callable[[str], None] | None = None, origins: tuple[str, ...] = (),
+                limits: Limits | None = None) -> ApiServer:
+    """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it). ``limits``: what one
+    client may cost (default: ``Limits`` with the ``MODELPKG_SERVE_*`` settings)."""
     from modelpkg.registry.client import is_loopback
 
+    limits = limits or Limits(**config.serve_limits())
     app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log, origins=origins,
               loopback_only=is_loopback(host))
-    if ":" in host:
-        return ApiServerV6((host, port), app)
     try:
-        return ApiServer((host, port), app)
+        return (ApiServerV6 if ":" in host else ApiServer)((host, port), app, limits)
     except OSError:
         app.close()
         raise
+
+
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """The warning for a server anyone on the network can use: a non-loopback address and no token."""
+    from modelpkg.registry.client import is_loopback
+
+    if token or is_loopback(host):
+        return None
+    return (f"WARNING: listening on {host} without a token: anyone who can reach this address can list, pull, "
+            "create, copy and delete models and run them on this machine (Ollama servers open like this are "
+            "found and used by strangers by the hundred thousand). Set a token with --token TOKEN or "
+            "MODELPKG_SERVE_TOKEN (clients send 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1 and put "
+            "a proxy in front.")
