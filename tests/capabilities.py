@@ -3,10 +3,13 @@ with the reason; under ``CI=true`` it fails it, so a CI run cannot be green with
 
 The capabilities are the ones ``.ci/setup`` installs or the CI machine provides: the docker-registry binary,
 htpasswd and skopeo (apt), llama-cpp-python, the Gemma package and the API clients (pip), a tmpfs mount
-(root), a non-loopback address. Every test that would skip for one of them goes through ``missing``::
+(root), a non-loopback address, and the real peers that ``.ci/peers`` builds into ``.peers/bin`` (crane, oras,
+regctl, cosign v2 and v3, Ollama, our referrers registry; ``require_peer``). Every test that would skip for
+one of them goes through ``missing``::
 
     llama_cpp = require_module("llama_cpp")          # in a test, a fixture, or at module level
     skopeo = require_binary("skopeo", "apt-get install skopeo")
+    cosign = require_peer("cosign2")                 # .peers/bin/cosign2, built by .ci/peers
     if address is None:
         missing("no non-loopback IPv4 address on this machine")
 
@@ -18,12 +21,28 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 import pytest
 
 CI_ENV = "CI"
+PEERS_BIN = Path(__file__).resolve().parents[1] / ".peers" / "bin"
+PEERS_ENV = "MODELPKG_TEST_PEERS_BIN"
+
+# The peers .ci/peers builds (name in .peers/bin -> what it is), pinned there.
+PEERS = {
+    "crane": "go-containerregistry's crane v0.22.1",
+    "oras": "oras v1.3.6",
+    "regctl": "regclient's regctl v0.11.7",
+    "cosign2": "cosign v2.6.5",
+    "cosign3": "cosign v3.1.3",
+    "ollama": "Ollama v0.34.0 (registry, store and CLI; cannot run models here)",
+    "ollama-0.24.0": "Ollama v0.24.0 (its in-process engine, for generation)",
+    "referrers-registry": "go-containerregistry's pkg/registry with the OCI 1.1 referrers API "
+                          "(tests/peers/referrers-registry)",
+}
 
 
 def in_ci() -> bool:
@@ -57,3 +76,19 @@ def require_binary(name: str, install: str) -> str:
     if path is None:
         missing(f"{name} is not installed: {install}")
     return path
+
+
+def peers_bin() -> Path:
+    """Where the peers are: ``$MODELPKG_TEST_PEERS_BIN``, else ``.peers/bin`` in this checkout."""
+    explicit = os.environ.get(PEERS_ENV)
+    return Path(explicit) if explicit else PEERS_BIN
+
+
+def require_peer(name: str) -> str:
+    """The path of the real peer ``name`` (a key of ``PEERS``) that ``.ci/peers`` built, or ``missing``."""
+    __tracebackhide__ = True
+    path = peers_bin() / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        missing(f"{PEERS.get(name, name)} is not built in {path.parent}: bash .ci/peers (needs go; "
+                f"see .peers/logs/{name}.log)")
+    return str(path)

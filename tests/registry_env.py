@@ -4,8 +4,11 @@ Loaded as a pytest plugin (``pytest_plugins = ["registry_env"]`` in conftest.py)
 ``docker-registry serve`` (distribution 2.8) over loopback HTTP instead of mocking modelpkg's client; the
 fault proxy is the only fake, and it exists to inject faults a real registry will not produce on demand.
 
-Fixtures: ``registry`` (anonymous), ``basic_registry`` (htpasswd), ``token_registry`` (+ ``token_server``,
-reset per test) are session-scoped RegistryServers; ``fault_proxy(upstream)`` is a per-test factory::
+Fixtures: ``registry`` (anonymous), ``referrers_registry`` (a second implementation, go-containerregistry's
+``pkg/registry`` with the OCI 1.1 referrers API that distribution 2.8 lacks; built by ``.ci/peers``),
+``any_registry`` (each of the two in turn: the tests that must hold on both take it), ``basic_registry``
+(htpasswd), ``token_registry`` (+ ``token_server``, reset per test) are session-scoped RegistryServers;
+``fault_proxy(upstream)`` is a per-test factory::
 
     proxy = fault_proxy(registry)                     # or a "host:port"
     cut = proxy.add("truncate", "GET", r"/blobs/sha256:", after=1000)   # next matching request (count=1)
@@ -29,6 +32,7 @@ import math
 import os
 import re
 import secrets
+import select
 import shutil
 import socket
 import struct
@@ -46,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from capabilities import missing
+from capabilities import missing, require_peer
 
 REGISTRY_BIN_ENV = "MODELPKG_TEST_REGISTRY_BIN"
 STARTUP_TIMEOUT = 10.0
@@ -232,6 +236,30 @@ def _wait_until_up(server: RegistryServer, timeout: float) -> str | None:
         except requests.ConnectionError:
             time.sleep(0.05)
     return f"GET {server.url}/v2/ got no answer within {timeout:.0f} s"
+
+
+def start_referrers_registry(directory: Path, timeout: float = STARTUP_TIMEOUT) -> RegistryServer:
+    """Start ``.peers/bin/referrers-registry`` (tests/peers/referrers-registry) on a free loopback port, its
+    blobs under ``directory``; anonymous. The caller must ``stop()`` it."""
+    binary = require_peer("referrers-registry")
+    directory = Path(directory)
+    storage = directory / "blobs"
+    storage.mkdir(parents=True, exist_ok=True)
+    log_path = directory / "registry.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, "-addr", "127.0.0.1:0", "-dir", str(storage)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline().decode(errors="replace").strip() if ready else ""  # "listening on H:P"
+    process.stdout.close()
+    port = int(line.rsplit(":", 1)[1]) if line.startswith("listening on ") else 0
+    server = RegistryServer(process=process, port=port, storage=storage, log_path=log_path,
+                            config_path=directory, auth=None)
+    error = _wait_until_up(server, timeout) if port else f"printed {line!r}"
+    if error is not None:
+        server.stop()
+        pytest.fail(f"referrers-registry did not start: {error}\n{server.log()}", pytrace=False)
+    return server
 
 
 # --- token server (Docker token authentication spec, distribution docs/spec/auth/token.md) -------------
@@ -1059,3 +1087,17 @@ def basic_registry(tmp_path_factory):
     server = start_registry(tmp_path_factory.mktemp("basic-registry"), auth="htpasswd")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def referrers_registry(tmp_path_factory):
+    """go-containerregistry's registry with the OCI 1.1 referrers API (anonymous), shared by the session."""
+    server = start_referrers_registry(tmp_path_factory.mktemp("referrers-registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["distribution", "referrers-api"])
+def any_registry(request):
+    """distribution 2.8 (no referrers API: the tag-schema fallback), then the referrers-API registry."""
+    return request.getfixturevalue("registry" if request.param == "distribution" else "referrers_registry")

@@ -45,3 +45,13 @@ def test_every_skip_in_the_suite_goes_through_the_capability_checks():
               for path in sorted(TESTS.rglob("*.py")) if path not in (Path(capabilities.__file__), Path(__file__))
               for number, line in enumerate(path.read_text().splitlines(), 1) if DIRECT_SKIP.search(line)]
     assert direct == []
+
+
+def test_a_missing_peer_goes_through_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv(capabilities.PEERS_ENV, str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"cosign v2\.6\.5 is not built in .*bash \.ci/peers"):
+        capabilities.require_peer("cosign2")
+    (tmp_path / "cosign2").write_text("#!/bin/sh\n")
+    (tmp_path / "cosign2").chmod(0o755)
+    assert capabilities.require_peer("cosign2") == str(tmp_path / "cosign2")
