@@ -1,0 +1,161 @@
+"""The real Ollama (``.peers/bin/ollama``, the newest release served; ``ollama-0.24.0`` where it generates)
+against what modelpkg writes and reads: registry pushes both ways, ``ollama create``'s blob digests, and
+Ollama's models folder both ways.
+
+Ollama pulls through ``RedirectFront`` (ollama_env.py): it downloads a blob only after a redirect.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from ollama_env import Ollama, RedirectFront
+
+from capabilities import require_module
+
+pytestmark = [pytest.mark.registry, pytest.mark.timeout(600)]
+
+TEMPLATE = ("{{ if .System }}<start_of_turn>user\n{{ .System }}<end_of_turn>\n{{ end }}"
+            "{{ range .Messages }}<start_of_turn>{{ if eq .Role \"user\" }}user{{ else }}model{{ end }}\n"
+            "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n")
+SYSTEM = "You answer in one short sentence."
+LICENSE = "Gemma Terms of Use (test copy)"
+
+
+def modelfile_text(gguf: Path) -> str:
+    return (f"FROM {gguf}\n"
+            f'TEMPLATE """{TEMPLATE}"""\n'
+            f'SYSTEM """{SYSTEM}"""\n'
+            "PARAMETER temperature 0\n"
+            "PARAMETER num_ctx 512\n"
+            'PARAMETER stop "<end_of_turn>"\n'
+            "PARAMETER top_k 1\n"
+            "MESSAGE user Hello\n"
+            "MESSAGE assistant Hi there.\n"
+            f'LICENSE """{LICENSE}"""\n')
+
+
+@pytest.fixture(scope="module")
+def ollama(tmp_path_factory):
+    server = Ollama("ollama", tmp_path_factory.mktemp("ollama"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def modelfile(tmp_path, gemma_gguf) -> Path:
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    path = folder / "Modelfile"
+    path.write_text(modelfile_text(gemma_gguf))
+    return path
+
+
+def ollama_manifest(models: Path, host: str, namespace: str, name: str, tag: str) -> dict:
+    return json.loads((models / "manifests" / host / namespace / name / tag).read_text())
+
+
+def layer_digests(manifest: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for layer in manifest["layers"]:
+        out.setdefault(layer["mediaType"], []).append(layer["digest"])
+    return out
+
+
+def check(result, what: str):
+    assert result.returncode == 0, f"{what}: {result.stdout.decode(errors='replace')}\n" \
+                                   f"{result.stderr.decode(errors='replace')}"
+    return result.stdout.decode()
+
+
+def test_ollama_pulls_what_modelpkg_pushed_in_ollamas_format(registry, ollama, modelfile, modelpkg):
+    name = f"{registry.host}/peers/gemma-out:v1"
+    assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
+    pushed = modelpkg("push", "--format", "ollama", name)
+    assert pushed.exit_code == 0, pushed.stderr
+
+    front = RedirectFront(registry.host)
+    try:
+        via_front = f"{front.host}/peers/gemma-out:v1"
+        check(ollama.cli("pull", "--insecure", via_front), "ollama pull")
+        assert front.redirected >= 1  # each blob came through the redirect, as from a CDN
+        assert via_front.replace(":v1", "") in check(ollama.cli("list"), "ollama list")
+        shown = check(ollama.cli("show", "--modelfile", via_front), "ollama show --modelfile")
+        assert f'TEMPLATE """{TEMPLATE}"""' in shown
+        assert f"SYSTEM {SYSTEM}" in shown or f'SYSTEM """{SYSTEM}"""' in shown
+        assert "PARAMETER temperature 0" in shown and "PARAMETER num_ctx 512" in shown
+        assert 'PARAMETER stop <end_of_turn>' in shown or 'PARAMETER stop "<end_of_turn>"' in shown
+        assert "MESSAGE user Hello" in shown and "MESSAGE assistant Hi there." in shown
+        assert LICENSE in shown
+        assert check(ollama.cli("show", "--template", via_front), "show --template").rstrip("\n") == \
+            TEMPLATE.rstrip("\n")
+        assert check(ollama.cli("show", "--system", via_front), "show --system").strip() == SYSTEM
+        # what Ollama stored is exactly what modelpkg pushed
+        host, repo = via_front.split("/", 1)
+        stored = ollama_manifest(ollama.models, host, *repo.replace(":", "/").split("/"))
+        raw = modelpkg("show", name, "--json")
+        assert raw.exit_code == 0
+    finally:
+        front.close()
+    assert stored["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert {"application/vnd.ollama.image.model", "application/vnd.ollama.image.template",
+            "application/vnd.ollama.image.system", "application/vnd.ollama.image.params",
+            "application/vnd.ollama.image.messages",
+            "application/vnd.ollama.image.license"} <= set(layer_digests(stored))
+
+
+def test_ollama_create_gives_the_blob_digests_modelpkg_pushes(registry, ollama, modelfile, modelpkg, peer_run):
+    check(ollama.cli("create", "peers-create", "-f", str(modelfile)), "ollama create")
+    theirs = ollama_manifest(ollama.models, "registry.ollama.ai", "library", "peers-create", "latest")
+
+    name = f"{registry.host}/peers/gemma-digests:v1"
+    assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
+    assert modelpkg("push", "--format", "ollama", name).exit_code == 0
+    ours = json.loads(peer_run("crane", "manifest", "--insecure", name).stdout)
+    assert layer_digests(ours) == layer_digests(theirs)
+    assert [layer["mediaType"] for layer in ours["layers"]] == [layer["mediaType"] for layer in theirs["layers"]]
+
+
+def test_modelpkg_pulls_what_ollama_pushed(registry, ollama, modelfile, modelpkg):
+    check(ollama.cli("create", "peers-up", "-f", str(modelfile)), "ollama create")
+    name = f"{registry.host}/peers/from-ollama:v1"
+    check(ollama.cli("cp", "peers-up", name), "ollama cp")
+    check(ollama.cli("push", "--insecure", name), "ollama push")
+    pulled = modelpkg("pull", name)
+    assert pulled.exit_code == 0, pulled.stderr
+    shown = json.loads(modelpkg("show", name, "--json").stdout)
+    assert shown["template"] == TEMPLATE
+    assert shown["system"] == SYSTEM
+    assert shown["parameters"]["temperature"] == 0 and shown["parameters"]["num_ctx"] == 512
+    assert shown["parameters"]["stop"] == ["<end_of_turn>"]
+    assert [m["content"] for m in shown["messages"]] == ["Hello", "Hi there."]
+    assert shown["license"] == [LICENSE] or shown["license"] == LICENSE
+    require_module("llama_cpp")
+    answer = modelpkg("run", name, "--num-predict", "8", "Say hello.")
+    assert answer.exit_code == 0, answer.stderr
+    assert answer.stdout.strip()
+
+
+def test_import_ollama_of_what_ollama_created_and_export_ollama_back(ollama, modelfile, modelpkg, tiny_gguf,
+                                                                    tmp_path):
+    check(ollama.cli("create", "peers-import", "-f", str(modelfile)), "ollama create")
+    imported = modelpkg("import-ollama", "--models", str(ollama.models), "peers-import", "--json")
+    assert imported.exit_code == 0, imported.stderr
+    shown = json.loads(modelpkg("show", "peers-import", "--json").stdout)
+    assert shown["template"] == TEMPLATE and shown["system"] == SYSTEM
+    assert modelpkg("verify", "peers-import").exit_code == 0
+
+    # export-ollama: a model made by modelpkg appears in the real Ollama
+    assert modelpkg("cp", "peers-import", "peers-exported").exit_code == 0
+    exported = modelpkg("export-ollama", "peers-exported", "--models", str(ollama.models), "--as",
+                        "acme/peers-exported:v2")
+    assert exported.exit_code == 0, exported.stderr
+    listed = check(ollama.cli("list"), "ollama list")
+    assert "acme/peers-exported:v2" in listed
+    shown = check(ollama.cli("show", "--modelfile", "acme/peers-exported:v2"), "ollama show")
+    assert f'TEMPLATE """{TEMPLATE}"""' in shown and "MESSAGE user Hello" in shown
+    check(ollama.cli("rm", "acme/peers-exported:v2"), "ollama rm")
+    assert shutil.which("true")
