@@ -64,5 +64,11 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 COSIGN_SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"  # cosign's OCI 1.1 referrer type
 COSIGN_SIGNATURE = "dev.cosignproject.cosign/signature"  # layer annotation: base64 DER ECDSA signature
+# cosign v3's default: a Sigstore bundle (a DSSE envelope around an in-toto statement) as an OCI 1.1 referrer
+# (sigstore/cosign pkg/oci/remote WriteAttestationNewBundleFormat; sigstore/protobuf-specs bundle v0.3)
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+SIGSTORE_BUNDLE_PREFIX = "application/vnd.dev.sigstore.bundle"
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # the predicate type of `cosign sign`'s statement
+IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 ATTACHED = "dev.modelpkg.attached"  # store index entry: digests of signature manifests kept with the model
 SOURCE_INDEX = "dev.modelpkg.index"  # store index entry: the image index a manifest was pulled through

@@ -12,6 +12,11 @@ What a signature is (sigstore/cosign ``specs/SIGNATURE_SPEC.md``; oci-model-arti
   registry lacks it, the referrers tag schema (an index tagged ``sha256-<hex>``; distribution-spec
   "Referrers Tag Schema", oci-model-artifacts.md section 7.6).
 
+- cosign v3 signs by default in the *bundle* layout instead: a referrer whose one layer is a Sigstore bundle
+  (``application/vnd.dev.sigstore.bundle.v0.3+json``) holding a DSSE envelope; the signature is ECDSA over
+  DSSE's pre-authentication encoding of an in-toto statement whose subject is the signed digest and whose
+  predicate type is ``https://sigstore.dev/cosign/sign/v1``. Both layouts are read; modelpkg writes the first.
+
 Trust comes from the key, never from names: ``docker-reference`` is written (cosign writes the repository)
 but not used to decide anything, as cosign does not.
 
@@ -157,6 +162,77 @@ def signature_layers(manifest: Manifest) -> list[Descriptor]:
             if layer.media_type == mt.COSIGN_SIMPLESIGNING and layer.annotations.get(mt.COSIGN_SIGNATURE)]
 
 
+def bundle_layers(manifest: Manifest) -> list[Descriptor]:
+    """The layers of a referrer that are Sigstore bundles (cosign v3's layout)."""
+    return [layer for layer in manifest.layers
+            if layer.media_type.startswith(mt.SIGSTORE_BUNDLE_PREFIX) and layer.media_type.endswith("+json")]
+
+
+def signed_layers(manifest: Manifest) -> list[Descriptor]:
+    """Every layer of a signature manifest that carries a signature, in either layout."""
+    return [*signature_layers(manifest), *bundle_layers(manifest)]
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what a DSSE signature signs (secure-systems-lab/dsse protocol)."""
+    kind = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
+
+
+def _b64(text: object) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def layer_candidates(layer: Descriptor, blob: bytes, source: str) -> list[Candidate]:
+    """The signatures one signed layer holds: a simple-signing payload with its annotation, or a bundle's DSSE
+    envelope (one candidate per signature in it; one with no signature when the bundle is not a usable one)."""
+    if layer.media_type == mt.COSIGN_SIMPLESIGNING:
+        return [Candidate(blob, decode_signature(layer), source)]
+    try:
+        bundle = load_json(blob, "Sigstore bundle", limit=MAX_PAYLOAD)
+    except InvalidInputError:
+        bundle = None
+    envelope = bundle.get("dsseEnvelope") if isinstance(bundle, dict) else None
+    if not isinstance(envelope, dict) or envelope.get("payloadType") != mt.IN_TOTO_PAYLOAD:
+        return [Candidate(blob, None, source, statement=b"")]
+    body = _b64(envelope.get("payload"))
+    signatures = envelope.get("signatures")
+    if body is None or not isinstance(signatures, list) or not signatures:
+        return [Candidate(blob, None, source, statement=b"")]
+    signed = pae(mt.IN_TOTO_PAYLOAD, body)
+    return [Candidate(signed, _b64(entry.get("sig")) if isinstance(entry, dict) else None, source, statement=body)
+            for entry in signatures[:8]]
+
+
+def statement_digests(data: bytes) -> list[Digest]:
+    """The sha256 subjects of an in-toto statement of ``cosign sign``'s predicate type; ``InvalidInputError``
+    for any other statement (an attestation of something else is not a signature of the model)."""
+    obj = load_json(data, "in-toto statement", limit=MAX_PAYLOAD)
+    if not isinstance(obj, dict) or not str(obj.get("_type", "")).startswith("https://in-toto.io/Statement/"):
+        raise InvalidInputError("the signed DSSE payload is not an in-toto statement")
+    if obj.get("predicateType") != mt.COSIGN_SIGN_PREDICATE:
+        raise InvalidInputError(f"the statement's predicate type {str(obj.get('predicateType'))[:80]!r} is not "
+                                f"{mt.COSIGN_SIGN_PREDICATE!r}")
+    subjects = obj.get("subject") if isinstance(obj.get("subject"), list) else []
+    out = []
+    for subject in subjects:
+        digests = subject.get("digest") if isinstance(subject, dict) else None
+        sha = digests.get("sha256") if isinstance(digests, dict) else None
+        if isinstance(sha, str):
+            try:
+                out.append(Digest.parse(f"sha256:{sha}"))
+            except InvalidInputError:
+                continue
+    if not out:
+        raise InvalidInputError("the statement names no sha256 subject")
+    return out
+
+
 def decode_signature(layer: Descriptor) -> bytes | None:
     """The DER signature in a layer's annotation, or None when it is not valid base64."""
     try:
@@ -191,8 +267,9 @@ def index_bytes(index: Index) -> bytes:
 
 
 def signature_referrers(index: Index) -> list[Descriptor]:
-    """Entries of a referrers index that are cosign signatures."""
-    return [m for m in index.manifests if m.artifact_type == mt.COSIGN_SIG_ARTIFACT]
+    """Entries of a referrers index that are cosign signatures, in either layout."""
+    return [m for m in index.manifests if m.artifact_type == mt.COSIGN_SIG_ARTIFACT
+            or (m.artifact_type or "").startswith(mt.SIGSTORE_BUNDLE_PREFIX)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,11 +288,14 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One signature found: the payload bytes, the DER signature and where it was found."""
+    """One signature found: the signed bytes, the DER signature and where it was found. ``statement`` is
+    None for a simple-signing payload (``payload`` is then the claim itself); for a bundle's DSSE envelope it
+    is the in-toto statement and ``payload`` its pre-authentication encoding."""
 
     payload: bytes
     signature: bytes | None
     source: str  # "tag" (sha256-<hex>.sig) or "referrer"
+    statement: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -285,12 +365,12 @@ def evaluate(candidates: Sequence[Candidate], digest: Digest, keys: Sequence[Tru
             problems.append("no trusted key verifies the signature (wrong key, or the payload was altered)")
             continue
         try:
-            payload = parse_payload(c.payload)
+            named = statement_digests(c.statement) if c.statement is not None else [parse_payload(c.payload).digest]
         except InvalidInputError as e:
             problems.append(f"the signed payload is unusable: {e.message}")
             continue
-        if payload.digest != digest:
-            problems.append(f"the signature is for {payload.digest.short}, not {digest.short} "
+        if digest not in named:
+            problems.append(f"the signature is for {named[0].short}, not {digest.short} "
                             "(the tag now points at other content)")
             continue
         signers.setdefault(key.fingerprint, Signer(key.name, key.fingerprint, c.source))

@@ -11,7 +11,8 @@ Signing (oci-model-artifacts.md section 9.2):
    answer has no ``OCI-Subject`` header (no referrers API: CNCF distribution 2.8, GHCR) add it to the
    referrers tag-schema index ``sha256-<hex>`` (distribution-spec "Pushing Manifests with Subject").
 
-Verifying reads ``sha256-<hex>.sig`` first and the referrers (the API, else the tag-schema index) when that
+Verifying reads ``sha256-<hex>.sig`` first and the referrers (cosign's ``.sig`` layout, and cosign v3's Sigstore
+bundles with a DSSE envelope: ``signing.layer_candidates``; the API, else the tag-schema index) when that
 gives no accepted signature; a signature counts when a trusted key verifies it *and* its payload names the
 digest being checked. ``pull`` keeps the signature manifests it found (with payloads and configs) in the
 store, attached to the model's index entry, so ``show`` and ``verify-signature --local`` work offline and gc
@@ -78,8 +79,8 @@ class Found:
     blobs: dict = field(default_factory=dict, compare=False)
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(self.blobs[layer.digest], signing.decode_signature(layer), self.source)
-                for layer in signing.signature_layers(self.manifest) if layer.digest in self.blobs]
+        return [c for layer in signing.signed_layers(self.manifest) if layer.digest in self.blobs
+                for c in signing.layer_candidates(layer, self.blobs[layer.digest], self.source)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def _found(client: PullClient, repo: str, data: bytes, parsed, source: str) -> F
     if not isinstance(parsed, Manifest):
         return None
     # the config too (a few hundred bytes), so a kept signature manifest is whole in the store's layout
-    return Found(data, parsed, source, _fetch_blobs(client, repo, [*signing.signature_layers(parsed), parsed.config]))
+    return Found(data, parsed, source, _fetch_blobs(client, repo, [*signing.signed_layers(parsed), parsed.config]))
 
 
 def signatures_by_tag(client: PullClient, repo: str, digest: Digest) -> list[Found]:
@@ -292,7 +293,7 @@ def local_signatures(store: Store, entry: RefEntry) -> list[Found]:
             if not isinstance(manifest, Manifest):
                 continue
             blobs = {layer.digest: store.read_blob(layer.digest, signing.MAX_PAYLOAD)
-                     for layer in signing.signature_layers(manifest) if store.has_blob(layer.digest)}
+                     for layer in signing.signed_layers(manifest) if store.has_blob(layer.digest)}
         except ModelpkgError:
             continue  # a damaged signature counts as none; 'modelpkg verify' reports the blob
         out.append(Found(data, manifest, "store", blobs))

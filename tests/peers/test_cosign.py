@@ -126,3 +126,77 @@ def test_cosign_import_key_pair_of_a_modelpkg_key(cosign, registry, tiny_model, 
     verified = modelpkg("verify-signature", name, "--key", str(public), "--json")
     assert verified.exit_code == 0, verified.stderr
     assert json.loads(verified.stdout)["signers"][0]["fingerprint"] == keys.load_public(public).fingerprint
+
+
+@pytest.mark.parametrize("registry_kind", ["distribution", "referrers-api"])
+def test_modelpkg_verifies_cosign_v3s_bundle_referrers(registry_kind, request, tiny_model, peer_run, modelpkg,
+                                                      tmp_path, monkeypatch):
+    """cosign v3's default layout: a Sigstore bundle (DSSE envelope, in-toto statement) as an OCI referrer."""
+    registry = request.getfixturevalue("registry" if registry_kind == "distribution" else "referrers_registry")
+    name, by_digest = pushed(tiny_model, registry, "cosign/bundle-v3:v1")
+    key, public = cosign_keypair(peer_run, "cosign3", tmp_path / "cosign-keys")
+    peer_run("cosign3", "sign", "--key", str(key), *sign_flags("cosign3", classic=False), by_digest,
+             env={"COSIGN_PASSWORD": PASSWORD})
+    # cosign itself accepts it (so this is the layout cosign v3 users have)
+    peer_run("cosign3", "verify", "--key", str(public), *verify_flags("cosign3", classic=False), by_digest)
+
+    verified = modelpkg("verify-signature", name, "--key", str(public), "--json")
+    assert verified.exit_code == 0, verified.stderr
+    verdict = json.loads(verified.stdout)
+    assert verdict["verified"] and verdict["signers"][0]["source"] == "referrer"
+    _other_private, other_public, _ = keys.generate(tmp_path / "other", name="other")
+    assert modelpkg("verify-signature", name, "--key", str(other_public)).exit_code == TrustError.exit_code
+
+    policy = tmp_path / "policy.toml"
+    monkeypatch.setenv("MODELPKG_POLICY", str(policy))
+    policy.write_text(f'[[trust]]\nprefix = "{registry.host}/cosign"\nmode = "enforce"\nkeys = ["{public}"]\n')
+    monkeypatch.setenv("MODELPKG_HOME", str(tmp_path / "puller"))
+    pulled = modelpkg("pull", name)
+    assert pulled.exit_code == 0, pulled.stderr
+    local = modelpkg("verify-signature", "--local", name, "--key", str(public))
+    assert local.exit_code == 0, local.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bundle layout, pure: what must be refused even when the key verifies
+
+
+def _bundle(private, statement: dict, payload_type: str = "application/vnd.in-toto+json") -> bytes:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from modelpkg.core import signing
+
+    body = json.dumps(statement).encode()
+    sig = private.sign(signing.pae(payload_type, body), ec.ECDSA(hashes.SHA256()))
+    return json.dumps({"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+                       "verificationMaterial": {"publicKey": {"hint": "x"}},
+                       "dsseEnvelope": {"payload": base64.b64encode(body).decode(), "payloadType": payload_type,
+                                        "signatures": [{"sig": base64.b64encode(sig).decode()}]}}).encode()
+
+
+def test_bundle_candidates_check_the_statement(tmp_path):
+    from modelpkg.core import mediatypes as mt
+    from modelpkg.core import signing
+    from modelpkg.core.digest import Digest
+    from modelpkg.core.manifest import Descriptor
+
+    private_path, public_path, _ = keys.generate(tmp_path / "k")
+    private, trusted = keys.load_private(private_path), keys.load_public(public_path)
+    digest, other = Digest.of(b"model"), Digest.of(b"other")
+
+    def verdict(statement: dict, payload_type: str = mt.IN_TOTO_PAYLOAD):
+        blob = _bundle(private, statement, payload_type)
+        layer = Descriptor(mt.SIGSTORE_BUNDLE, Digest.of(blob), len(blob))
+        return signing.evaluate(signing.layer_candidates(layer, blob, "referrer"), digest, [trusted])
+
+    good = {"_type": "https://in-toto.io/Statement/v1", "predicateType": mt.COSIGN_SIGN_PREDICATE,
+            "subject": [{"name": "r", "digest": {"sha256": digest.hex}}], "predicate": {}}
+    assert verdict(good).ok
+    assert not verdict({**good, "subject": [{"name": "r", "digest": {"sha256": other.hex}}]}).ok
+    wrong_type = verdict({**good, "predicateType": "https://slsa.dev/provenance/v1"})
+    assert not wrong_type.ok and "predicate type" in wrong_type.reason()
+    assert not verdict(good, payload_type="text/plain").ok
+    assert not verdict({**good, "_type": "nope"}).ok

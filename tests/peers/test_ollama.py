@@ -33,6 +33,7 @@ def modelfile_text(gguf: Path) -> str:
             "PARAMETER num_ctx 512\n"
             'PARAMETER stop "<end_of_turn>"\n'
             "PARAMETER top_k 1\n"
+            "PARAMETER num_predict 16\n"
             "MESSAGE user Hello\n"
             "MESSAGE assistant Hi there.\n"
             f'LICENSE """{LICENSE}"""\n')
@@ -41,6 +42,14 @@ def modelfile_text(gguf: Path) -> str:
 @pytest.fixture(scope="module")
 def ollama(tmp_path_factory):
     server = Ollama("ollama", tmp_path_factory.mktemp("ollama"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ollama_engine(tmp_path_factory):
+    """Ollama v0.24.0, the last release that generates without a downloaded llama-server."""
+    server = Ollama("ollama-0.24.0", tmp_path_factory.mktemp("ollama-engine"))
     yield server
     server.stop()
 
@@ -159,3 +168,22 @@ def test_import_ollama_of_what_ollama_created_and_export_ollama_back(ollama, mod
     assert f'TEMPLATE """{TEMPLATE}"""' in shown and "MESSAGE user Hello" in shown
     check(ollama.cli("rm", "acme/peers-exported:v2"), "ollama rm")
     assert shutil.which("true")
+
+
+def test_ollama_runs_what_modelpkg_pushed_and_what_it_exported(registry, ollama_engine, modelfile, modelpkg):
+    name = f"{registry.host}/peers/gemma-run:v1"
+    assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
+    assert modelpkg("push", "--format", "ollama", name).exit_code == 0
+    front = RedirectFront(registry.host)
+    try:
+        via_front = f"{front.host}/peers/gemma-run:v1"
+        check(ollama_engine.cli("pull", "--insecure", via_front), "ollama pull")
+    finally:
+        front.close()
+    answer = check(ollama_engine.cli("run", via_front, "What is the capital of France?"), "ollama run")
+    assert answer.strip()
+
+    exported = modelpkg("export-ollama", name, "--models", str(ollama_engine.models), "--as", "peers-run:v2")
+    assert exported.exit_code == 0, exported.stderr
+    again = check(ollama_engine.cli("run", "peers-run:v2", "What is the capital of France?"), "ollama run")
+    assert again.strip() == answer.strip()  # greedy, the same model: the same answer
