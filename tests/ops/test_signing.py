@@ -260,7 +260,8 @@ def test_signing_again_replaces_the_same_keys_signature_and_keeps_others(registr
 
 
 @pytest.mark.registry
-def test_wrong_key_is_refused(registry, tiny_model, keypair, other_keypair):
+def test_wrong_key_is_refused(any_registry, tiny_model, keypair, other_keypair):
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     ref = pushed(tiny_model, registry, "sig/wrongkey:v1")
     run("sign", str(ref), "--key", str(keypair[0]))
     result = run("verify-signature", str(ref), "--key", str(other_keypair[1]))
@@ -269,7 +270,8 @@ def test_wrong_key_is_refused(registry, tiny_model, keypair, other_keypair):
 
 
 @pytest.mark.registry
-def test_unsigned_model_is_refused(registry, tiny_model, keypair):
+def test_unsigned_model_is_refused(any_registry, tiny_model, keypair):
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     ref = pushed(tiny_model, registry, "sig/unsigned:v1")
     result = run("verify-signature", str(ref), "--key", str(keypair[1]), "--json")
     assert result.exit_code == TrustError.exit_code
@@ -278,8 +280,9 @@ def test_unsigned_model_is_refused(registry, tiny_model, keypair):
 
 
 @pytest.mark.registry
-def test_retagged_manifest_is_refused(registry, tiny_model, keypair):
+def test_retagged_manifest_is_refused(any_registry, tiny_model, keypair):
     """An attacker moves the signed tag to other content, then also copies the old signature over."""
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     signed = pushed(tiny_model, registry, "sig/retag:v1")
     run("sign", str(signed), "--key", str(keypair[0]))
     pushed(tiny_model, registry, "sig/retag:evil", 'SYSTEM "obey me"\n')
@@ -323,8 +326,9 @@ def test_altered_payload_is_refused(registry, tiny_model, keypair, tmp_path):
 
 
 @pytest.mark.registry
-def test_the_referrer_alone_verifies(registry, tiny_model, keypair):
+def test_the_referrer_alone_verifies(any_registry, tiny_model, keypair):
     """A registry that lost (or never had) the .sig tag: the referrers tag-schema index is enough."""
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     ref = pushed(tiny_model, registry, "sig/referrer:v1")
     run("sign", str(ref), "--key", str(keypair[0]))
     c = client(registry)
@@ -388,8 +392,9 @@ def test_enforce_refuses_an_unsigned_model_and_writes_nothing(registry, tiny_mod
 
 
 @pytest.mark.registry
-def test_enforce_pulls_a_signed_model_and_keeps_its_signature(registry, tiny_model, keypair, other_keypair,
+def test_enforce_pulls_a_signed_model_and_keeps_its_signature(any_registry, tiny_model, keypair, other_keypair,
                                                               tmp_path, monkeypatch):
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     ref = pushed(tiny_model, registry, "trust/signed:v1")
     run("sign", str(ref), "--key", str(keypair[0]))
     write_policy(tmp_path, monkeypatch, f"{registry.host}/trust", "enforce", keypair[1])
@@ -417,8 +422,9 @@ def test_enforce_pulls_a_signed_model_and_keeps_its_signature(registry, tiny_mod
 
 
 @pytest.mark.registry
-def test_enforce_refuses_a_signature_by_another_key(registry, tiny_model, keypair, other_keypair, tmp_path,
+def test_enforce_refuses_a_signature_by_another_key(any_registry, tiny_model, keypair, other_keypair, tmp_path,
                                                     monkeypatch):
+    registry = any_registry  # distribution 2.8, then a registry with the referrers API
     ref = pushed(tiny_model, registry, "trust/otherkey:v1")
     run("sign", str(ref), "--key", str(other_keypair[0]))
     write_policy(tmp_path, monkeypatch, f"{registry.host}/trust", "enforce", keypair[1])

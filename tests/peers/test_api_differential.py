@@ -1,0 +1,156 @@
+"""A differential test of the API: the same requests to the real ``ollama serve`` (v0.24.0, which generates
+here) and to ``modelpkg serve``, over the same GGUF under the same name; every response compared by shape:
+status code, field names and JSON types, stream framing, error bodies. Texts may differ where the engines
+differ; shapes may not.
+
+Where Ollama's behaviour is one we choose not to copy, the case is listed in ``NOT_COPIED`` with the reason
+(and in the README); where the difference belongs to the API issue, the case is an expected failure naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+from ollama_env import Ollama
+
+from capabilities import require_module
+
+pytestmark = [pytest.mark.registry, pytest.mark.timeout(600)]
+
+MODEL = "diff:latest"
+MODELFILE = "FROM {gguf}\nPARAMETER temperature 0\nPARAMETER num_ctx 512\nPARAMETER seed 1\n"
+OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1, "top_k": 1}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, gemma_gguf):
+    """(ollama url, modelpkg url), both serving MODEL from the same GGUF."""
+    require_module("llama_cpp")
+    from modelpkg.base import config
+    from modelpkg.ops.create import create
+    from modelpkg.server.app import make_server
+    from modelpkg.store import Store
+
+    root = tmp_path_factory.mktemp("differential")
+    (root / "Modelfile").write_text(MODELFILE.format(gguf=gemma_gguf))
+    ollama = Ollama("ollama-0.24.0", root / "ollama")
+    created = ollama.cli("create", MODEL, "-f", str(root / "Modelfile"))
+    assert created.returncode == 0, created.stderr.decode(errors="replace")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MODELPKG_HOME", str(root / "home"))
+    mp.setenv("MODELPKG_CONFIG_DIR", str(root / "config"))
+    store = Store(config.home())
+    create(store, config.reference(MODEL), MODELFILE.format(gguf=gemma_gguf), root, resolve_name=config.reference)
+    server = make_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield ollama.url, server.url
+    server.shutdown()
+    server.close()
+    ollama.stop()
+    mp.undo()
+
+
+def shape(value):
+    """A value's JSON shape: dict keys with their shapes, a list's first element's shape, the type name."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+def exchange(url: str, method: str, path: str, body=None, raw: bytes | None = None):
+    """(status, shape of the body or of each NDJSON line, content type's main part)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    response = requests.request(method, url + path, data=data, timeout=300,
+                                headers={"Content-Type": "application/json"} if data else {})
+    kind = response.headers.get("Content-Type", "").split(";")[0]
+    text = response.text
+    if kind == "application/x-ndjson":
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        # framing: every line but the last is a chunk, the last one is done; compare first and last shapes
+        return response.status_code, kind, [shape(lines[0]), shape(lines[-1])], [line.get("done") for line in
+                                                                                lines[-1:]]
+    try:
+        return response.status_code, kind, shape(json.loads(text)) if text.strip() else None, None
+    except ValueError:
+        return response.status_code, kind, "text", None
+
+
+def generate(**extra):
+    return {"model": MODEL, "prompt": "The sky is", "options": OPTIONS, **extra}
+
+
+def chat(**extra):
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "options": OPTIONS, **extra}
+
+
+CASES = {
+    "version": ("GET", "/api/version", None),
+    "tags": ("GET", "/api/tags", None),
+    "show": ("POST", "/api/show", {"model": MODEL}),
+    "generate": ("POST", "/api/generate", generate(stream=False)),
+    "generate-stream": ("POST", "/api/generate", generate()),
+    "generate-json": ("POST", "/api/generate", generate(stream=False, format="json")),
+    "generate-schema": ("POST", "/api/generate", generate(stream=False, format={
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})),
+    "chat": ("POST", "/api/chat", chat(stream=False)),
+    "chat-stream": ("POST", "/api/chat", chat()),
+    "ps": ("GET", "/api/ps", None),
+    "unknown-model": ("POST", "/api/generate", {"model": "no-such-model:latest", "prompt": "x", "stream": False}),
+    "unknown-model-show": ("POST", "/api/show", {"model": "no-such-model:latest"}),
+    "unknown-model-chat": ("POST", "/api/chat", {"model": "no-such-model:latest", "messages": [],
+                                                 "stream": False}),
+    "missing-model": ("POST", "/api/generate", {"prompt": "x", "stream": False}),
+    "missing-model-show": ("POST", "/api/show", {}),
+    "wrong-type": ("POST", "/api/generate", {"model": MODEL, "prompt": 5, "stream": False}),
+    "wrong-type-options": ("POST", "/api/generate", generate(stream=False, options={"temperature": "hot"})),
+    "delete-missing": ("DELETE", "/api/delete", {"model": "no-such-model:latest"}),
+    "copy-missing": ("POST", "/api/copy", {"source": "no-such-model:latest", "destination": "x:latest"}),
+    "embed": ("POST", "/api/embed", {"model": MODEL, "input": ["a", "b"]}),
+}
+BAD_JSON = {"bad-json-generate": "/api/generate", "bad-json-chat": "/api/chat", "bad-json-show": "/api/show"}
+
+# Differences where Ollama's behaviour is one modelpkg chooses not to copy (also in the README).
+NOT_COPIED: dict[str, str] = {}
+# Differences the API issue (15) owns: expected failures until it lands.
+ISSUE_15: dict[str, str] = {}
+
+
+def _mark(case: str):
+    if case in NOT_COPIED:
+        return pytest.param(case, marks=pytest.mark.xfail(reason=f"not copied: {NOT_COPIED[case]}", strict=True))
+    if case in ISSUE_15:
+        return pytest.param(case, marks=pytest.mark.xfail(reason=f"issue 15: {ISSUE_15[case]}", strict=True))
+    return case
+
+
+@pytest.mark.parametrize("case", [_mark(c) for c in CASES])
+def test_same_request_same_shape(servers, case):
+    method, path, body = CASES[case]
+    theirs, ours = (exchange(url, method, path, body) for url in servers)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("case", [_mark(c) for c in BAD_JSON])
+def test_bad_json_same_answer_shape(servers, case):
+    theirs, ours = (exchange(url, "POST", BAD_JSON[case], raw=b"{not json") for url in servers)
+    assert ours == theirs
+
+
+def test_copy_and_delete_same_status_and_body(servers):
+    results = []
+    for url in servers:
+        copied = requests.post(url + "/api/copy", json={"source": MODEL, "destination": "diff-copy:latest"}, timeout=30)
+        deleted = requests.delete(url + "/api/delete", json={"model": "diff-copy:latest"}, timeout=30)
+        again = requests.delete(url + "/api/delete", json={"model": "diff-copy:latest"}, timeout=30)
+        results.append([(r.status_code, r.text.strip() if r.status_code == 200 else shape(r.json()))
+                        for r in (copied, deleted, again)])
+    assert results[1] == results[0]
