@@ -88,8 +88,9 @@ class RegistryServer:
 
     def __init__(self, *, process: subprocess.Popen, port: int, storage: Path, log_path: Path,
                  config_path: Path, auth: str | None, username: str | None = None,
-                 password: str | None = None, token_server=None):
+                 password: str | None = None, token_server=None, kind: str = "distribution"):
         self.process = process
+        self.kind = kind  # "distribution" (docker-registry 2.8) or "referrers-api" (go-containerregistry's)
         self.port = port
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://{self.host}"
@@ -254,7 +255,7 @@ def start_referrers_registry(directory: Path, timeout: float = STARTUP_TIMEOUT) 
     process.stdout.close()
     port = int(line.rsplit(":", 1)[1]) if line.startswith("listening on ") else 0
     server = RegistryServer(process=process, port=port, storage=storage, log_path=log_path,
-                            config_path=directory, auth=None)
+                            config_path=directory, auth=None, kind="referrers-api")
     error = _wait_until_up(server, timeout) if port else f"printed {line!r}"
     if error is not None:
         server.stop()
