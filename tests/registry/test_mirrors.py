@@ -281,8 +281,9 @@ def test_an_all_mirror_serves_tags_too_and_a_tag_only_one_is_skipped_for_digests
 
 
 @pytest.mark.registry
-def test_a_mirror_without_the_model_falls_through_to_the_upstream(published, mirror, tmp_path, monkeypatch):
-    published("acme/elsewhere")  # the same blobs on the mirror, under another name
+def test_a_mirror_without_the_model_falls_through_to_the_upstream(published, mirror, tiny_model, tmp_path,
+                                                                  monkeypatch):
+    push(Store(config.home()), tiny_model(f"{mirror.host}/acme/elsewhere:v1"))  # the blobs, under another name
     upstream, tagged, pinned = published("acme/not-mirrored", on_mirror=False)
     configure(tmp_path, monkeypatch, upstream.host, (mirror.host, "all"))
     progress = Recorder()
