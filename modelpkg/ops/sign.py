@@ -252,10 +252,17 @@ def signatures_by_referrers(client: PullClient, repo: str, digest: Digest) -> li
     if index is None:
         got = _get_manifest(client, repo, signing.referrers_tag(digest))
         index = got[1] if got and isinstance(got[1], Index) else None
+    # Entries listed with a signature type first, then the rest: a registry may list a referrer under its
+    # config's media type instead of its artifactType (go-containerregistry's registry does: cosign v3's
+    # bundles, whose config is the empty descriptor, are listed as application/vnd.oci.empty.v1+json), so
+    # what a referrer is is decided by its own manifest.
+    typed = signing.signature_referrers(index) if index else []
+    rest = [m for m in index.manifests if m not in typed] if index else []
     out = []
-    for entry in signing.signature_referrers(index)[:MAX_REFERRERS] if index else []:
+    for entry in [*typed, *rest][:MAX_REFERRERS]:
         got = _get_manifest(client, repo, str(entry.digest))
-        if got and isinstance(got[1], Manifest) and got[1].subject is not None and got[1].subject.digest == digest:
+        if got and isinstance(got[1], Manifest) and got[1].subject is not None and got[1].subject.digest == digest \
+                and signing.signed_layers(got[1]):
             found = _found(client, repo, *got, "referrer")
             if found:
                 out.append(found)
