@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from capabilities import require_peer
 
+sys.path.insert(0, str(Path(__file__).parent))  # ollama_env (pytest's importlib mode adds no test folder)
 PEER_TIMEOUT = 120
 
 

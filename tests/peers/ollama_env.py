@@ -80,12 +80,13 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
             owner.relayed.append((self.command, path, answer.status))
             self.send_response(answer.status)
             for key, value in answer.getheaders():
-                if key.lower() in HOP_BY_HOP or key.lower() == "content-length":
+                if key.lower() in HOP_BY_HOP or (key.lower() == "content-length" and self.command != "HEAD"):
                     continue
                 if key.lower() == "location" and value.startswith(f"http://{owner.upstream}"):
                     value = value.replace(owner.upstream, owner.host, 1)
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
+            if self.command != "HEAD":  # a HEAD keeps the upstream's Content-Length: the blob's size
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

@@ -8,7 +8,6 @@ Ollama pulls through ``RedirectFront`` (ollama_env.py): it downloads a blob only
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +79,21 @@ def check(result, what: str):
     return result.stdout.decode()
 
 
+def pulled_into_ollama(registry, ollama, modelfile, modelpkg, repo: str) -> str:
+    """modelpkg creates and pushes (``--format ollama``), Ollama pulls it through a redirecting front;
+    returns the name Ollama knows it by."""
+    name = f"{registry.host}/{repo}"
+    assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
+    assert modelpkg("push", "--format", "ollama", name).exit_code == 0
+    front = RedirectFront(registry.host)
+    try:
+        via_front = f"{front.host}/{repo}"
+        check(ollama.cli("pull", "--insecure", via_front), "ollama pull")
+    finally:
+        front.close()
+    return via_front
+
+
 def test_ollama_pulls_what_modelpkg_pushed_in_ollamas_format(registry, ollama, modelfile, modelpkg):
     name = f"{registry.host}/peers/gemma-out:v1"
     assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
@@ -116,9 +130,11 @@ def test_ollama_pulls_what_modelpkg_pushed_in_ollamas_format(registry, ollama, m
             "application/vnd.ollama.image.license"} <= set(layer_digests(stored))
 
 
-def test_ollama_create_gives_the_blob_digests_modelpkg_pushes(registry, ollama, modelfile, modelpkg, peer_run):
-    check(ollama.cli("create", "peers-create", "-f", str(modelfile)), "ollama create")
-    theirs = ollama_manifest(ollama.models, "registry.ollama.ai", "library", "peers-create", "latest")
+def test_ollama_create_gives_the_blob_digests_modelpkg_pushes(registry, ollama_engine, modelfile, modelpkg,
+                                                              peer_run):
+    # v0.24.0: since v0.30 `ollama create` from a GGUF needs the llama-quantize its CMake build downloads
+    check(ollama_engine.cli("create", "peers-create", "-f", str(modelfile)), "ollama create")
+    theirs = ollama_manifest(ollama_engine.models, "registry.ollama.ai", "library", "peers-create", "latest")
 
     name = f"{registry.host}/peers/gemma-digests:v1"
     assert modelpkg("create", name, "-f", str(modelfile)).exit_code == 0
@@ -129,9 +145,10 @@ def test_ollama_create_gives_the_blob_digests_modelpkg_pushes(registry, ollama, 
 
 
 def test_modelpkg_pulls_what_ollama_pushed(registry, ollama, modelfile, modelpkg):
-    check(ollama.cli("create", "peers-up", "-f", str(modelfile)), "ollama create")
+    there = pulled_into_ollama(registry, ollama, modelfile, modelpkg, "peers/to-ollama:v1")
+    assert modelpkg("rm", f"{registry.host}/peers/to-ollama:v1").exit_code == 0
     name = f"{registry.host}/peers/from-ollama:v1"
-    check(ollama.cli("cp", "peers-up", name), "ollama cp")
+    check(ollama.cli("cp", there, name), "ollama cp")
     check(ollama.cli("push", "--insecure", name), "ollama push")
     pulled = modelpkg("pull", name)
     assert pulled.exit_code == 0, pulled.stderr
@@ -148,11 +165,12 @@ def test_modelpkg_pulls_what_ollama_pushed(registry, ollama, modelfile, modelpkg
     assert answer.stdout.strip()
 
 
-def test_import_ollama_of_what_ollama_created_and_export_ollama_back(ollama, modelfile, modelpkg, tiny_gguf,
-                                                                    tmp_path):
-    check(ollama.cli("create", "peers-import", "-f", str(modelfile)), "ollama create")
-    imported = modelpkg("import-ollama", "--models", str(ollama.models), "peers-import", "--json")
+def test_import_ollama_of_what_ollama_pulled_and_export_ollama_back(registry, ollama, modelfile, modelpkg):
+    there = pulled_into_ollama(registry, ollama, modelfile, modelpkg, "peers/import:v1")
+    assert modelpkg("rm", f"{registry.host}/peers/import:v1").exit_code == 0
+    imported = modelpkg("import-ollama", "--models", str(ollama.models), there, "--json")
     assert imported.exit_code == 0, imported.stderr
+    assert modelpkg("cp", there, "peers-import").exit_code == 0
     shown = json.loads(modelpkg("show", "peers-import", "--json").stdout)
     assert shown["template"] == TEMPLATE and shown["system"] == SYSTEM
     assert modelpkg("verify", "peers-import").exit_code == 0
@@ -167,7 +185,16 @@ def test_import_ollama_of_what_ollama_created_and_export_ollama_back(ollama, mod
     shown = check(ollama.cli("show", "--modelfile", "acme/peers-exported:v2"), "ollama show")
     assert f'TEMPLATE """{TEMPLATE}"""' in shown and "MESSAGE user Hello" in shown
     check(ollama.cli("rm", "acme/peers-exported:v2"), "ollama rm")
-    assert shutil.which("true")
+
+
+def test_import_ollama_of_what_ollama_created(ollama_engine, modelfile, modelpkg):
+    check(ollama_engine.cli("create", "peers-created", "-f", str(modelfile)), "ollama create")
+    imported = modelpkg("import-ollama", "--models", str(ollama_engine.models), "peers-created")
+    assert imported.exit_code == 0, imported.stderr
+    shown = json.loads(modelpkg("show", "peers-created", "--json").stdout)
+    assert shown["template"] == TEMPLATE and shown["system"] == SYSTEM
+    assert [m["content"] for m in shown["messages"]] == ["Hello", "Hi there."]
+    assert modelpkg("verify", "peers-created").exit_code == 0
 
 
 def test_ollama_runs_what_modelpkg_pushed_and_what_it_exported(registry, ollama_engine, modelfile, modelpkg):
