@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from capabilities import require_peer
 
-sys.path.insert(0, str(Path(__file__).parent))  # ollama_env (pytest's importlib mode adds no test folder)
+sys.path.append(str(Path(__file__).parent))  # ollama_env; appended: "conftest" must stay tests/conftest.py
 PEER_TIMEOUT = 120
 
 
