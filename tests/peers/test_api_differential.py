@@ -1,7 +1,10 @@
-"""A differential test of the API: the same requests to the real ``ollama serve`` (v0.24.0, which generates
-here) and to ``modelpkg serve``, over the same GGUF under the same name; every response compared by shape:
-status code, field names and JSON types, stream framing, error bodies. Texts may differ where the engines
-differ; shapes may not.
+"""A differential test of the API: the same requests to the real ``ollama serve`` (v0.34.0) and to
+``modelpkg serve``, over the same GGUF under the same name; every response compared by shape: status code,
+field names and JSON types, error bodies.
+
+Only the requests that need no generation run: Ollama cannot run a model here (v0.34 needs the llama-server
+its CMake build downloads; v0.24.0, the last with an in-process engine, does not build from the module
+proxy: .ci/peers). The generating cases (``GENERATING``) are written but not run.
 
 Where Ollama's behaviour is one we choose not to copy, the case is listed in ``NOT_COPIED`` with the reason
 (and in the README); where the difference belongs to the API issue, the case is an expected failure naming it.
@@ -14,9 +17,7 @@ import threading
 
 import pytest
 import requests
-from ollama_env import Ollama
-
-from capabilities import require_module
+from ollama_env import Ollama, RedirectFront
 
 pytestmark = [pytest.mark.registry, pytest.mark.timeout(600)]
 
@@ -25,27 +26,45 @@ MODELFILE = "FROM {gguf}\nPARAMETER temperature 0\nPARAMETER num_ctx 512\nPARAME
 OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1, "top_k": 1}
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory, gemma_gguf):
-    """(ollama url, modelpkg url), both serving MODEL from the same GGUF."""
-    require_module("llama_cpp")
+def _modelpkg_server(root, gguf):
     from modelpkg.base import config
     from modelpkg.ops.create import create
     from modelpkg.server.app import make_server
     from modelpkg.store import Store
 
+    store = Store(config.home())
+    create(store, config.reference(MODEL), MODELFILE.format(gguf=gguf), root, resolve_name=config.reference)
+    server = make_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return store, server
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, gemma_gguf, registry):
+    """(ollama url, modelpkg url), both serving MODEL from the same GGUF: Ollama v0.34.0 (the newest), which
+    pulled it from modelpkg's push (it cannot create from a GGUF or run a model here)."""
+    from modelpkg.base import config
+    from modelpkg.ops.push import push
+
     root = tmp_path_factory.mktemp("differential")
-    (root / "Modelfile").write_text(MODELFILE.format(gguf=gemma_gguf))
-    ollama = Ollama("ollama-0.24.0", root / "ollama")
-    created = ollama.cli("create", MODEL, "-f", str(root / "Modelfile"))
-    assert created.returncode == 0, created.stderr.decode(errors="replace")
     mp = pytest.MonkeyPatch()
     mp.setenv("MODELPKG_HOME", str(root / "home"))
     mp.setenv("MODELPKG_CONFIG_DIR", str(root / "config"))
-    store = Store(config.home())
-    create(store, config.reference(MODEL), MODELFILE.format(gguf=gemma_gguf), root, resolve_name=config.reference)
-    server = make_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store, server = _modelpkg_server(root, gemma_gguf)
+    from modelpkg.ops import models
+
+    pushed = config.reference(f"{registry.host}/peers/diff:latest")
+    models.copy(store, config.reference(MODEL), pushed)
+    push(store, pushed, format="ollama")
+    ollama = Ollama("ollama", root / "ollama")
+    front = RedirectFront(registry.host)
+    try:
+        for args in (("pull", "--insecure", f"{front.host}/peers/diff:latest"),
+                     ("cp", f"{front.host}/peers/diff:latest", MODEL)):
+            done = ollama.cli(*args)
+            assert done.returncode == 0, done.stderr.decode(errors="replace")
+    finally:
+        front.close()
     yield ollama.url, server.url
     server.shutdown()
     server.close()
@@ -121,7 +140,12 @@ BAD_JSON = {"bad-json-generate": "/api/generate", "bad-json-chat": "/api/chat", 
 # Differences where Ollama's behaviour is one modelpkg chooses not to copy (also in the README).
 NOT_COPIED: dict[str, str] = {}
 # Differences the API issue (15) owns: expected failures until it lands.
-ISSUE_15: dict[str, str] = {}
+ISSUE_15: dict[str, str] = {
+    "tags": "/api/tags entries lack capabilities and details.context_length/embedding_length (Ollama v0.34)",
+    "show": "/api/show's model_info has 4 keys (Ollama: every GGUF key, arrays as null; "
+            "general.parameter_count a number) and no tensors list",
+    "missing-model": "/api/generate without a model: 400 here, Ollama answers 404",
+}
 
 
 def _mark(case: str):
@@ -132,11 +156,16 @@ def _mark(case: str):
     return case
 
 
-@pytest.mark.parametrize("case", [_mark(c) for c in CASES])
+# Written, not run: they need an Ollama that generates.
+GENERATING = {"generate", "generate-stream", "generate-json", "generate-schema", "chat", "chat-stream", "embed",
+              "wrong-type-options"}
+
+
+@pytest.mark.parametrize("case", [_mark(c) for c in CASES if c not in GENERATING])
 def test_same_request_same_shape(servers, case):
     method, path, body = CASES[case]
     theirs, ours = (exchange(url, method, path, body) for url in servers)
-    assert ours == theirs
+    assert ours == theirs, f"modelpkg {json.dumps(ours)}\nOllama   {json.dumps(theirs)}"
 
 
 @pytest.mark.parametrize("case", [_mark(c) for c in BAD_JSON])
