@@ -12,6 +12,10 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_KEY_PASSWORD``: the password of an encrypted signing key
 - ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``:
   registry logins for CI (``modelpkg.registry.credentials``)
+- Hugging Face's own (huggingface_hub's ``constants.py``): ``HF_ENDPOINT`` (default ``https://huggingface.co``),
+  ``HF_TOKEN`` (then ``HUGGING_FACE_HUB_TOKEN``), ``HF_TOKEN_PATH``, ``HF_HOME`` (default
+  ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``), ``HF_HUB_CACHE`` (then
+  ``HUGGINGFACE_HUB_CACHE``, default ``$HF_HOME/hub``)
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -110,3 +114,38 @@ def xdg_runtime_dir() -> Path | None:
 def xdg_config_home() -> Path | None:
     value = os.environ.get("XDG_CONFIG_HOME")
     return Path(value) if value else None
+
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hf_endpoint() -> str:
+    """``HF_ENDPOINT`` (a mirror, or a test server), else the Hub itself; no trailing slash."""
+    return (os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).strip().rstrip("/")
+
+
+def hf_token() -> str | None:
+    """``HF_TOKEN``, else the older ``HUGGING_FACE_HUB_TOKEN`` (huggingface_hub reads both, in this order)."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def hf_home() -> Path:
+    value = _path("HF_HOME")
+    if value:
+        return value
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "huggingface"
+
+
+def hf_token_path() -> Path:
+    """Where ``hf auth login`` writes the token: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``."""
+    return _path("HF_TOKEN_PATH") or hf_home() / "token"
+
+
+def hf_hub_cache() -> Path:
+    """The Hub's download cache: ``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``."""
+    return _path("HF_HUB_CACHE") or _path("HUGGINGFACE_HUB_CACHE") or hf_home() / "hub"

@@ -85,6 +85,7 @@ class RegistryClient(Transport):
     part_threshold = PART_THRESHOLD  # what is left of a blob from this size may be split into parts
     split_below = SPLIT_BELOW  # ... when one stream moves fewer bytes/s than this (inf: split at once)
     _no_ranges = False  # set on the instance once the registry ignored a ranged GET
+    manifest_accept = MANIFEST_ACCEPT  # what a manifest GET accepts (Hugging Face's client narrows it)
 
     # ----------------------------------------------------------------------------------------------------
     # ping and login
@@ -123,7 +124,7 @@ class RegistryClient(Transport):
         name = name or f"{self.host}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
         for attempt in range(self.retries + 1):
             response = self.request("GET", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull"),),
-                                    headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+                                    headers={"Accept": self.manifest_accept}, stream=True)
             if response.status_code != 200:
                 self.raise_for(response, kind="model", name=name)
             try:

@@ -1,13 +1,14 @@
 """Making the clients the verbs talk through: one registry's, and the one a pull reads through.
 
 ``client_for`` is a ``RegistryClient`` for a reference's registry, with the credentials found for that host
-(``credentials.lookup``) and the CA bundle of the settings (``config.ca_bundle()``) unless one is given.
+(``credentials.lookup``) and the CA bundle of the settings (``config.ca_bundle()``) unless one is given; for
+``hf.co`` and ``huggingface.co`` it is ``huggingface.HuggingFaceClient`` (``HF_ENDPOINT``, ``HF_TOKEN``).
 ``pull_client`` puts the mirrors configured for the reference (``mirrors.sources_for``) in front of it; a
 mirror's own client gets short retries and timeouts, so a broken mirror costs a moment and not the
 upstream's backoff.
 
-Adapter glue: imports ``config`` and the registry's ``client``, ``credentials`` and ``mirrors``; never the
-store or the orchestration.
+Adapter glue: imports ``config`` and the registry's ``client``, ``credentials``, ``huggingface`` and
+``mirrors``; never the store or the orchestration.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from modelpkg.base import config
 from modelpkg.core.progress import Progress
 from modelpkg.core.reference import Reference
-from modelpkg.registry import credentials, mirrors
+from modelpkg.registry import credentials, huggingface, mirrors
 from modelpkg.registry.client import PullClient, RegistryClient
 from modelpkg.registry.transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 
@@ -52,5 +53,7 @@ def mirror_client(source: mirrors.Source) -> RegistryClient:
 def _client(host: str, *, insecure: bool, ca_bundle: str | None = None, retries: int = DEFAULT_RETRIES,
             timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> RegistryClient:
     ca_bundle = ca_bundle or config.ca_bundle()
+    if huggingface.is_huggingface(host):
+        return huggingface.client(host, insecure=insecure, ca_bundle=ca_bundle, retries=retries, timeout=timeout)
     return RegistryClient(host, insecure=insecure, credentials=credentials.lookup(host), ca_bundle=ca_bundle,
                           retries=retries, timeout=timeout)
