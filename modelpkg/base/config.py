@@ -149,3 +149,13 @@ def hf_token_path() -> Path:
 def hf_hub_cache() -> Path:
     """The Hub's download cache: ``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``."""
     return _path("HF_HUB_CACHE") or _path("HUGGINGFACE_HUB_CACHE") or hf_home() / "hub"
+
+
+def lmstudio_models() -> Path:
+    """LM Studio's models folder (its docs "Import Models"): ``~/.lmstudio/models``."""
+    return Path.home() / ".lmstudio" / "models"
+
+
+def lmstudio_models_legacy() -> Path:
+    """Where LM Studio before 0.3 kept its models: ``~/.cache/lm-studio/models``."""
+    return Path.home() / ".cache" / "lm-studio" / "models"

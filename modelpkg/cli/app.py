@@ -35,6 +35,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "sign": "modelpkg.cli.sign:sign",
     "verify-signature": "modelpkg.cli.sign:verify_signature",
     "import-ollama": "modelpkg.cli.interop:import_ollama",
+    "import-hf": "modelpkg.cli.interop:import_hf",
+    "import-lmstudio": "modelpkg.cli.interop:import_lmstudio",
     "export-ollama": "modelpkg.cli.interop:export_ollama",
     "save": "modelpkg.cli.interop:save",
     "load": "modelpkg.cli.interop:load",
