@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,9 +234,13 @@ def _import_one(store: Store, item: Found, allow_link: bool, progress: Progress)
     task = f"import:{item.ref}"
     size = item.target.stat().st_size
     progress.start(task, size, f"importing {item.path.name}")
-    with store.session() as pins:
+    with store.session() as pins, ThreadPoolExecutor(max_workers=1) as pool:
+        # the GGUF reader (numpy and gguf take ~0.3-0.8 s to import) loads while the file is hashed, as create
+        # does it; create's own read of the metadata is then quick
+        reading = pool.submit(ggufmeta.read_info, item.target)
         digest, size, how = store.adopt_file(item.target, pins, allow_link=allow_link, progress=progress, task=task)
         progress.finish(task, how)
+        reading.result()
         created = create(store, item.ref, f"FROM {digest}\n", item.target.parent, progress=progress)
     return Imported(str(item.ref), str(item.path), str(created.entry.digest), size, how)
 
