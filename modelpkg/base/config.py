@@ -10,6 +10,7 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_CONFIG_FILE``: the pull-mirror configuration (default ``config.toml`` in the config dir)
 - ``MODELPKG_POLICY``: the trust policy (default ``policy.toml`` in the config dir)
 - ``MODELPKG_KEY_PASSWORD``: the password of an encrypted signing key
+- ``MODELPKG_LIMIT_RATE``: the default of ``pull --limit-rate`` (bytes/s, ``20M``, ``512Ki``)
 - ``MODELPKG_REGISTRY_USER[_<HOST>]``, ``MODELPKG_REGISTRY_PASSWORD[_<HOST>]``, ``MODELPKG_REGISTRY_HOST``:
   registry logins for CI (``modelpkg.registry.credentials``)
 - Hugging Face's own (huggingface_hub's ``constants.py``): ``HF_ENDPOINT`` (default ``https://huggingface.co``),
@@ -159,3 +160,8 @@ def lmstudio_models() -> Path:
 def lmstudio_models_legacy() -> Path:
     """Where LM Studio before 0.3 kept its models: ``~/.cache/lm-studio/models``."""
     return Path.home() / ".cache" / "lm-studio" / "models"
+
+
+def limit_rate() -> str | None:
+    """``MODELPKG_LIMIT_RATE``, as typed (``modelpkg.core.units.parse_rate`` reads it)."""
+    return (os.environ.get("MODELPKG_LIMIT_RATE") or "").strip() or None

@@ -27,6 +27,7 @@ from modelpkg.core.errors import ModelpkgError
 # name -> "module:attribute"; a module that is not installed yet simply does not offer its commands
 LAZY_COMMANDS: dict[str, str] = {
     "pull": "modelpkg.cli.registry:pull",
+    "outdated": "modelpkg.cli.registry:outdated",
     "push": "modelpkg.cli.registry:push",
     "login": "modelpkg.cli.registry:login",
     "logout": "modelpkg.cli.registry:logout",

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from modelpkg.base import config
-from modelpkg.cli.common import emit_json, open_store, short
+from modelpkg.cli.common import emit_json, open_store, raise_failures, short
 from modelpkg.core.errors import StoreError, UsageError
 
 _MODELS_HELP = "The Ollama models folder (default: $OLLAMA_MODELS, else ~/.ollama/models)."
@@ -76,8 +76,6 @@ def import_ollama(names: tuple[str, ...], models: Path | None, copy_: bool, as_j
 
 def _report_imports(report, as_json: bool) -> None:
     """Print what ``ops.imports.import_files`` did; fail (with the first failure's exit code) if any file failed."""
-    from modelpkg.core.errors import ModelpkgError
-
     if as_json:
         emit_json(report.to_json())
     else:
@@ -91,15 +89,7 @@ def _report_imports(report, as_json: bool) -> None:
         if any(m.how == "link" for m in report.models):
             click.echo("Note: hard links share the file with the other tool: do not edit it in place; "
                        "--copy makes independent copies", err=True)
-    if report.failed:
-        for path, e in report.failed[1:]:
-            click.echo(f"failed {path}: {e.message}", err=True)
-        path, first = report.failed[0]
-        error = ModelpkgError(f"{path}: {first.message}" if len(report.failed) == 1 else
-                              f"{len(report.failed)} files were not imported; the first, {path}: {first.message}",
-                              first.hint)
-        error.exit_code = first.exit_code
-        raise error
+    raise_failures(report.failed, "files")
 
 
 @click.command(name="import-hf")

@@ -66,3 +66,6 @@ COSIGN_SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"  # cosig
 COSIGN_SIGNATURE = "dev.cosignproject.cosign/signature"  # layer annotation: base64 DER ECDSA signature
 ATTACHED = "dev.modelpkg.attached"  # store index entry: digests of signature manifests kept with the model
 SOURCE_INDEX = "dev.modelpkg.index"  # store index entry: the image index a manifest was pulled through
+# store index entry: how the name got there; only "pull" is written (pull --all and outdated refresh those,
+# every other name is local: created, imported, loaded, copied)
+NAME_SOURCE = "dev.modelpkg.source"

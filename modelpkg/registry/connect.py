@@ -13,6 +13,8 @@ Adapter glue: imports ``config`` and the registry's ``client``, ``credentials``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from modelpkg.base import config
 from modelpkg.core.progress import Progress
 from modelpkg.core.reference import Reference
@@ -30,19 +32,30 @@ def client_for(ref: Reference, *, insecure: bool = False, ca_bundle: str | None 
 
 
 def pull_client(ref: Reference, client: RegistryClient | None = None, *, insecure: bool = False,
-                progress: Progress | None = None) -> tuple[PullClient, bool]:
+                progress: Progress | None = None,
+                tune: Callable[[RegistryClient], None] | None = None) -> tuple[PullClient, bool]:
     """The client a pull of ``ref`` reads through, and whether the caller is to close it.
 
     ``client`` is the upstream's (``client_for(ref)`` when None, then the caller's to close). With mirrors
     configured for ``ref`` it is wrapped in a ``MirroredClient`` that tries them first (and closes an owned
-    upstream client with its own); else it is returned as it is.
+    upstream client with its own); else it is returned as it is. ``tune`` is applied to every client the pull
+    reads through (the rate limit and concurrency of ``pull``).
     """
     own = client is None
     client = client or client_for(ref, insecure=insecure)
     sources = mirrors.sources_for(ref, insecure=insecure)
+    factory = mirror_client
+    if tune is not None:  # the pull's transfer settings, on the upstream's client and each mirror's
+        tune(client)
+
+        def factory(source: mirrors.Source) -> RegistryClient:
+            made = mirror_client(source)
+            tune(made)
+            return made
+
     if len(sources) == 1:
         return client, own
-    return mirrors.MirroredClient(ref, sources, client, mirror_client, progress=progress, owns_upstream=own), True
+    return mirrors.MirroredClient(ref, sources, client, factory, progress=progress, owns_upstream=own), True
 
 
 def mirror_client(source: mirrors.Source) -> RegistryClient:
