@@ -7,6 +7,9 @@ What it does at every request (OCI distribution-spec; Docker token spec):
   ``Retry-After``); never on other 4xx, except one re-authentication on 401 (through ``auth``);
 - redirects followed by hand: ``Authorization`` goes only to the registry's own scheme and host, so a
   blob served from S3/CDN presigned URLs never sees the registry token;
+- proxies as ``requests`` reads them from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+  ``NO_PROXY``); a proxy's 407, on a CONNECT or a plain-http request, is one ``AuthError`` naming the proxy
+  (without its user info), never retried;
 - registry errors keep their spec code (``MANIFEST_UNKNOWN``, ``DENIED``, ...) on the raised
   ``ModelpkgError`` (``.code``, ``.status``) and become one message naming the subject, with a hint;
   URLs in messages carry no query string (upload states and signatures stay out of logs).
