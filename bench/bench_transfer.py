@@ -16,6 +16,13 @@ already there. The model is a GGUF of random weights (incompressible, like real 
     .venv/bin/python bench/bench_transfer.py [--size-mib 1024] [--runs 3]
 
 Prints a table and writes bench/results/transfer-<time>.json.
+
+With ``--limit-rate RATE`` (issue 16) it measures instead how well ``pull --limit-rate`` holds the rate: a
+pull of a ~200 MB model (``--size-mib 191``) into an empty store, best of N; the rate is the blob bytes over
+the pull's time less a no-op pull's (process start and the manifest request, measured in the same run);
+target: within 10% of RATE.
+
+    .venv/bin/python bench/bench_transfer.py --limit-rate 20M --size-mib 191 --runs 3
 """
 
 from __future__ import annotations
@@ -77,7 +84,10 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="a folder on the disk to measure (default: a temp dir)")
+    parser.add_argument("--limit-rate", default=None, help="measure pull --limit-rate RATE instead (issue 16)")
     options = parser.parse_args()
+    if options.limit_rate:
+        return limit_rate_bench(options)
 
     from registry_env import start_registry
 
@@ -171,6 +181,57 @@ def main() -> None:
         print(f"wrote {path}")
     finally:
         for server in registries:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def limit_rate_bench(options) -> None:
+    """``pull --limit-rate``: the rate a pull holds, against the rate asked for."""
+    from modelpkg.core.units import parse_rate
+    from registry_env import start_registry
+
+    wanted = parse_rate(options.limit_rate)
+    work = Path(tempfile.mkdtemp(prefix="bench-rate-", dir=options.work))
+    server = None
+    try:
+        gguf_dir = work / "src"
+        gguf_dir.mkdir()
+        gguf = gguf_dir / "model.gguf"
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from bench_create import "
+                        "make_gguf; from pathlib import Path; make_gguf(Path(sys.argv[2]), int(sys.argv[3]))",
+                        str(ROOT / "bench"), str(gguf), str(options.size_mib)], check=True)
+        size = gguf.stat().st_size
+        (gguf_dir / "Modelfile").write_text(f"FROM {gguf}\n")
+        server = start_registry(work / "registry")
+        name = f"{server.host}/bench/limited:v1"
+        source = work / "source-home"
+        modelpkg(source, "create", name, "-f", str(gguf_dir / "Modelfile"))
+        modelpkg(source, "push", name)
+        pulls, noops = [], []
+        for run in range(options.runs):
+            home = work / f"pull-home-{run}"
+            pulls.append(modelpkg(home, "pull", "--limit-rate", options.limit_rate, name))
+            noops.append(modelpkg(home, "pull", "--limit-rate", options.limit_rate, name))
+            shutil.rmtree(home)
+        transfer = [p[0] - n[0] for p, n in zip(pulls, noops, strict=True)]
+        rates = [size / t for t in transfer]
+        best_rate = min(rates, key=lambda r: abs(r - wanted))
+        results = {"size_bytes": size, "limit_rate": options.limit_rate, "wanted_bytes_per_s": wanted,
+                   "pull_s": [p[0] for p in pulls], "noop_pull_s": [n[0] for n in noops],
+                   "rates_bytes_per_s": rates, "deviation": [r / wanted - 1 for r in rates],
+                   "worst_deviation": max(abs(r / wanted - 1) for r in rates), "target_deviation": 0.10}
+        print(f"{size / 1e6:.0f} MB blob, pull --limit-rate {options.limit_rate} ({wanted / 1e6:.2f} MB/s), "
+              f"{options.runs} runs")
+        for p, n, r in zip(pulls, noops, rates, strict=True):
+            print(f"  pull {p[0]:6.2f} s, no-op pull {n[0]:5.2f} s -> {r / 1e6:6.2f} MB/s ({r / wanted - 1:+.1%})")
+        print(f"worst deviation {results['worst_deviation']:.1%} (target <= 10%); closest {best_rate / 1e6:.2f} MB/s")
+        out_dir = ROOT / "bench" / "results"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"limit-rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(results, indent=2))
+        print(f"wrote {path}")
+    finally:
+        if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,6 +16,11 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_SERVE_HEADER_TIMEOUT``, ``MODELPKG_SERVE_BODY_TIMEOUT`` (seconds), ``MODELPKG_SERVE_MAX_BODY`` (bytes),
   ``MODELPKG_SERVE_MAX_JSON_VALUES``, ``MODELPKG_SERVE_MAX_CONNECTIONS``, ``MODELPKG_SERVE_MAX_CLIENT_CONNECTIONS``:
   what one client may cost ``serve`` (``serve_limits``; unset: the defaults of ``modelpkg.server.http.Limits``)
+- ``MODELPKG_LIMIT_RATE``: the default of ``pull --limit-rate`` (bytes/s, ``20M``, ``512Ki``)
+- Hugging Face's own (huggingface_hub's ``constants.py``): ``HF_ENDPOINT`` (default ``https://huggingface.co``),
+  ``HF_TOKEN`` (then ``HUGGING_FACE_HUB_TOKEN``), ``HF_TOKEN_PATH``, ``HF_HOME`` (default
+  ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``), ``HF_HUB_CACHE`` (then
+  ``HUGGINGFACE_HUB_CACHE``, default ``$HF_HOME/hub``)
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -152,3 +157,53 @@ def serve_limits() -> dict[str, float | int]:
                              f"unset it for the default, or set e.g. {name}={'30' if kind is float else '64'}")
         found[field] = number
     return found
+
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hf_endpoint() -> str:
+    """``HF_ENDPOINT`` (a mirror, or a test server), else the Hub itself; no trailing slash."""
+    return (os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).strip().rstrip("/")
+
+
+def hf_token() -> str | None:
+    """``HF_TOKEN``, else the older ``HUGGING_FACE_HUB_TOKEN`` (huggingface_hub reads both, in this order)."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def hf_home() -> Path:
+    value = _path("HF_HOME")
+    if value:
+        return value
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "huggingface"
+
+
+def hf_token_path() -> Path:
+    """Where ``hf auth login`` writes the token: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``."""
+    return _path("HF_TOKEN_PATH") or hf_home() / "token"
+
+
+def hf_hub_cache() -> Path:
+    """The Hub's download cache: ``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``."""
+    return _path("HF_HUB_CACHE") or _path("HUGGINGFACE_HUB_CACHE") or hf_home() / "hub"
+
+
+def lmstudio_models() -> Path:
+    """LM Studio's models folder (its docs "Import Models"): ``~/.lmstudio/models``."""
+    return Path.home() / ".lmstudio" / "models"
+
+
+def lmstudio_models_legacy() -> Path:
+    """Where LM Studio before 0.3 kept its models: ``~/.cache/lm-studio/models``."""
+    return Path.home() / ".cache" / "lm-studio" / "models"
+
+
+def limit_rate() -> str | None:
+    """``MODELPKG_LIMIT_RATE``, as typed (``modelpkg.core.units.parse_rate`` reads it)."""
+    return (os.environ.get("MODELPKG_LIMIT_RATE") or "").strip() or None

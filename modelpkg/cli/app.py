@@ -27,6 +27,7 @@ from modelpkg.core.errors import ModelpkgError
 # name -> "module:attribute"; a module that is not installed yet simply does not offer its commands
 LAZY_COMMANDS: dict[str, str] = {
     "pull": "modelpkg.cli.registry:pull",
+    "outdated": "modelpkg.cli.registry:outdated",
     "push": "modelpkg.cli.registry:push",
     "login": "modelpkg.cli.registry:login",
     "logout": "modelpkg.cli.registry:logout",
@@ -35,6 +36,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "sign": "modelpkg.cli.sign:sign",
     "verify-signature": "modelpkg.cli.sign:verify_signature",
     "import-ollama": "modelpkg.cli.interop:import_ollama",
+    "import-hf": "modelpkg.cli.interop:import_hf",
+    "import-lmstudio": "modelpkg.cli.interop:import_lmstudio",
     "export-ollama": "modelpkg.cli.interop:export_ollama",
     "save": "modelpkg.cli.interop:save",
     "load": "modelpkg.cli.interop:load",

@@ -72,3 +72,18 @@ def show_summary(details, signatures: list[dict] = ()) -> None:
         for line in details.licenses[0].splitlines()[:4]:
             click.echo(f"    {line}")
     click.echo()
+
+
+def raise_failures(failed: list, what: str) -> None:
+    """After a command that goes on past failures: ``failed`` is ``[(subject, ModelpkgError)]``. Prints all
+    but the first as ``failed SUBJECT: message`` and raises one error for the first, with its exit code."""
+    if not failed:
+        return
+    for subject, e in failed[1:]:
+        click.echo(f"failed {subject}: {e.message}", err=True)
+    subject, first = failed[0]
+    text = (f"{subject}: {first.message}" if len(failed) == 1 else
+            f"{len(failed)} {what} failed; the first, {subject}: {first.message}")
+    error = ModelpkgError(text, first.hint)
+    error.exit_code = first.exit_code
+    raise error

@@ -1,4 +1,5 @@
-"""The interop commands: ``import-ollama``, ``export-ollama``, ``save``, ``load``, ``export`` (loaded lazily).
+"""The interop commands: ``import-ollama``, ``import-hf``, ``import-lmstudio``, ``export-ollama``, ``save``,
+``load``, ``export`` (loaded lazily).
 
 Thin click commands: parse options, build the store and progress drawer, call one function of
 ``modelpkg.ops.interop``, render the result (data on stdout, messages on stderr, ``--json`` for scripts).
@@ -15,7 +16,7 @@ from pathlib import Path
 import click
 
 from modelpkg.base import config
-from modelpkg.cli.common import emit_json, open_store, short
+from modelpkg.cli.common import emit_json, open_store, raise_failures, short
 from modelpkg.core.errors import StoreError, UsageError
 
 _MODELS_HELP = "The Ollama models folder (default: $OLLAMA_MODELS, else ~/.ollama/models)."
@@ -71,6 +72,80 @@ def import_ollama(names: tuple[str, ...], models: Path | None, copy_: bool, as_j
     click.echo(f"blobs: {_methods(result.methods)}", err=True)
     if result.methods.get("link"):
         click.echo(f"Note: {LINK_CAVEAT}", err=True)
+
+
+def _report_imports(report, as_json: bool) -> None:
+    """Print what ``ops.imports.import_files`` did; fail (with the first failure's exit code) if any file failed."""
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        words = {"present": "already there", "reflink": "reflinked", "link": "hard-linked", "copy": "copied"}
+        for m in report.models:
+            click.echo(f"imported {m.path} as {short(m.name)} ({words.get(m.how, m.how)})", err=True)
+        for path, why in report.skipped:
+            click.echo(f"skipped {path}: {why}", err=True)
+        if not report.models and not report.failed:
+            click.echo("no GGUF files found", err=True)
+        if any(m.how == "link" for m in report.models):
+            click.echo("Note: hard links share the file with the other tool: do not edit it in place; "
+                       "--copy makes independent copies", err=True)
+    raise_failures(report.failed, "files")
+
+
+@click.command(name="import-hf")
+@click.argument("repos", nargs=-1)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
+              help="The hub cache (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).")
+@click.option("--copy", "copy_", is_flag=True, help="Copy the weights instead of sharing them.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def import_hf(repos: tuple[str, ...], cache: Path | None, copy_: bool, as_json: bool) -> None:
+    """Import the GGUFs in Hugging Face's download cache, as hf.co/USER/REPO:QUANT (no REPO: all of them).
+
+    Each file is reflinked, else hard-linked, into the store (no copy; --copy to copy), hashed once, and
+    made a model as 'create' makes one (its chat template is the GGUF's own). The name is the one 'pull'
+    gives it: the quantization from the file name (-Q4_K_M.gguf -> Q4_K_M), else the file's stem.
+    Projector (mmproj) files and split GGUFs are skipped, and said so.
+
+    \b
+    Examples:
+      hf download bartowski/Llama-3.2-1B-Instruct-GGUF --include '*Q4_K_M*'
+      modelpkg import-hf                                     # everything in the cache
+      modelpkg import-hf bartowski/Llama-3.2-1B-Instruct-GGUF
+      modelpkg run hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
+    """
+    from modelpkg.cli.progress import for_terminal
+    from modelpkg.ops import imports
+
+    found, skipped = imports.hf_cache_files(cache or config.hf_hub_cache(), list(repos) or None)
+    report = imports.import_files(open_store(), found, allow_link=not copy_, progress=for_terminal())
+    report.skipped[:0] = skipped
+    _report_imports(report, as_json)
+
+
+@click.command(name="import-lmstudio")
+@click.argument("repos", nargs=-1)
+@click.option("--models", type=click.Path(file_okay=False, path_type=Path),
+              help="LM Studio's models folder (default: ~/.lmstudio/models, else ~/.cache/lm-studio/models).")
+@click.option("--copy", "copy_", is_flag=True, help="Copy the weights instead of sharing them.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def import_lmstudio(repos: tuple[str, ...], models: Path | None, copy_: bool, as_json: bool) -> None:
+    """Import the GGUFs in LM Studio's models folder (PUBLISHER/MODEL/*.gguf) as hf.co/PUBLISHER/MODEL:QUANT.
+
+    As import-hf: reflink, else hard link (--copy to copy), hashed once, the GGUF's own chat template.
+
+    \b
+    Examples:
+      modelpkg import-lmstudio
+      modelpkg import-lmstudio lmstudio-community/Meta-Llama-3.1-8B-Instruct-GGUF
+      modelpkg import-lmstudio --models /data/lmstudio/models --copy
+    """
+    from modelpkg.cli.progress import for_terminal
+    from modelpkg.ops import imports
+
+    found, skipped = imports.lmstudio_files(models or imports.default_lmstudio_dir(), list(repos) or None)
+    report = imports.import_files(open_store(), found, allow_link=not copy_, progress=for_terminal())
+    report.skipped[:0] = skipped
+    _report_imports(report, as_json)
 
 
 @click.command(name="export-ollama")

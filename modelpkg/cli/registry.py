@@ -1,4 +1,5 @@
-"""The registry commands: ``pull``, ``push``, ``login``, ``logout`` (loaded lazily by ``modelpkg.cli.app``).
+"""The registry commands: ``pull``, ``outdated``, ``push``, ``login``, ``logout`` (loaded lazily by
+``modelpkg.cli.app``).
 
 Thin click commands: parse options, build the store, client and progress drawer, call one library
 function, render the result. Errors are ``ModelpkgError``s and the group in ``modelpkg.cli.app`` prints them.
@@ -15,7 +16,7 @@ import sys
 import click
 
 from modelpkg.base import config
-from modelpkg.cli.common import open_store, short
+from modelpkg.cli.common import emit_json, open_store, raise_failures, short
 from modelpkg.core.errors import UsageError
 
 _CA_HELP = "A CA bundle (PEM) to verify the registry's TLS certificate with (env MODELPKG_CA_BUNDLE)."
@@ -35,33 +36,57 @@ def _client(ref, insecure: bool, ca_bundle: str | None):
     return client_for(ref, insecure=insecure, ca_bundle=ca_bundle)
 
 
+def _rate(text: str | None) -> int | None:
+    from modelpkg.core.units import parse_rate
+
+    return parse_rate(text) if text else None
+
+
 @click.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Pull every pulled name again (created, imported and loaded "
+              "names are local and skipped).")
 @click.option("--insecure", is_flag=True, help=_INSECURE_HELP)
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), envvar="MODELPKG_CA_BUNDLE", help=_CA_HELP)
 @click.option("--platform", "platform_", metavar="OS/ARCH", help="Which entry of a multi-platform index to pull "
               "(default: this machine's).")
+@click.option("--limit-rate", metavar="RATE", help="At most RATE bytes per second over all streams of the pull: "
+              "800k, 20M, 1.5G (SI) or 20Mi (IEC) (default: $MODELPKG_LIMIT_RATE, else no limit).")
+@click.option("--concurrency", type=click.IntRange(1, 64), metavar="N", help="Blobs downloaded at once, and "
+              "ranged parts of one large blob (default: 3 blobs, 4 parts).")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as JSON lines on stdout, for scripts.")
-def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None, as_json: bool) -> None:
-    """Pull a model from a registry, by tag or by digest.
+def pull(name: str | None, all_: bool, insecure: bool, ca_bundle: str | None, platform_: str | None,
+         limit_rate: str | None, concurrency: int | None, as_json: bool) -> None:
+    """Pull a model from a registry, by tag or by digest; or, with --all, every pulled name again.
 
     Any dialect: CNCF ModelPack (modelpkg's own), Ollama's, Docker Model Runner's, a plain ORAS artifact
-    whose layer is a .gguf file, or a KitOps ModelKit (its GGUF is extracted from the model tar).
+    whose layer is a .gguf file, or a KitOps ModelKit (its GGUF is extracted from the model tar); and
+    Hugging Face GGUF repositories, hf.co/USER/REPO[:QUANT], as Ollama pulls them.
 
     Blobs already in the store are not downloaded again, and an interrupted pull resumes where it
     stopped. Credentials come from 'modelpkg login', Docker's or podman's config, or
     MODELPKG_REGISTRY_USER / MODELPKG_REGISTRY_PASSWORD (for the default registry and the hosts
-    MODELPKG_REGISTRY_HOSTS lists; MODELPKG_REGISTRY_USER_<HOST> for any other).
+    MODELPKG_REGISTRY_HOSTS lists; MODELPKG_REGISTRY_USER_<HOST> for any other; HF_TOKEN for Hugging
+    Face). HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured.
 
     \b
     Examples:
       modelpkg pull localhost:5000/acme/tiny:q4
       modelpkg pull ghcr.io/acme/gemma3@sha256:3f4c...
+      modelpkg pull hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
+      modelpkg pull --limit-rate 20M --concurrency 2 registry.example.com/team/model:v2
+      modelpkg pull --all                    # refresh every pulled name; one manifest request each if unchanged
       modelpkg pull --json registry.example.com/team/model:v2 | jq -r .status
     """
     from modelpkg.cli.progress import for_terminal
     from modelpkg.ops.pull import pull as pull_model
 
+    if all_:
+        if name or platform_:
+            raise UsageError("--all pulls every pulled name: give no NAME (and no --platform)")
+        return _pull_all(insecure, _rate(limit_rate), concurrency, as_json)
+    if not name:
+        raise UsageError("pull needs a NAME, or --all", "modelpkg pull gemma3:270m")
     ref = config.reference(name)
     platform = None
     if platform_:
@@ -69,13 +94,62 @@ def pull(name: str, insecure: bool, ca_bundle: str | None, platform_: str | None
             raise UsageError(f"invalid platform {platform_!r}", "write it as os/arch, e.g. linux/amd64")
         platform = tuple(platform_.split("/", 1))
     progress = for_terminal(as_json)
+    rate = _rate(limit_rate)
     with _client(ref, insecure, ca_bundle) as client:
-        entry = pull_model(open_store(), ref, progress=progress, client=client, platform=platform)
+        entry = pull_model(open_store(), ref, progress=progress, client=client, platform=platform,
+                           workers=concurrency, limit_rate=rate)
         _warnings(client)
     if as_json:
         click.echo(json.dumps({"status": "pulled", "name": entry.name, "digest": str(entry.digest)}))
     else:
         click.echo(f"pulled {short(entry.name)} ({entry.digest.short})", err=True)
+
+
+def _pull_all(insecure: bool, rate: int | None, concurrency: int | None, as_json: bool) -> None:
+    from modelpkg.cli.progress import for_terminal
+    from modelpkg.ops.refresh import FAILED, LOCAL, UPDATED, pull_all
+
+    results = pull_all(open_store(), progress=for_terminal(as_json), insecure=insecure, workers=concurrency,
+                       limit_rate=rate)
+    for r in results:
+        if as_json:
+            click.echo(json.dumps(r.to_json()))
+        elif r.status == LOCAL:
+            click.echo(f"{short(r.name)}: local, skipped", err=True)
+        elif r.status == UPDATED:
+            click.echo(f"{short(r.name)}: updated ({r.local.short} -> {r.remote.short})", err=True)
+        elif r.status != FAILED:
+            click.echo(f"{short(r.name)}: {r.status}", err=True)
+    raise_failures([(short(r.name), r.error) for r in results if r.status == FAILED], "pulls")
+
+
+@click.command()
+@click.option("--insecure", is_flag=True, help=_INSECURE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def outdated(insecure: bool, as_json: bool) -> None:
+    """Say which pulled names their registry now names differently (one manifest request each).
+
+    Created, imported and loaded names are local: listed, never checked. A name that cannot be checked
+    is reported and the rest are still checked; the exit code then says so.
+
+    \b
+    Examples:
+      modelpkg outdated
+      modelpkg outdated --json | jq -r '.[] | select(.status == "outdated") | .name'
+      modelpkg pull --all                       # then bring them up to date
+    """
+    from modelpkg.ops.refresh import FAILED
+    from modelpkg.ops.refresh import outdated as check
+
+    results = check(open_store(), insecure=insecure)
+    if as_json:
+        emit_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            if r.status != FAILED:
+                remote = f"  (registry: {r.remote.short})" if r.status == "outdated" and r.remote else ""
+                click.echo(f"{short(r.name):<60} {r.status}{remote}")
+    raise_failures([(short(r.name), r.error) for r in results if r.status == FAILED], "checks")
 
 
 @click.command()

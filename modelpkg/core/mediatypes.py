@@ -72,3 +72,6 @@ COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # the predicate t
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 ATTACHED = "dev.modelpkg.attached"  # store index entry: digests of signature manifests kept with the model
 SOURCE_INDEX = "dev.modelpkg.index"  # store index entry: the image index a manifest was pulled through
+# store index entry: how the name got there; only "pull" is written (pull --all and outdated refresh those,
+# every other name is local: created, imported, loaded, copied)
+NAME_SOURCE = "dev.modelpkg.source"

@@ -11,6 +11,13 @@ Grammar (distribution/reference regexp.go, OCI distribution-spec "pulling manife
 ``[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*``, tag ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``, host plus path at most
 255 characters.
 
+Hugging Face as a registry (``hf.co`` and ``huggingface.co``, as Ollama and the Hub's docs "Use Ollama with any
+GGUF Model on Hugging Face Hub" write them): the path is ``{user}/{repo}`` as the Hub spells it, and its case is
+kept, as Ollama keeps it (``hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF``); each part follows the Hub's repo-id
+rule (huggingface_hub ``validate_repo_id``: ``[A-Za-z0-9_.-]``, 1-96 characters, not starting or ending with
+``.`` or ``-``, no ``--`` or ``..``). The tag is the quantization or a file name, sent as typed (the Hub matches
+it case-insensitively); the host is lower-cased.
+
 Pure module: imports only ``modelpkg.core.errors`` and ``modelpkg.core.digest``. The default registry is passed in by
 the caller (see ``modelpkg.base.config``), never read from the environment here.
 """
@@ -27,9 +34,11 @@ DEFAULT_REGISTRY = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
+HUGGINGFACE_HOSTS = ("hf.co", "huggingface.co")
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_HF_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 _HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
@@ -88,6 +97,11 @@ class Reference:
         return text
 
 
+def is_huggingface(host: str) -> bool:
+    """``hf.co`` or ``huggingface.co``: Hugging Face's Ollama-compatible registry (names keep their case)."""
+    return host.lower() in HUGGINGFACE_HOSTS
+
+
 def mask_password(text: str, *, host: bool = False) -> str:
     """``text`` for an error message, with a password typed as URL user info (``[https://]user:pw@host/...``)
     masked: errors are printed and logged, passwords must not be. A digest reference (``name:tag@sha256:...``)
@@ -119,7 +133,11 @@ def parse_reference(text: str, default_registry: str = DEFAULT_REGISTRY) -> Refe
         except InvalidInputError as e:
             raise InvalidReferenceError(f"invalid model name {original!r}: {e.message}") from e
     host, path, tag = _split(text, original, default_registry)
-    _check_path(path, original)
+    if is_huggingface(host):
+        host = host.lower()
+        _check_hf_path(path, original)
+    else:
+        _check_path(path, original)
     if tag is not None and not _TAG.fullmatch(tag):
         raise InvalidReferenceError(
             f"invalid tag {tag[:140]!r} in {original!r}",
@@ -171,3 +189,18 @@ def _check_path(path: str, original: str) -> None:
             f"invalid model name {original!r}: bad component {part[:80]!r}",
             "components are lowercase letters and digits, joined by '.', '_', '__' or '-'",
         )
+
+
+def _check_hf_path(path: str, original: str) -> None:
+    parts = path.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise InvalidReferenceError(
+            f"invalid model name {original!r}: a Hugging Face name is hf.co/{{user}}/{{repo}}[:{{quant}}]",
+            "for example hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+        )
+    for part in parts:
+        if not _HF_PART.fullmatch(part) or "--" in part or ".." in part:
+            raise InvalidReferenceError(
+                f"invalid model name {original!r}: bad Hugging Face repository part {part[:80]!r}",
+                "parts are 1-96 of A-Z a-z 0-9 _ . -, not starting or ending with . or -, without -- or ..",
+            )

@@ -41,6 +41,7 @@ from modelpkg.core.errors import (
     InvalidInputError,
     ModelfileError,
     ModelpkgError,
+    NetworkError,
     NotFoundError,
     RunnerError,
     UsageError,
@@ -96,7 +97,15 @@ def _pull(store: Store, ref: Reference, progress: Progress, insecure: bool) -> N
                             "pulling is not available in this version; create the model with "
                             "'modelpkg create NAME -f Modelfile'") from e
     progress.message(f"pulling {ref.short()}")
-    pull(store, ref, progress=progress, insecure=insecure)
+    try:
+        pull(store, ref, progress=progress, insecure=insecure)
+    except NotFoundError as e:  # the registry has no such model either
+        raise NotFoundError(f"model not found: {ref.short()}",
+                            "not in the store, and the registry has no such model; 'modelpkg list' shows "
+                            "local models") from e
+    except NetworkError as e:  # nor can it be asked: still one line saying the model is not here
+        raise NotFoundError(f"model not found: {ref.short()} (not in the store, and {e.message})",
+                            "check the name ('modelpkg list' shows local models), or the network") from e
 
 
 def verify_weights(store: Store, details: ModelDetails, progress: Progress | None = None) -> None:

@@ -261,9 +261,12 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _ingest(store: Store, path: Path, role: str, pins: Pins, link: bool, progress: Progress) -> Descriptor:
+    # A symlink (every file in the Hugging Face cache is a relative one into its blobs/) is followed to its
+    # target: a hard link of the link itself would be a dangling link inside the store.
+    shown, path = path.name, path.resolve()
     size = path.stat().st_size
-    task = f"{role}:{path.name}"
-    progress.start(task, size, f"copying {path.name}")
+    task = f"{role}:{shown}"
+    progress.start(task, size, f"copying {shown}")
     digest, size = store.ingest_file(path, pins, link=link, progress=progress, task=task)
     progress.finish(task)
     return modelpack_layer(role, digest, size)

@@ -29,7 +29,7 @@ from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
 from modelpkg.core.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
-from modelpkg.core.reference import Reference, parse_reference
+from modelpkg.core.reference import Reference, is_huggingface, parse_reference
 from modelpkg.ops.convert import convert
 from modelpkg.store import RefEntry, Store, archive, link_annotations
 from modelpkg.store.ollama import OllamaName, OllamaStore, check_ollama_name, is_ollama_manifest, parse_ollama_name
@@ -69,8 +69,11 @@ class ImportResult:
 
 def reference_for(name: OllamaName) -> Reference:
     """The modelpkg name of an Ollama model: the same host/namespace/model:tag (the path lowercased, as
-    OCI requires; Ollama matches names case-insensitively anyway)."""
-    path = f"{name.namespace}/{name.model}".lower()
+    OCI requires, except under Hugging Face's hosts, whose names keep their case as ``pull`` writes them;
+    Ollama matches names case-insensitively anyway)."""
+    path = f"{name.namespace}/{name.model}"
+    if not is_huggingface(name.host):
+        path = path.lower()
     try:
         ref = parse_reference(f"{path}:{name.tag}", default_registry=name.host.lower())
     except InvalidReferenceError as e:

@@ -31,16 +31,19 @@ from __future__ import annotations
 import platform as _platform
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from modelpkg.base import config
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import NotFoundError, RegistryError
+from modelpkg.core.errors import InvalidInputError, NotFoundError, RegistryError
 from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
+from modelpkg.core.units import parse_rate
 from modelpkg.ops import sign
 from modelpkg.ops.kitops import derivable, derive_blobs
 from modelpkg.registry.client import RegistryClient
 from modelpkg.registry.connect import pull_client
+from modelpkg.registry.download import RateLimiter
 from modelpkg.store import Pins, RefEntry, Store, ingest
 from modelpkg.store.origins import remember_origin
 
@@ -58,10 +61,17 @@ def current_platform() -> tuple[str, str]:
 
 def pull(store: Store, ref: Reference, *, progress: Progress | None = None, insecure: bool = False,
          client: RegistryClient | None = None, platform: tuple[str, str] | None = None,
-         workers: int = WORKERS) -> RefEntry:
-    """Pull ``ref`` (by tag or digest) into ``store`` and name it ``ref``; returns the new index entry."""
+         workers: int | None = None, limit_rate: int | None = None) -> RefEntry:
+    """Pull ``ref`` (by tag or digest) into ``store`` and name it ``ref``; returns the new index entry.
+
+    ``workers`` (``--concurrency``) is how many blobs download at once, and how many ranged parts one large
+    blob is split into (default ``WORKERS`` blobs, ``PART_COUNT`` parts); ``limit_rate`` caps the bytes per
+    second of every stream of this pull together (default ``MODELPKG_LIMIT_RATE``, else no cap).
+    """
     progress = progress or NullProgress()
-    client, own = pull_client(ref, client, insecure=insecure, progress=progress)  # mirrors first, if configured
+    tune = _tuning(workers, limit_rate)
+    workers = workers or WORKERS
+    client, own = pull_client(ref, client, insecure=insecure, progress=progress, tune=tune)  # mirrors first
     try:
         progress.message("pulling manifest")
         data, media_type, digest = client.get_manifest(ref.repository, ref.reference, name=str(ref))
@@ -96,13 +106,31 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             if index is not None:
                 store.put_bytes(index[0], pins)
             entry = store.tag(ref, data, media_type, pins, sign.keep(store, trust, pins), derived=derived,
-                              index=index[1] if index else None)
+                              index=index[1] if index else None, source="pull")
         remember_origin(store, ref.host, ref.repository, [b.digest for b in blobs])
         progress.message("success")
         return entry
     finally:
         if own:
             client.close()
+
+
+def _tuning(workers: int | None, limit_rate: int | None):
+    """What ``pull`` sets on each client it reads through: a rate limiter shared by all of them, the parts count."""
+    if limit_rate is None and config.limit_rate() is not None:
+        limit_rate = parse_rate(config.limit_rate())
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"invalid concurrency {workers}: it must be 1 or more")
+    if limit_rate is None and workers is None:
+        return None
+    limiter = RateLimiter(limit_rate) if limit_rate is not None else None
+
+    def tune(client: RegistryClient) -> None:
+        client.rate_limiter = limiter
+        if workers is not None:
+            client.part_count = workers
+
+    return tune
 
 
 def _parse(data: bytes, media_type: str, name: str) -> Manifest | Index:

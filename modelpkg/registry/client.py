@@ -38,6 +38,7 @@ from modelpkg.registry.download import (
     Interrupted,
     PartDownload,
     Probe,
+    RateLimiter,
     RetryBudget,
     TooLong,
     append_hashing,
@@ -85,6 +86,9 @@ class RegistryClient(Transport):
     part_threshold = PART_THRESHOLD  # what is left of a blob from this size may be split into parts
     split_below = SPLIT_BELOW  # ... when one stream moves fewer bytes/s than this (inf: split at once)
     _no_ranges = False  # set on the instance once the registry ignored a ranged GET
+    manifest_accept = MANIFEST_ACCEPT  # what a manifest GET accepts (Hugging Face's client narrows it)
+    rate_limiter: RateLimiter | None = None  # shared by every stream of this client (pull --limit-rate)
+    part_count = PART_COUNT  # ranged parts of one large blob (pull --concurrency)
 
     # ----------------------------------------------------------------------------------------------------
     # ping and login
@@ -123,7 +127,7 @@ class RegistryClient(Transport):
         name = name or f"{self.host}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
         for attempt in range(self.retries + 1):
             response = self.request("GET", self.url(repo, "manifests", reference), scopes=(scope(repo, "pull"),),
-                                    headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+                                    headers={"Accept": self.manifest_accept}, stream=True)
             if response.status_code != 200:
                 self.raise_for(response, kind="model", name=name)
             try:
@@ -191,7 +195,7 @@ class RegistryClient(Transport):
     # blobs: download
 
     def download_blob(self, repo: str, desc: Descriptor, dest_partial: Path, progress: Progress | None = None,
-                      task: str | None = None, *, parts: int = PART_COUNT, subject: str | None = None) -> None:
+                      task: str | None = None, *, parts: int | None = None, subject: str | None = None) -> None:
         """Download ``desc`` into ``dest_partial``, resuming what is there; verified and fsynced on return.
 
         On return the file holds exactly the blob. A prefix already in ``dest_partial`` is re-hashed and the
@@ -202,6 +206,7 @@ class RegistryClient(Transport):
         the file) when the bytes do not match the digest twice in a row.
         """
         progress = progress or NullProgress()
+        parts = self.part_count if parts is None else parts
         task = task or desc.digest.short
         name = f"{self.host}/{repo}@{desc.digest}"
         url = self.url(repo, "blobs", str(desc.digest))
@@ -218,6 +223,8 @@ class RegistryClient(Transport):
             try:
                 if offset < desc.size:
                     can_split = parts > 1 and desc.size - offset >= self.part_threshold and not self._no_ranges
+                    if self.rate_limiter is not None and self.rate_limiter.rate < self.split_below and not split:
+                        can_split = False  # slow by request, not by the connection: more streams would not help
                     if can_split and split:
                         PartDownload(self, url, scopes, desc, dest_partial, offset, hasher, progress, task,
                                      parts, name, subject).run()
@@ -269,7 +276,7 @@ class RegistryClient(Transport):
             if length is not None and length.isdigit() and offset + int(length) != desc.size:
                 raise IntegrityError(f"blob {desc.digest.short} from {self.host} has size {offset + int(length)}, "
                                      f"the manifest says {desc.size}")
-            body = BodyReader(response, desc.size - offset)
+            body = BodyReader(response, desc.size - offset, self.rate_limiter)
             try:
                 if append_hashing(body, dest, hasher, progress, task, fresh=offset == 0, probe=probe):
                     return None

@@ -94,6 +94,35 @@ class CountingProgress(Progress):
         self.inner.advance(task, amount)
 
 
+class RateLimiter:
+    """At most ``rate`` bytes per second over every stream that shares it (``pull --limit-rate``).
+
+    Virtual scheduling: each read reserves its bytes on one timeline and sleeps until its reservation is due,
+    so N parallel streams together stay at ``rate``; a stream idle for a while gets at most ``burst`` seconds
+    of credit. Readers ask for at most ``chunk`` bytes at a time, so the pace is smooth at low rates too.
+    """
+
+    def __init__(self, rate: float, *, burst: float = 0.1, clock=time.monotonic, sleep=time.sleep):
+        self.rate = float(rate)
+        self.burst = burst
+        self.chunk = int(min(BUFFER_SIZE, max(16 * 1024, self.rate / 20)))
+        self._clock = clock
+        self._sleep = sleep
+        self._due = clock()
+        self._lock = threading.Lock()
+
+    def consume(self, n: int) -> None:
+        """Account for ``n`` bytes just received; sleep until the rate allows them."""
+        if n <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            self._due = max(self._due, now - self.burst) + n / self.rate
+            delay = self._due - now
+        if delay > 0:
+            self._sleep(delay)
+
+
 class BodyReader:
     """Reads at most ``limit`` bytes of a streamed ``requests`` response into buffers.
 
@@ -103,9 +132,12 @@ class BodyReader:
     not see the body go by), which costs one connection per large blob.
     """
 
-    def __init__(self, response, limit: int):
+    limiter: RateLimiter | None = None  # pull --limit-rate: paces every read
+
+    def __init__(self, response, limit: int, limiter: RateLimiter | None = None):
         self.raw = response.raw
         self.remaining = limit
+        self.limiter = limiter
         self._pending: Exception | None = None
         self._fast = None
         fp = getattr(self.raw, "_fp", None)
@@ -122,7 +154,7 @@ class BodyReader:
         if self._pending is not None:
             error, self._pending = self._pending, None
             raise Interrupted(str(error) or type(error).__name__) from error
-        want = min(len(view), self.remaining)
+        want = min(len(view), self.remaining, self.limiter.chunk if self.limiter else len(view))
         got = 0
         while got < want:
             try:
@@ -136,6 +168,8 @@ class BodyReader:
                 break
             got += n
         self.remaining -= got
+        if self.limiter is not None:
+            self.limiter.consume(got)
         return got
 
     def _read_some(self, view: memoryview) -> int:
@@ -554,7 +588,7 @@ class PartDownload:
         try:
             if response.status_code != 206 or range_start(response) != pos:
                 raise RangesIgnored()
-            body = BodyReader(response, end - pos)
+            body = BodyReader(response, end - pos, self.client.rate_limiter)
             while pos < end and not self.stop:
                 n = body.readinto(memoryview(buffer))  # what arrived is kept even if the next read fails
                 if not n:

@@ -7,6 +7,9 @@ What it does at every request (OCI distribution-spec; Docker token spec):
   ``Retry-After``); never on other 4xx, except one re-authentication on 401 (through ``auth``);
 - redirects followed by hand: ``Authorization`` goes only to the registry's own scheme and host, so a
   blob served from S3/CDN presigned URLs never sees the registry token;
+- proxies as ``requests`` reads them from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+  ``NO_PROXY``); a proxy's 407, on a CONNECT or a plain-http request, is one ``AuthError`` naming the proxy
+  (without its user info), never retried;
 - registry errors keep their spec code (``MANIFEST_UNKNOWN``, ``DENIED``, ...) on the raised
   ``ModelpkgError`` (``.code``, ``.status``) and become one message naming the subject, with a hint;
   URLs in messages carry no query string (upload states and signatures stay out of logs).
@@ -164,6 +167,11 @@ class Transport:
             return self.session.request(method, url, headers=headers, params=params,
                                         data=body() if body else None, stream=stream,
                                         timeout=self.timeout, verify=self.verify, allow_redirects=False)
+        except requests.exceptions.ProxyError as e:
+            if "407" in str(e):  # the proxy refused the CONNECT for an https URL
+                raise proxy_auth_error(url) from e
+            raise _Retryable(f"cannot reach {urlsplit(url).netloc} through the proxy {proxy_for(url)}: "
+                             f"{reason(e)}") from e
         except requests.exceptions.SSLError as e:
             raise NetworkError(f"TLS connection to {urlsplit(url).netloc} failed (handshake or certificate)",
                                "if it uses a private CA, pass --ca-bundle FILE; if it serves plain http, "
@@ -345,6 +353,8 @@ class Transport:
                                      "check the name and tag; 'modelpkg list' shows local models"), code, status)
         if status == 401:
             raise _tag(self._unauthorized(who), code or "UNAUTHORIZED", status)
+        if status == 407:  # a plain-http request answered by the proxy itself
+            raise _tag(proxy_auth_error(response.url or self.base), code, status)
         if status == 403 or code == "DENIED":
             raise _tag(AuthError(f"access denied to {who}",
                                  f"check that your account may use this repository ('modelpkg login {host}')"),
@@ -368,6 +378,20 @@ class Transport:
                              f"check that your account ({self.auth.credential.username or 'token'}) may use "
                              "this repository")
         return AuthError(f"wrong username or password for {host}", f"run 'modelpkg login {host}'")
+
+
+def proxy_for(url: str) -> str:
+    """The proxy ``requests`` uses for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, minus
+    ``NO_PROXY``), without its user info; "" for none."""
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or ""
+    return safe_url(proxy if "://" in proxy else f"http://{proxy}") if proxy else ""
+
+
+def proxy_auth_error(url: str) -> AuthError:
+    proxy = proxy_for(url) or "the proxy"
+    return AuthError(f"the proxy {proxy} wants credentials (HTTP 407) for {urlsplit(url).netloc}",
+                     "put them in the proxy URL (HTTPS_PROXY=http://user:password@host:port), or list the "
+                     "registry in NO_PROXY if it needs no proxy")
 
 
 class _Retryable(Exception):

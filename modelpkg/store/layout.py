@@ -72,6 +72,13 @@ class RefEntry:
     # the image index this manifest was chosen from (a pull through a multi-platform index; mt.SOURCE_INDEX):
     # its bytes are a blob kept by gc with the name, because signatures kept for it name its digest
     index: Digest | None = None
+    # how the name got here (mt.NAME_SOURCE): "pull" for a pulled name, None for a local one (created,
+    # imported, loaded, copied, or pulled by a modelpkg that did not record it)
+    source: str | None = None
+
+    @property
+    def pulled(self) -> bool:
+        return self.source == "pull"
 
     def local(self, digest: Digest) -> Digest:
         """The blob to read for layer ``digest``: its derived blob when there is one, else the layer's own."""
@@ -456,9 +463,10 @@ class Store:
 
     def tag(self, ref: Reference, manifest_bytes: bytes, media_type: str, pins: Pins,
             attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = (),
-            index: Digest | None = None) -> RefEntry:
+            index: Digest | None = None, source: str | None = None) -> RefEntry:
         """Store a manifest and point ``ref`` at it. Every blob it names (and each derived one, and the
-        ``index`` it was pulled through) must already be in the store."""
+        ``index`` it was pulled through) must already be in the store. ``source`` is recorded on the name
+        (``"pull"`` by a pull)."""
         parsed = parse_manifest(manifest_bytes, media_type)
         digest = self.put_bytes(manifest_bytes, pins)
         children = parsed.blobs() if isinstance(parsed, Manifest) else list(parsed.manifests)
@@ -466,17 +474,19 @@ class Store:
         missing = [d for d in wanted if not self.has_blob(d)]
         if missing:
             raise StoreError(f"cannot name {ref}: blob {missing[0]} is not in the store")
-        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached, derived, index=index)
+        return self.set_ref(ref, digest, media_type, len(manifest_bytes), attached, derived, index=index,
+                            source=source)
 
     def set_ref(self, ref: Reference, digest: Digest, media_type: str, size: int,
                 attached: tuple[Digest, ...] = (), derived: tuple[tuple[Digest, Digest], ...] = (), *,
-                index: Digest | None = None) -> RefEntry:
+                index: Digest | None = None, source: str | None = None) -> RefEntry:
         entry = {
             "mediaType": media_type,
             "digest": str(digest),
             "size": size,
             "annotations": {mt.REF_NAME: str(ref), MODIFIED: f"{time.time():.3f}",
-                            **link_annotations(attached, derived, index)},
+                            **link_annotations(attached, derived, index),
+                            **({mt.NAME_SOURCE: source} if source else {})},
         }
         with self.lock():
             manifests = [m for m in self._read_index() if self._name(m) != str(ref)]
@@ -544,7 +554,8 @@ class Store:
             index = None
         return RefEntry(str(annotations.get(mt.REF_NAME, "")), Digest.parse(m["digest"]),
                         str(m.get("mediaType", mt.OCI_MANIFEST)), int(m.get("size", 0)), modified, tuple(attached),
-                        tuple(derived), index)
+                        tuple(derived), index, str(annotations[mt.NAME_SOURCE])[:16] if mt.NAME_SOURCE in annotations
+                        else None)
 
     # ----------------------------------------------------------------------------------------------------
     # garbage collection and verification

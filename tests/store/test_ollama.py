@@ -120,7 +120,7 @@ def test_short_names_drop_the_defaults_only():
 def test_import_all_keeps_names_and_ollamas_manifest_bytes(home, ollama_dir, no_reflink):
     result = import_ollama(_store(), OllamaStore(ollama_dir))
     names = sorted(m.name for m in result.models)
-    assert names == ["hf.co/acme/other-model:Q4_K_M", "registry.ollama.ai/library/tiny:latest"]
+    assert names == ["hf.co/acme/Other-Model:Q4_K_M", "registry.ollama.ai/library/tiny:latest"]
     store = _store()
     entry, _manifest = store.manifest(config.reference("tiny"))
     written = ollama_dir / "manifests/registry.ollama.ai/library/tiny/latest"
@@ -152,8 +152,8 @@ def test_import_copy_makes_independent_files(home, ollama_dir):
 
 def test_import_by_name_with_tag_matches_case_insensitively(home, ollama_dir):
     result = import_ollama(_store(), OllamaStore(ollama_dir), ["hf.co/ACME/other-model:q4_k_m"])
-    assert [m.name for m in result.models] == ["hf.co/acme/other-model:Q4_K_M"]
-    assert [e.name for e in _store().refs()] == ["hf.co/acme/other-model:Q4_K_M"]
+    assert [m.name for m in result.models] == ["hf.co/acme/Other-Model:Q4_K_M"]
+    assert [e.name for e in _store().refs()] == ["hf.co/acme/Other-Model:Q4_K_M"]
     again = import_ollama(_store(), OllamaStore(ollama_dir), ["hf.co/acme/other-model:Q4_K_M"])
     assert again.methods == {"present": 7} and again.bytes == 0
 
@@ -253,7 +253,7 @@ def test_round_trip_through_ollamas_folder_preserves_everything(home, tiny_model
 def test_an_imported_model_exports_with_its_own_bytes(home, ollama_dir, tmp_path):
     import_ollama(_store(), OllamaStore(ollama_dir))
     target = tmp_path / "again"
-    result = export_ollama(_store(), config.reference("hf.co/acme/other-model:Q4_K_M"), OllamaStore(target),
+    result = export_ollama(_store(), config.reference("hf.co/acme/Other-Model:Q4_K_M"), OllamaStore(target),
                            as_name="hf.co/acme/Other-Model:Q4_K_M")
     assert not result.converted
     original = ollama_dir / "manifests/hf.co/acme/Other-Model/Q4_K_M"
