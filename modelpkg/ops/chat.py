@@ -29,6 +29,7 @@ and the runner adapter; ``llama_cpp`` only through the runner.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -197,6 +198,28 @@ def typed_options(options: Any) -> dict[str, Any]:
         else:
             raise InvalidInputError(f"option {name} must be {kind.__name__}, not {json.dumps(value)}")
     return out
+
+
+def request_options(options: Any) -> tuple[dict[str, Any], list[str]]:
+    """An API request's ``options`` read as Ollama's ``Options.FromMap`` reads them (``api/types.go``): a
+    ``null`` value leaves the option unset, an unknown or deprecated name is ignored (the names are returned
+    for the caller to log, as Ollama logs "invalid option provided"), a number for an integer option is
+    truncated; a value of the wrong type is still an error. A Modelfile's PARAMETER stays strict
+    (``typed_parameter``), as Ollama's ``FormatParams`` is."""
+    if options is None:
+        return {}, []
+    if not isinstance(options, dict):
+        raise InvalidInputError("options must be a JSON object of parameter names to values")
+    known: dict[str, Any] = {}
+    ignored: list[str] = []
+    for name, value in options.items():
+        kind = mf.PARAMETER_TYPES.get(name)
+        if kind is None:
+            ignored.append(str(name))
+        elif value is not None:
+            finite = isinstance(value, float) and math.isfinite(value)
+            known[name] = int(value) if kind is int and finite else value  # Go's int64(float64): truncated
+    return typed_options(known), ignored
 
 
 # --------------------------------------------------------------------------------------------------------

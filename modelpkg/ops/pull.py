@@ -180,8 +180,8 @@ def _up_to_date(store: Store, ref: Reference, digest: Digest, manifest: Manifest
 
 
 def _report_exists(progress: Progress, blob: Descriptor) -> None:
-    task = blob.digest.short
-    progress.start(task, blob.size, f"pulling {task}")
+    task = str(blob.digest)  # the full digest, as Ollama's progress lines carry it
+    progress.start(task, blob.size, f"pulling {blob.digest.short}")
     progress.advance(task, blob.size)
     progress.finish(task, "exists")
 
@@ -198,7 +198,7 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
     if not missing:
         return
     for blob in missing:
-        progress.start(blob.digest.short, blob.size, f"pulling {blob.digest.short}")
+        progress.start(str(blob.digest), blob.size, f"pulling {blob.digest.short}")
     if len(missing) == 1 or workers <= 1:
         for blob in missing:
             fetch_blob(store, client, ref.repository, blob, pins, progress, str(ref))
@@ -219,7 +219,7 @@ def _download_all(store: Store, client: RegistryClient, ref: Reference, blobs: l
 def fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor, pins: Pins,
                progress: Progress, subject: str | None = None) -> None:
     """Download one blob into the store unless it is there; one downloader per digest across processes."""
-    task = blob.digest.short
+    task = str(blob.digest)
     pins.add(blob.digest)
     with ingest.download_lock(store, blob.digest):
         if store.has_good_blob(blob.digest, blob.size):

@@ -77,7 +77,7 @@ def push(store: Store, ref: Reference, *, progress: Progress | None = None, inse
                                         "run 'modelpkg verify', then pull or create the model again")
             origins = known_origins(store, ref.host)
             for blob in blobs:
-                progress.start(blob.digest.short, blob.size, f"pushing {blob.digest.short}")
+                progress.start(str(blob.digest), blob.size, f"pushing {blob.digest.short}")
 
             def one(blob: Descriptor) -> None:
                 _push_blob(store, client, ref, blob, origins.get(blob.digest.hex, []), progress, chunked)
@@ -123,7 +123,7 @@ def _carry_signatures(store: Store, client: RegistryClient, ref: Reference, entr
 
 def _push_blob(store: Store, client: RegistryClient, ref: Reference, blob: Descriptor, origins: list[str],
                progress: Progress, chunked: bool) -> None:
-    task = blob.digest.short
+    task = str(blob.digest)  # the full digest, as Ollama's progress lines carry it
     push_scope = (scope(ref.repository, "pull", "push"),)
     if client.head_blob(ref.repository, blob.digest, scopes=push_scope, subject=str(ref)) is not None:
         progress.advance(task, blob.size)

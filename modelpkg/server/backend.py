@@ -9,6 +9,7 @@ one), and from below only the core, ``base.config`` (names), ``ops`` (``chat``, 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any
 from modelpkg.base import config
 from modelpkg.core.errors import ModelpkgError, NotFoundError
 from modelpkg.core.reference import Reference
-from modelpkg.ops.chat import Session, conversation, open_model, typed_options
+from modelpkg.ops.chat import Session, conversation, open_model, request_options
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
 from modelpkg.server.cache import Loaded, ModelCache
@@ -30,6 +31,7 @@ from modelpkg.server.http import ApiError, ClientGone, Request, api_error
 from modelpkg.store import Store
 
 EVENTS_KEPT = 100
+LOG = logging.getLogger("modelpkg.server")
 
 
 @dataclass
@@ -129,7 +131,7 @@ class Backend:
         """Embed ``texts``: the vectors, the tokens read, the seconds spent loading and in all."""
         started = time.perf_counter()
         with self.cache.use(details, keep_alive) as loaded:
-            runner = loaded.embedding_runner(Session(details, typed_options(options)).parameters())
+            runner = loaded.embedding_runner(Session(details, options_from(options)).parameters())
             vectors, count = runner.embed(texts, truncate=truncate) if texts else ([], 0)
             load = loaded.load_duration
         return vectors, count, load, time.perf_counter() - started
@@ -155,6 +157,15 @@ def _resolved(path: Path) -> str:
         return str(path.resolve())
     except (OSError, RuntimeError):
         return ""
+
+
+def options_from(options: Any) -> dict[str, Any]:
+    """A request's ``options`` as Ollama reads them (``request_options``); ignored names are logged, as
+    Ollama's ``slog.Warn("invalid option provided")``."""
+    typed, ignored = request_options(options)
+    for name in ignored:
+        LOG.warning("invalid option provided: %s (ignored)", name)
+    return typed
 
 
 def display_name(name: str) -> str:

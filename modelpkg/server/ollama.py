@@ -25,15 +25,20 @@ from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError
 from modelpkg.core.progress import Progress
 from modelpkg.core.reference import Reference
-from modelpkg.ops.chat import Session, check_messages, conversation, typed_options
+from modelpkg.ops.chat import Session, check_messages, conversation
 from modelpkg.ops.models import ModelDetails, describe, modelfile_for
 from modelpkg.runtime.runner import Result, load_options, sampling_options
-from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.server.backend import Backend, display_name, normalised, options_from
 from modelpkg.server.cache import parse_keep_alive
 from modelpkg.server.http import ApiError, Request, iso_time
 from modelpkg.store import ingest
 
 Route = Callable[[Request], None]
+# The Ollama release whose API surface this server implements (tools, thinking, think levels, logprobs,
+# /v1/responses and the Anthropic /v1/messages came by 0.14.0): clients such as LangChain and Open WebUI
+# compare it to decide what to send. modelpkg's own version is answered beside it.
+OLLAMA_VERSION = "0.14.0"
+LONG_ARRAY = 5  # Ollama's show empties metadata arrays longer than this unless verbose
 
 # --------------------------------------------------------------------------------------------------------
 # create's JSON fields and show's parameters
@@ -64,7 +69,9 @@ def modelfile_from_fields(body: Mapping[str, Any]) -> str:
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInputError("parameters must be an object of parameter names to values")
-    for name, value in typed_options(parameters).items():
+    # Ollama keeps the map in the params layer and reads it at each request with Options.FromMap: a null
+    # is unset and an unknown name ignored there; here they are dropped now (and logged), a wrong type refused
+    for name, value in options_from(parameters).items():
         for item in value if isinstance(value, list) else [value]:
             items.append(mf.Instruction("parameter", mf.format_parameter_value(item), name))
     licenses = body.get("license") or []
@@ -107,6 +114,30 @@ def _relative_name(name: Any) -> bool:
     if not isinstance(name, str) or not name:
         return False
     return name == "." or all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def model_info(details: ModelDetails, verbose: bool = False) -> dict[str, Any]:
+    """``/api/show``'s ``model_info``: the GGUF's metadata as Ollama's GetModelInfo gives it -- arrays longer
+    than five items emptied unless ``verbose``, ``general.name`` and ``tokenizer.chat_template`` left out,
+    ``general.parameter_count`` the sum of the tensors' elements (``fs/ggml/gguf.go``)."""
+    from modelpkg.runtime import ggufkv, ggufmeta
+
+    if details.model_path is None:
+        return {"general.architecture": details.architecture}
+    try:
+        gguf = ggufmeta.read_info(details.model_path)
+        info = ggufkv.read_metadata(details.model_path) if verbose else dict(gguf.metadata)
+    except ModelpkgError:  # weights that cannot be read: what the manifest says
+        info = {"general.architecture": details.architecture}
+        if details.context_length:
+            info[f"{details.architecture or 'general'}.context_length"] = details.context_length
+        return info
+    for key in ("general.name", "tokenizer.chat_template"):
+        info.pop(key, None)
+    if not verbose:
+        info = {k: [] if v is None or (isinstance(v, list) and len(v) > LONG_ARRAY) else v for k, v in info.items()}
+    info["general.parameter_count"] = gguf.param_count
+    return info
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -204,7 +235,8 @@ class OllamaApi:
         req.send_text("Ollama is running")
 
     def version(self, req: Request) -> None:
-        req.send_json({"version": __version__})
+        """The Ollama version whose API this server speaks (clients gate features on it), and modelpkg's."""
+        req.send_json({"version": OLLAMA_VERSION, "modelpkg_version": __version__})
 
     def tags(self, req: Request) -> None:
         models = []
@@ -237,11 +269,7 @@ class OllamaApi:
         except NotFoundError as e:
             raise ApiError(404, f"model '{name}' not found") from e
         entry = self.store.resolve(ref)
-        arch = details.architecture or "general"
-        info: dict[str, Any] = {"general.architecture": details.architecture,
-                                "general.parameter_count": None, "general.quantization": details.quantization}
-        if details.context_length:
-            info[f"{arch}.context_length"] = details.context_length
+        info = model_info(details, verbose=body.get("verbose") is True)
         answer = {"modelfile": modelfile_for(details, display_name(details.name)),
                   "parameters": parameters_text(details.parameters),
                   "template": details.template if details.template is not None else "{{ .Prompt }}",
@@ -429,9 +457,11 @@ class OllamaApi:
         if not prompt and not context:
             self._load_only(req, details, model, body.get("keep_alive"), chat=False)
             return
+        if body.get("raw") and (body.get("template") or body.get("system") or context):
+            raise ApiError(400, "raw mode does not support template, system, or context")
         if body.get("template"):
             details = replace(details, template=str(body["template"]))
-        options = typed_options(body.get("options"))
+        options = options_from(body.get("options"))
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise ApiError(400, "system must be a string")
@@ -450,8 +480,9 @@ class OllamaApi:
             result = self.backend.drain(req, "/api/generate", model, generation, emit if stream else None)
             final = {"model": model, "created_at": created if not stream else iso_time(),
                      "response": "" if stream else result.text, "done": True,
-                     **self._stats(result, loaded.load_duration),
-                     "context": list(runner.last_prompt_tokens) + list(result.tokens)}
+                     **self._stats(result, loaded.load_duration)}
+            if not body.get("raw"):  # Ollama gives a raw prompt no context
+                final["context"] = list(runner.last_prompt_tokens) + list(result.tokens)
         self._answer(req, stream, final)
 
     @staticmethod
@@ -493,7 +524,7 @@ class OllamaApi:
             return
         messages = check_messages([{"role": m.get("role"), "content": m.get("content") or ""}
                                    if isinstance(m, dict) else m for m in raw_messages])
-        options = typed_options(body.get("options"))
+        options = options_from(body.get("options"))
         stream = body.get("stream", True) is not False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"))

@@ -17,10 +17,10 @@ from typing import Any
 
 from modelpkg.base import config
 from modelpkg.core.errors import InvalidInputError
-from modelpkg.ops.chat import Session, check_messages, typed_options
+from modelpkg.ops.chat import Session, check_messages
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
-from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.server.backend import Backend, display_name, normalised, options_from
 from modelpkg.server.cache import Loaded
 from modelpkg.server.http import ApiError, Request
 
@@ -42,7 +42,7 @@ def openai_options(body: Mapping[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop is not None:
         out["stop"] = [stop] if isinstance(stop, str) else stop
-    return typed_options(out)
+    return options_from(out)
 
 
 def openai_format(body: Mapping[str, Any]) -> Any:

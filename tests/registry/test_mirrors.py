@@ -326,7 +326,7 @@ def test_a_mirror_serving_wrong_bytes_is_refused_and_the_upstream_used(
     assert any("does not match its digest" in m for m in progress.messages)
     # the bar never counts the refused bytes: each blob's total is its size
     _, manifest = store.manifest(pinned)
-    sizes = {b.digest.short: b.size for b in manifest.blobs()}
+    sizes = {str(b.digest): b.size for b in manifest.blobs()}
     assert {k: v for k, v in progress.advanced.items() if k in sizes} == {k: sizes[k] for k in progress.advanced}
 
 

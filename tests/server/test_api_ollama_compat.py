@@ -1,0 +1,159 @@
+"""What Ollama accepts, modelpkg accepts: the exact requests of LangChain, LlamaIndex and Ollama's own docs,
+``raw``, ``/api/show``'s ``model_info`` and ``capabilities``, full digests in progress, ``/api/version``,
+thinking and ``suffix`` -- over a real server with the real Gemma weights behind TEMPLATEs of our own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from capabilities import require_module
+from modelpkg import __version__
+from modelpkg.core.errors import InvalidInputError
+from modelpkg.ops.chat import request_options
+
+httpx = require_module("httpx")
+ollama = require_module("ollama")
+
+BASE = "base"
+FAST = {"temperature": 0, "num_predict": 4}
+
+
+def test_request_options_read_as_ollamas_from_map():
+    typed, ignored = request_options({"temperature": None, "mirostat": 1, "penalize_newline": True, "bogus": "x",
+                                      "num_predict": 5.7, "top_p": 1, "stop": ["a"], "use_mmap": None})
+    assert typed == {"num_predict": 5, "top_p": 1.0, "stop": ["a"]}
+    assert ignored == ["mirostat", "penalize_newline", "bogus"]
+    assert request_options(None) == ({}, [])
+    for wrong in ({"temperature": "warm"}, {"top_k": True}, {"stop": [1]}, {"use_mmap": 1}):
+        with pytest.raises(InvalidInputError, match=next(iter(wrong))):
+            request_options(wrong)
+    with pytest.raises(InvalidInputError):
+        request_options([1])
+
+
+@pytest.fixture(scope="module")
+def server(compat_server):
+    return compat_server({BASE: "PARAMETER num_ctx 2048\n"})
+
+
+def post(server, path, body):
+    return httpx.post(server.url + path, json=body, timeout=120)
+
+
+def test_langchain_embeddings_all_null_options(server, caplog):
+    # langchain_ollama.OllamaEmbeddings sends every option it knows, the unset ones as null
+    options = dict.fromkeys(("mirostat", "mirostat_eta", "mirostat_tau", "num_ctx", "num_gpu", "num_thread",
+                             "repeat_last_n", "repeat_penalty", "temperature", "stop", "tfs_z", "top_k", "top_p"))
+    with caplog.at_level(logging.WARNING, logger="modelpkg.server"):
+        answer = post(server, "/api/embed", {"model": BASE, "input": ["hello"], "options": options,
+                                             "keep_alive": None})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["embeddings"][0]) == 640
+    # null is unset, not unknown: only the names Ollama no longer has are logged
+    assert {r.getMessage() for r in caplog.records} == {
+        f"invalid option provided: {n} (ignored)" for n in ("mirostat", "mirostat_eta", "mirostat_tau", "tfs_z")}
+
+
+def test_llamaindex_temperature_null(server):
+    # llama_index.llms.ollama.Ollama: temperature None unless set, num_ctx its context_window
+    answer = post(server, "/api/chat", {"model": BASE, "messages": [{"role": "user", "content": "Hi"}],
+                                        "stream": False, "options": {"temperature": None, "num_ctx": 2048,
+                                                                     "num_predict": 4}})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] and answer.json()["eval_count"] <= 4
+
+
+def test_ollamas_documented_generate_with_options(server, caplog):
+    # docs/api.md "Generate request (With options)", as Ollama documents it
+    body = {"model": BASE, "prompt": "Why is the sky blue?", "stream": False,
+            "options": {"num_keep": 5, "seed": 42, "num_predict": 100, "top_k": 20, "top_p": 0.9, "min_p": 0.0,
+                        "typical_p": 0.7, "repeat_last_n": 33, "temperature": 0.8, "repeat_penalty": 1.2,
+                        "presence_penalty": 1.5, "frequency_penalty": 1.0, "penalize_newline": True,
+                        "stop": ["\n", "user:"], "numa": False, "num_ctx": 1024, "num_batch": 2, "num_gpu": 1,
+                        "main_gpu": 0, "use_mmap": True, "num_thread": 8}}
+    with caplog.at_level(logging.WARNING, logger="modelpkg.server"):
+        answer = post(server, "/api/generate", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] and answer.json()["eval_count"] <= 100
+    assert {r.getMessage() for r in caplog.records} == {
+        "invalid option provided: penalize_newline (ignored)", "invalid option provided: numa (ignored)"}
+
+
+def test_wrong_option_types_stay_a_clear_400(server):
+    for options, word in (({"temperature": "warm"}, "temperature"), ({"stop": [1, 2]}, "stop"),
+                          ({"use_mmap": "yes"}, "use_mmap")):
+        answer = post(server, "/api/generate", {"model": BASE, "prompt": "Hi", "options": options})
+        assert answer.status_code == 400 and word in answer.json()["error"], answer.text
+    answer = post(server, "/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": "x"}],
+                                                   "temperature": "hot"})
+    assert answer.status_code == 400 and "temperature" in answer.json()["error"]["message"]
+
+
+def test_create_parameters_as_ollama_reads_them(server):
+    client = ollama.Client(host=server.url, timeout=120)
+    done = client.create("lenient", from_=BASE, stream=False,
+                         parameters={"temperature": None, "mirostat": 2, "num_predict": 3, "stop": ["x"]})
+    assert done.status == "success"
+    shown = client.show("lenient").parameters
+    assert "num_predict" in shown and "mirostat" not in shown and "temperature" not in shown
+    bad = post(server, "/api/create", {"model": "bad", "from": BASE, "parameters": {"top_k": "many"}})
+    assert bad.status_code == 400 and "top_k" in bad.json()["error"]
+    client.delete("lenient")
+
+
+def test_raw_as_ollama_has_it(server):
+    for extra in ({"system": "Be brief."}, {"template": "{{ .Prompt }}!"}, {"context": [1, 2]}):
+        answer = post(server, "/api/generate", {"model": BASE, "prompt": "Hi", "raw": True, **extra})
+        assert answer.status_code == 400, extra
+        assert answer.json()["error"] == "raw mode does not support template, system, or context"
+    raw = post(server, "/api/generate", {"model": BASE, "prompt": "Hi", "raw": True, "stream": False,
+                                         "options": FAST}).json()
+    assert raw["done"] and "context" not in raw
+    cooked = post(server, "/api/generate", {"model": BASE, "prompt": "Hi", "stream": False, "options": FAST}).json()
+    assert cooked["context"] and raw["response"] == cooked["response"]  # the base model's template is the prompt
+    streamed = [json.loads(line) for line in httpx.post(
+        server.url + "/api/generate", json={"model": BASE, "prompt": "Hi", "raw": True, "options": FAST},
+        timeout=120).text.splitlines()]
+    assert streamed[-1]["done"] and "context" not in streamed[-1]
+
+
+def test_show_model_info_is_the_ggufs_metadata(server):
+    info = post(server, "/api/show", {"model": BASE}).json()["model_info"]
+    assert info["general.architecture"] == "gemma3" and info["gemma3.embedding_length"] == 640
+    assert info["gemma3.context_length"] == 32768 and info["gemma3.block_count"] == 18
+    assert info["general.parameter_count"] == 268_098_176  # the tensors' elements, as Ollama counts them
+    assert info["tokenizer.ggml.tokens"] == [] and info["tokenizer.ggml.scores"] == []  # long arrays emptied
+    assert info["general.tags"] == [] or len(info["general.tags"]) <= 5
+    assert "general.name" not in info and "tokenizer.chat_template" not in info
+    assert info["tokenizer.ggml.bos_token_id"] == 2 and info["general.file_type"] == 15
+    verbose = post(server, "/api/show", {"model": BASE, "verbose": True}).json()["model_info"]
+    assert len(verbose["tokenizer.ggml.tokens"]) == 262_144 and verbose["tokenizer.ggml.tokens"][:3] == \
+        ["<pad>", "<eos>", "<bos>"]
+    assert len(verbose["tokenizer.ggml.scores"]) == 262_144
+    assert set(verbose) == set(info)
+    assert ollama.Client(host=server.url).show(BASE).modelinfo["general.parameter_count"] == 268_098_176
+
+
+def test_version_is_ollamas_with_modelpkgs_beside_it(server):
+    answer = httpx.get(server.url + "/api/version").json()
+    major, minor, _ = (int(x) for x in answer["version"].split("."))
+    assert (major, minor) >= (0, 14)  # what clients gate tools, thinking and logprobs on
+    assert answer["modelpkg_version"] == __version__
+
+
+@pytest.mark.registry
+def test_pull_and_push_progress_carry_full_digests(server, registry):
+    client = ollama.Client(host=server.url, timeout=120)
+    name = f"{registry.host}/compat/digests:v1"
+    client.copy(BASE, name)
+    pushed = [p for p in client.push(name, insecure=True, stream=True) if p.digest]
+    client.delete(name)
+    pulled = [p for p in client.pull(name, insecure=True, stream=True) if p.digest]
+    for lines in (pushed, pulled):
+        assert lines and all(p.digest.startswith("sha256:") and len(p.digest) == 71 for p in lines)
+        assert all(p.status.split()[-1] == p.digest[7:19] for p in lines)  # "pulling 3f8eb4da87fa"
+    client.delete(name)
