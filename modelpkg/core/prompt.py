@@ -8,12 +8,16 @@ Ollama's rules for turning a conversation into a prompt (``template/template.go`
 
 ``render`` hands messages and tools to templates as the structs Ollama builds for them (at the commit in
 shared/reference/ollama-behaviour.md): ``.Role``, ``.Content``, ``.ToolCalls``... on messages; tools, tool
-call arguments and parameter properties print as JSON (their Go ``String`` methods), a tool's ``.Function``
-prints as a Go struct, and ``json`` of a message uses Go field names. An unknown field of a message gives
-nil, as any missing field does in the engine. A template that mentions ``.Messages`` is executed once with
-the whole conversation; an older one once per turn, the last turn cut right after ``{{ .Response }}``. One
-deliberate difference from Ollama: where its cut after ``.Response`` would panic (the cut inside a branch
-that has an else), the else branch is dropped.
+call arguments, parameter properties and a tool's ``.Function`` print as JSON (their Go ``String`` methods; the
+function's as in Ollama v0.5.0, whose conformance renderings need it), and ``json`` of a message uses Go field
+names. An unknown field of a message gives nil, as any missing field does in the engine. A template that
+mentions ``.Messages`` is executed once with the whole conversation; an older one once per turn, the last
+turn cut right after ``{{ .Response }}``. One deliberate difference from Ollama: where its cut after
+``.Response`` would panic (the cut inside a branch that has an else), the else branch is dropped.
+
+``capabilities``, ``thinking_tags``, ``tool_call_sample`` and ``tool_call_prefix`` read what a template says
+about its model (Ollama's ``goTemplateCapabilities``, ``thinking.InferTags`` and the tool-call format its
+parser learns from the template).
 
 Pure module: no file, network, environment or clock access (the engine's date functions aside). Imports
 ``modelpkg.core.errors`` and ``modelpkg.core.gotemplate``; the engine never imports this module.
@@ -28,10 +32,10 @@ from modelpkg.core.errors import TemplateError
 from modelpkg.core.gotemplate import Template, parse
 from modelpkg.core.gotemplate.exec import Executor
 from modelpkg.core.gotemplate.limits import MAX_VALUE_DEPTH
-from modelpkg.core.gotemplate.nodes import Action, Command, Field, If, Pipe, Range, With
+from modelpkg.core.gotemplate.nodes import Action, Command, Field, If, Pipe, Range, Text, With
 from modelpkg.core.gotemplate.values import GoList, GoMap, Struct, StructType
 
-__all__ = ["render", "uses_messages"]
+__all__ = ["capabilities", "render", "thinking_tags", "tool_call_prefix", "tool_call_sample", "uses_messages"]
 
 # ------------------------------------------------------------------------------------------------------
 # The structs Ollama hands to templates (template/template.go: templateMessage, templateToolCall,
@@ -77,7 +81,9 @@ def _struct_type(schema: str) -> StructType:
     return StructType(
         _STRUCT_TYPES[schema],
         tuple((go_name, json_key, omitempty) for go_name, _key, json_key, omitempty, _kind in _SCHEMAS[schema]),
-        stringer=schema == "Tool",  # templateTool has a String method that gives its JSON
+        # templateTool has a String method that gives its JSON; so had api.ToolFunction in Ollama v0.5.0, whose
+        # renderings of {{ .Function }} (shared/conformance/ollama-tools) print it as JSON, as its templates mean
+        stringer=schema in ("Tool", "ToolFunction"),
         pointer=schema == "Message",  # messages reach templates as *templateMessage
     )
 
@@ -346,3 +352,106 @@ def _per_turn(executor: Executor, nodes: tuple[Any, ...], collated: list[Struct]
         turn["Response"] = response
     execute(_cut_after_response(nodes))
     return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------
+# What a template says about the model: Ollama's capabilities, thinking tags and tool-call format
+
+
+def capabilities(source: str) -> list[str]:
+    """What a Go template gives a model, as Ollama's ``goTemplateCapabilities``: ``tools`` when it mentions
+    ``.Tools``, ``insert`` when it mentions ``.Suffix``, ``thinking`` when thinking tags can be inferred."""
+    template = parse(source)
+    caps = [name for name, ident in (("tools", "tools"), ("insert", "suffix")) if ident in template.identifiers]
+    opening, closing = thinking_tags(source)
+    if opening and closing:
+        caps.append("thinking")
+    return caps
+
+
+def thinking_tags(source: str) -> tuple[str, str]:
+    """The tags around a thinking trace, as Ollama's ``thinking.InferTags`` guesses them: for each ``.Thinking``
+    inside a ``range`` over ``.Messages``, the first and last text of the nearest enclosing list (trimmed);
+    the last such reference wins. ``("", "")`` when there is none."""
+    tags = ["", ""]
+
+    def visit(node: Any, ranges: tuple[Range, ...], nearest: tuple[Any, ...]) -> None:
+        if isinstance(node, Field):
+            if node.names[0] == "Thinking" and ranges and _mentions(ranges[-1].pipe, "Messages") and nearest:
+                if isinstance(nearest[0], Text):
+                    tags[0] = nearest[0].text.strip()
+                if isinstance(nearest[-1], Text):
+                    tags[1] = nearest[-1].text.strip()
+        elif isinstance(node, (If, With, Range)):
+            inner = (*ranges, node) if isinstance(node, Range) else ranges
+            visit(node.pipe, inner, nearest)
+            for body in (node.body, node.orelse):
+                for child in body or ():
+                    visit(child, inner, body)
+        elif isinstance(node, Action):
+            visit(node.pipe, ranges, nearest)
+        elif isinstance(node, Pipe):
+            for cmd in node.cmds:
+                for arg in cmd.args:
+                    visit(arg, ranges, nearest)
+
+    nodes = parse(source).nodes
+    for node in nodes:
+        visit(node, (), nodes)
+    return tags[0], tags[1]
+
+
+def _mentions(pipe: Pipe, name: str) -> bool:
+    return any(isinstance(arg, Field) and arg.names[0] == name for cmd in pipe.cmds for arg in cmd.args)
+
+
+SAMPLE_NAME, SAMPLE_ARGUMENT = "@@name@@", "@@argument@@"
+
+
+def tool_call_sample(source: str) -> str | None:
+    """How the template writes a tool call: its first ``range`` over ``.ToolCalls`` executed alone with one
+    call named ``@@name@@`` taking ``{"@@argument@@": 1}``, as Ollama's ``parseToolCalls`` does to learn the
+    format (v0.5.0 ``server/model.go``). None when the template never ranges over ``.ToolCalls`` or the
+    sample does not execute."""
+    node = _find_tool_calls_range(parse(source).nodes)
+    if node is None:
+        return None
+    call = _to_struct("ToolCall", {"function": {"name": SAMPLE_NAME, "arguments": {SAMPLE_ARGUMENT: 1}}}, "sample")
+    try:
+        return Executor(source).run((node,), {"ToolCalls": GoList([call])})
+    except TemplateError:
+        return None
+
+
+def tool_call_prefix(source: str) -> str:
+    """The text the template writes just before its tool calls (``[TOOL_CALLS] [``, ``<tool_call>``...),
+    trimmed; "" when there is none. A streamed answer that begins with it is held back as a likely call."""
+    found = _find_tool_calls_range(parse(source).nodes, with_list=True)
+    if found is None:
+        return ""
+    siblings, index = found
+    before = siblings[index - 1] if index > 0 else None
+    return before.text.strip() if isinstance(before, Text) else ""
+
+
+def _find_tool_calls_range(nodes: tuple[Any, ...], with_list: bool = False) -> Any:
+    """Ollama's ``Template.Subtree``: depth first through lists and branch bodies (not pipelines); the range
+    node, or (its list, its index) with ``with_list``."""
+    for index, node in enumerate(nodes):
+        if isinstance(node, Range) and _names_in(node.pipe) & {"ToolCalls"}:
+            return (nodes, index) if with_list else node
+        if isinstance(node, (If, With, Range)):
+            found = (_find_tool_calls_range(node.body, with_list)
+                     or _find_tool_calls_range(node.orelse or (), with_list))
+            if found is not None:
+                return found
+    return None
+
+
+def _names_in(pipe: Pipe) -> set[str]:
+    names: set[str] = set()
+    for cmd in pipe.cmds:
+        for arg in cmd.args:
+            if isinstance(arg, Field):
+                names.update(arg.names)
+    return names

@@ -160,9 +160,10 @@ def test_tools_print_as_ollama_prints_them():
     assert render(MESSAGES_MARK + "{{ .Tools }}", [], tools=[simple]) == f"[{tool_json}]"
     assert render(MESSAGES_MARK + "{{ range .Tools }}{{ . }}|{{ json . }}{{ end }}", [], tools=[simple]) == \
         f"{tool_json}|{tool_json}"
-    # ... templateToolFunction has none, so Go prints the struct, with its properties map as JSON
+    # ... and so does the function (api.ToolFunction's String in Ollama v0.5.0: llama3-groq-tool-use's rendering)
     assert render(MESSAGES_MARK + "{{ range .Tools }}{{ .Function }}{{ end }}", [], tools=[simple]) == \
-        '{f  {object <nil> <nil> [] {"x":{"type":"string","description":"X"}}}}'
+        '{"name":"f","description":"","parameters":{"type":"object","properties":{"x":{"type":"string",' \
+        '"description":"X"}}}}'
     assert render(MESSAGES_MARK + "{{ if .Tools }}yes{{ else }}no{{ end }} {{ .Tools }}", []) == "no null"
 
 
