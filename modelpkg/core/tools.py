@@ -208,10 +208,11 @@ def _nested(value: Any) -> list[dict[str, Any]]:
     return found
 
 
-def parse_tool_calls(template: str, text: str) -> list[dict[str, Any]]:
+def parse_tool_calls(template: str | None, text: str, keys: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """The tool calls in a model's ``text``, in Ollama's API shape; ``[]`` when it is plain text (or the
-    template has no tool-call format)."""
-    keys = call_keys(template)
+    template has no tool-call format). ``keys`` (name, arguments) instead of the template's: for a Jinja
+    template, which cannot be executed with a sample call here."""
+    keys = keys or (call_keys(template) if template is not None else None)
     if keys is None:
         return []
     name, arguments = keys
@@ -245,9 +246,9 @@ class ToolCallStream:
     calls, ``{`` or ``[`` -- it is held back; ``finish`` gives the calls in the whole answer, and the text
     still held when there are none."""
 
-    def __init__(self, template: str):
-        self.template = template
-        prefix = tool_call_prefix(template)
+    def __init__(self, template: str | None, keys: tuple[str, str] | None = None):
+        self.template, self.keys = template, keys
+        prefix = tool_call_prefix(template) if template is not None else "<tool_call>"
         self.openers = [o for o in (prefix, "{", "[") if o]
         self.text = ""
         self.held = ""
@@ -266,7 +267,7 @@ class ToolCallStream:
         return out
 
     def finish(self) -> tuple[str, list[dict[str, Any]]]:
-        calls = parse_tool_calls(self.template, self.text)
+        calls = parse_tool_calls(self.template, self.text, self.keys)
         if calls:
             return "", calls
         out, self.held = self.held, ""

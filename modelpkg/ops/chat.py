@@ -386,11 +386,12 @@ class Session:
     # ----- prompts
 
     def build_prompt(self, messages: Sequence[Mapping[str, Any]], runner: Runner,
-                     reserve: int = 0) -> Prompt:
-        """Render ``messages`` for the model, dropping the oldest turns while the prompt does not fit."""
+                     reserve: int = 0, **values: Any) -> Prompt:
+        """Render ``messages`` for the model, dropping the oldest turns while the prompt does not fit;
+        ``values`` (``tools``, ``think``) go to the template."""
         messages = [dict(m) for m in messages]
         while True:
-            prompt = self._render(messages, runner)
+            prompt = self._render(messages, runner, **values)
             if len(messages) <= 1 or self._fits(prompt, runner, reserve):
                 return prompt
             droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
@@ -405,17 +406,43 @@ class Session:
             return True
         return len(runner.tokenize(prompt.text, prompt.add_bos)) + reserve < runner.n_ctx
 
-    def _render(self, messages: list[dict[str, Any]], runner: Runner) -> Prompt:
+    def _render(self, messages: list[dict[str, Any]], runner: Runner, *, tools: Any = None,
+                think: Any = None) -> Prompt:
         kind = prompt_kind(self.details.template, self.jinja_template(runner))
         if kind == GGUF_TEMPLATE:
             # llama-cpp-python's chat handlers tokenize the rendered text without adding BOS: the Jinja
-            # template writes {{ bos_token }} itself when the model wants one
-            return Prompt(runner.format_chat(messages, self.jinja_template(runner)), False, tuple(messages), kind)
+            # template writes {{ bos_token }} itself when the model wants one. Tools and thinking reach it as
+            # llama.cpp passes them (``tools``, ``enable_thinking``).
+            extra: dict[str, Any] = {"tools": tools} if tools else {}
+            if think is not None:
+                extra["enable_thinking"] = bool(think)
+            text = runner.format_chat(messages, self.jinja_template(runner), **extra)
+            return Prompt(text, False, tuple(messages), kind)
         if kind == COMPLETION:
             return Prompt(completion_prompt(messages), True, tuple(messages), kind)
         from modelpkg.core.prompt import render  # imported when used: it takes ~60 ms
 
-        return Prompt(render(self.details.template, messages), True, tuple(messages), kind)
+        return Prompt(render(self.details.template, messages, tools=tools, think=think), True, tuple(messages), kind)
+
+    def insert_prompt(self, prompt: str, suffix: str, think: Any = None) -> str:
+        """Fill-in-the-middle: the template run with ``.Prompt`` and ``.Suffix`` only, as Ollama's
+        GenerateHandler does; for a template without ``.Suffix``, llama.cpp's infill order with the GGUF's
+        FIM tokens (prefix, suffix, middle). Neither: an error saying so."""
+        template = self.details.template
+        if template is not None:
+            from modelpkg.core.prompt import capabilities, render
+
+            if "insert" in capabilities(template):
+                return render(template, [], prompt=prompt, suffix=suffix, think=think)
+        from modelpkg.runtime import ggufmeta
+
+        meta = ggufmeta.read_info(self.details.model_path).metadata if self.details.model_path else {}
+        if not all(isinstance(meta.get(k), int) for k in FIM_TOKENS):
+            raise InvalidInputError(f"{self.details.name} does not support insert",
+                                    "give it a TEMPLATE that uses {{ .Suffix }}, or use a model with FIM tokens")
+        runner = self.runner()
+        pre, suf, mid = (runner.token_text(int(meta[key])) for key in FIM_TOKENS)
+        return f"{pre}{prompt}{suf}{suffix}{mid}"
 
     # ----- generation
 
@@ -433,7 +460,7 @@ class Session:
 
     def request(self, *, prompt: str | None = None, messages: Any = None, system: str | None = None,
                 options: Mapping[str, Any] | None = None, fresh: bool = True,
-                format: Any = None) -> Generation:  # "format" shadows a builtin: it is Ollama's field name
+                format: Any = None, think: Any = None) -> Generation:  # "format": Ollama's field name
         """One independent request (a batch line): ``prompt`` (with the model's history and system) or a
         whole ``messages`` conversation, with ``options`` on top of the session's parameters.
 
@@ -451,16 +478,17 @@ class Session:
         if system is not None and not isinstance(system, str):
             raise InvalidInputError("system must be a string")
         msgs = conversation(self.details.messages, turns, system if system is not None else self.system)
-        return self.generate(msgs, options, fresh=fresh, format=format)
+        return self.generate(msgs, options, fresh=fresh, format=format, think=think)
 
     def generate(self, messages: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None, *,
-                 fresh: bool = False, format: Any = None) -> Generation:
-        """Render ``messages`` and stream the answer; ``format`` is Ollama's (``"json"`` or a schema)."""
+                 fresh: bool = False, format: Any = None, tools: Any = None, think: Any = None) -> Generation:
+        """Render ``messages`` and stream the answer; ``format`` is Ollama's (``"json"`` or a schema);
+        ``tools`` and ``think`` are handed to the template (``.Tools``, ``.Think``...)."""
         params = self.parameters(extra)
         runner = self.runner(extra)
         sampling = sampling_options(params)
         reserve = min(sampling.max_tokens if sampling.max_tokens > 0 else runner.n_ctx // 4, runner.n_ctx // 2)
-        prompt = self.build_prompt(messages, runner, reserve)
+        prompt = self.build_prompt(messages, runner, reserve, tools=tools, think=think)
         self.last_prompt = prompt
         if fresh:
             runner.reset()
@@ -485,3 +513,141 @@ def result_json(result: Result, model: str, load_duration: float, created_at: st
         "prompt_tokens": result.prompt_tokens,
     }
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# capabilities, and the answer split into thinking, content and tool calls
+
+FIM_TOKENS = ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id")
+
+
+def jinja_capabilities(template: str) -> list[str]:
+    """What a Jinja chat template gives a model, by Ollama's ``chatTemplateCapabilities`` substring rules."""
+    caps = []
+    if "tools" in template or "tool_call" in template:
+        caps.append("tools")
+    if "<think>" in template and "</think>" in template:
+        caps.append("thinking")
+    return caps
+
+
+def model_capabilities(details: ModelDetails, metadata: Mapping[str, Any]) -> list[str]:
+    """Ollama's ``Model.Capabilities`` for a model and its GGUF's metadata: ``embedding`` (a pooling type)
+    or ``completion``, ``vision`` (a vision tower), then what the template gives (``tools``, ``insert``,
+    ``thinking``: a Modelfile TEMPLATE by its variables and thinking tags, else the Jinja template by
+    substrings); ``insert`` also when the GGUF names fill-in-the-middle tokens (llama.cpp's infill)."""
+    arch = str(metadata.get("general.architecture") or details.architecture or "")
+    caps = ["embedding" if f"{arch}.pooling_type" in metadata else "completion"]
+    if f"{arch}.vision.block_count" in metadata:
+        caps.append("vision")
+    if details.template is not None:
+        from modelpkg.core.prompt import capabilities
+
+        try:
+            caps += capabilities(details.template)
+        except ModelpkgError:  # a template that does not parse gives nothing (Ollama logs it)
+            pass
+    else:
+        jinja = details.chat_template or metadata.get("tokenizer.chat_template")
+        if isinstance(jinja, str) and jinja.strip():
+            caps += jinja_capabilities(jinja)
+    if "insert" not in caps and all(isinstance(metadata.get(k), int) for k in FIM_TOKENS):
+        caps.append("insert")
+    return caps
+
+
+class AnswerSplitter:
+    """A streamed answer split as Ollama's ChatHandler splits it: the thinking (between the template's
+    thinking tags, when thinking is on), then tool calls out of the rest (when tools were given).
+
+    ``feed(piece) -> (thinking, content)`` gives what can be shown now; ``finish() -> (thinking, content,
+    calls)`` the rest, and the calls found in the whole answer (then the content held back is dropped)."""
+
+    def __init__(self, template: str | None, jinja: str | None, *, tools: bool, think: bool, prompt: str):
+        from modelpkg.core.prompt import thinking_tags
+        from modelpkg.core.thinking import ThinkingSplitter
+        from modelpkg.core.tools import ToolCallStream
+
+        self.thinking: ThinkingSplitter | None = None
+        tags = thinking_tags(template) if template is not None else (
+            ("<think>", "</think>") if jinja and "thinking" in jinja_capabilities(jinja) else ("", ""))
+        if think and tags[0] and tags[1]:
+            self.thinking = ThinkingSplitter(*tags, thinking=prompt.rstrip().endswith(tags[0]))
+        self.calls: ToolCallStream | None = None
+        if tools and (template is not None or jinja):
+            self.calls = ToolCallStream(template, keys=None if template is not None else ("name", "arguments"))
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        thinking, content = self.thinking.feed(piece) if self.thinking else ("", piece)
+        if self.calls is not None and content:
+            content = self.calls.feed(content)
+        return thinking, content
+
+    def finish(self) -> tuple[str, str, list[dict[str, Any]]]:
+        thinking, content = self.thinking.flush() if self.thinking else ("", "")
+        calls: list[dict[str, Any]] = []
+        if self.calls is not None:
+            content = self.calls.feed(content) if content else ""
+            rest, calls = self.calls.finish()
+            content += rest
+        return thinking, content, calls
+
+
+# --------------------------------------------------------------------------------------------------------
+# tools and messages in Ollama's API shape
+
+
+def check_tools(tools: Any) -> list[dict[str, Any]] | None:
+    """A request's ``tools``: None (or []) for none, else a list of ``{"type": "function", "function":
+    {"name", "description", "parameters"}}`` objects (Ollama's ``api.Tool``)."""
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) and t["function"]["name"] for t in tools):
+        raise InvalidInputError('tools must be a list of {"type": "function", "function": {"name": ...}} objects')
+    for t in tools:
+        parameters = t["function"].get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidInputError(f"the parameters of tool {t['function']['name']} must be a JSON schema object")
+    return tools
+
+
+def chat_messages(raw: Any) -> list[dict[str, Any]]:
+    """A chat request's messages with Ollama's fields (``content``, ``thinking``, ``tool_calls``,
+    ``tool_name``, ``tool_call_id``): a missing or null content is "", a call's arguments given as a JSON
+    string (OpenAI's way) become an object, and one that does not parse is a clear error."""
+    from modelpkg.core.tools import arguments_object
+
+    if not isinstance(raw, list):
+        raise InvalidInputError("messages must be a list")
+    out = []
+    for i, m in enumerate(raw, 1):
+        if not isinstance(m, dict):
+            raise InvalidInputError(f"message {i} must be an object")
+        message = {k: v for k, v in m.items() if v is not None}
+        message["content"] = m.get("content") or ""
+        calls = m.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      for c in calls):
+                raise InvalidInputError(f"message {i}: tool_calls must be a list of {{\"function\": ...}} objects")
+            message["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": arguments_object(
+                    c["function"].get("arguments"), f"message {i}: tool call {c['function'].get('name')}")}}
+                for c in calls]
+        for key in ("thinking", "tool_name", "tool_call_id"):
+            if key in message and not isinstance(message[key], str):
+                raise InvalidInputError(f"message {i}: {key} must be a string")
+        out.append(message)
+    return check_messages(out)
+
+
+def with_call_ids(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Calls as Ollama's ChatHandler answers them: each with an ``id`` (``call_`` and 8 random characters)
+    and its ``function.index``."""
+    import secrets
+
+    return [{"id": "call_" + secrets.token_hex(4),
+             "function": {"index": i, "name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+            for i, c in enumerate(calls)]

@@ -286,9 +286,10 @@ class Runner:
         except (RuntimeError, ValueError, TypeError) as e:
             raise RunnerError(f"cannot read the context tokens: {e}") from e
 
-    def format_chat(self, messages: list[dict[str, Any]], template: str | None = None) -> str:
+    def format_chat(self, messages: list[dict[str, Any]], template: str | None = None, **values: Any) -> str:
         """Render ``messages`` with a Jinja chat template (the GGUF's by default), the way llama-cpp-python's
-        chat formatting does (``Jinja2ChatFormatter``: bos/eos tokens, ``add_generation_prompt``)."""
+        chat formatting does (``Jinja2ChatFormatter``: bos/eos tokens, ``add_generation_prompt``); ``values``
+        (``tools``, ``enable_thinking``) reach the template as variables, as llama.cpp passes them."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = template or self.chat_template
@@ -298,7 +299,7 @@ class Runner:
         try:
             formatter = Jinja2ChatFormatter(template=template, eos_token=self.token_text(llm.token_eos()),
                                             bos_token=self.token_text(llm.token_bos()))
-            return formatter(messages=messages).prompt
+            return formatter(messages=messages, **values).prompt
         except Exception as e:
             raise RunnerError(f"the model's chat template failed: {type(e).__name__}: {e}",
                               "give the model a TEMPLATE in its Modelfile") from e

@@ -23,7 +23,7 @@ from typing import Any
 from modelpkg.base import config
 from modelpkg.core.errors import ModelpkgError, NotFoundError
 from modelpkg.core.reference import Reference
-from modelpkg.ops.chat import Session, conversation, open_model, request_options
+from modelpkg.ops.chat import Session, conversation, model_capabilities, open_model, request_options
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
 from modelpkg.server.cache import Loaded, ModelCache
@@ -53,6 +53,7 @@ class Backend:
         self.cache = cache
         self.events: list[Event] = []  # the last generations (at most EVENTS_KEPT)
         self._events_lock = threading.Lock()
+        self._capabilities: dict[Any, list[str]] = {}  # manifest digest -> capabilities
 
     def record(self, path: str, model: str, result: Result) -> None:
         with self._events_lock:
@@ -118,11 +119,32 @@ class Backend:
 
     @staticmethod
     def chat_generation(details: ModelDetails, loaded: Loaded, messages: list[dict[str, Any]],
-                        options: Mapping[str, Any], fmt: Any):
-        """Ollama's ChatHandler: the model's MESSAGEs and SYSTEM, then the request's messages."""
+                        options: Mapping[str, Any], fmt: Any, **values: Any):
+        """Ollama's ChatHandler: the model's MESSAGEs and SYSTEM, then the request's messages; ``values``
+        (``tools``, ``think``) go to the template. The session's ``last_prompt`` is the generation's
+        ``prompt``."""
         session = Session(details, options, load=loaded.load)
         msgs = conversation(details.messages, messages, details.system)
-        return session.generate(msgs, fresh=True, format=fmt)
+        generation = session.generate(msgs, fresh=True, format=fmt, **values)
+        generation.prompt = session.last_prompt
+        return generation
+
+    def capabilities(self, details: ModelDetails) -> list[str]:
+        """The model's capabilities (``model_capabilities``), its GGUF's metadata read once per manifest."""
+        with self._events_lock:
+            known = self._capabilities.get(details.digest)
+        if known is not None:
+            return list(known)
+        from modelpkg.runtime import ggufmeta
+
+        try:
+            metadata = ggufmeta.read_info(details.model_path).metadata if details.model_path else {}
+        except ModelpkgError:
+            metadata = {}
+        caps = model_capabilities(details, metadata)
+        with self._events_lock:
+            self._capabilities[details.digest] = caps
+        return list(caps)
 
     # ----- embeddings
 

@@ -25,7 +25,17 @@ from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError
 from modelpkg.core.progress import Progress
 from modelpkg.core.reference import Reference
-from modelpkg.ops.chat import Session, check_messages, conversation
+from modelpkg.core.thinking import check_think
+from modelpkg.ops.chat import (
+    GGUF_TEMPLATE,
+    GO_TEMPLATE,
+    AnswerSplitter,
+    Session,
+    chat_messages,
+    check_tools,
+    conversation,
+    with_call_ids,
+)
 from modelpkg.ops.models import ModelDetails, describe, modelfile_for
 from modelpkg.runtime.runner import Result, load_options, sampling_options
 from modelpkg.server.backend import Backend, display_name, normalised, options_from
@@ -274,7 +284,7 @@ class OllamaApi:
                   "parameters": parameters_text(details.parameters),
                   "template": details.template if details.template is not None else "{{ .Prompt }}",
                   "details": self._model_details_json(details), "model_info": info,
-                  "capabilities": ["completion"], "modified_at": iso_time(entry.modified)}
+                  "capabilities": self.backend.capabilities(details), "modified_at": iso_time(entry.modified)}
         if details.system is not None:
             answer["system"] = details.system
         if details.licenses:
@@ -417,16 +427,28 @@ class OllamaApi:
                 "prompt_eval_duration": int(result.prompt_eval_duration * ns), "eval_count": result.eval_count,
                 "eval_duration": int(result.eval_duration * ns)}
 
-    @staticmethod
-    def _unsupported(body: Mapping[str, Any], model: str) -> None:
+    def _requested(self, body: Mapping[str, Any], model: str, details: ModelDetails, *,
+                   chat: bool) -> tuple[list[dict[str, Any]] | None, bool | str | None]:
+        """The request's tools and think, checked against the model's capabilities with Ollama's errors."""
+        caps = self.backend.capabilities(details)
         if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in body.get("messages") or []):
-            raise ApiError(400, f"{model} does not support images")
-        if body.get("tools"):
+            if "vision" not in caps:
+                raise ApiError(400, f"{model} does not support vision")
+            raise ApiError(400, "images are not supported by modelpkg serve", "invalid_request_error")
+        tools = check_tools(body.get("tools")) if chat else None
+        if tools and "tools" not in caps:
             raise ApiError(400, f"{model} does not support tools")
-        if body.get("think"):
-            raise ApiError(400, f"\"{model}\" does not support thinking")
-        if body.get("suffix"):
+        if not chat and body.get("suffix") and "insert" not in caps:
             raise ApiError(400, f"{model} does not support insert")
+        try:
+            think = check_think(body.get("think"))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        if "thinking" in caps:
+            think = True if think is None else think  # Ollama thinks by default where the model can
+        elif think:
+            raise ApiError(400, f"{json.dumps(model)} does not support thinking")
+        return tools, think
 
     def _load_only(self, req: Request, details: ModelDetails, model: str, keep_alive: Any, chat: bool) -> None:
         """An empty prompt loads the model (or, with keep_alive 0, unloads it), as ``ollama run``/``stop``."""
@@ -450,7 +472,7 @@ class OllamaApi:
         body = req.json()
         model, ref = self.reference(body)
         details = self.backend.details(model, ref)
-        self._unsupported(body, model)
+        _, think = self._requested(body, model, details, chat=False)
         prompt, context = body.get("prompt") or "", body.get("context") or []
         if not isinstance(prompt, str) or not isinstance(context, list):
             raise ApiError(400, "prompt must be a string and context a list of tokens")
@@ -459,6 +481,9 @@ class OllamaApi:
             return
         if body.get("raw") and (body.get("template") or body.get("system") or context):
             raise ApiError(400, "raw mode does not support template, system, or context")
+        suffix = body.get("suffix") or ""
+        if not isinstance(suffix, str):
+            raise ApiError(400, "suffix must be a string")
         if body.get("template"):
             details = replace(details, template=str(body["template"]))
         options = options_from(body.get("options"))
@@ -466,36 +491,50 @@ class OllamaApi:
         if system is not None and not isinstance(system, str):
             raise ApiError(400, "system must be a string")
         stream = body.get("stream", True) is not False
+        think = None if body.get("raw") else think
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             session = Session(details, options, load=loaded.load)
-            generation = self._start_generation(session, body, prompt, context, system)
+            generation = self._start_generation(session, body, prompt, context, system, suffix, think)
             runner = session.loaded
+            if body.get("_debug_render_only"):
+                self._rendered(req, model, generation, runner.last_prompt or "", chat=False)
+                return
             created = iso_time()
+            splitter = AnswerSplitter(details.template, None, tools=False, think=bool(think),
+                                      prompt=runner.last_prompt or "")
 
             def emit(piece: str) -> None:
-                req.write_json_line({"model": model, "created_at": iso_time(), "response": piece, "done": False})
+                thinking, text = splitter.feed(piece)
+                if thinking or text:
+                    req.write_json_line({"model": model, "created_at": iso_time(), "response": text,
+                                         **({"thinking": thinking} if thinking else {}), "done": False})
 
             if stream:
                 req.start_stream("application/x-ndjson")
             result = self.backend.drain(req, "/api/generate", model, generation, emit if stream else None)
+            thinking, text = ("", "") if stream else splitter.feed(result.text)
+            more_thinking, more_text, _ = splitter.finish()
             final = {"model": model, "created_at": created if not stream else iso_time(),
-                     "response": "" if stream else result.text, "done": True,
-                     **self._stats(result, loaded.load_duration)}
+                     "response": text + more_text, "done": True, **self._stats(result, loaded.load_duration)}
+            if thinking + more_thinking:
+                final["thinking"] = thinking + more_thinking
             if not body.get("raw"):  # Ollama gives a raw prompt no context
                 final["context"] = list(runner.last_prompt_tokens) + list(result.tokens)
         self._answer(req, stream, final)
 
-    @staticmethod
-    def _start_generation(session: Session, body: Mapping[str, Any], prompt: str, context: list,
-                          system: str | None):
+    def _start_generation(self, session: Session, body: Mapping[str, Any], prompt: str, context: list,
+                          system: str | None, suffix: str, think: Any):
         """``/api/generate``'s generation: a ``raw`` prompt, or a prompt after an earlier answer's
-        ``context``, goes to the runner as it is; any other prompt through the session's template."""
+        ``context``, goes to the runner as it is; a ``suffix`` fills in the middle (the template's
+        ``.Suffix``, else the GGUF's FIM tokens); any other prompt goes through the session's template."""
         fmt = body.get("format")
-        if not (body.get("raw") or context):
-            return session.request(prompt=prompt, system=system, format=fmt)
+        if not (body.get("raw") or context or suffix):
+            return session.request(prompt=prompt, system=system, format=fmt, think=think)
         runner = session.runner()
         sampling = sampling_options(session.parameters())
-        if body.get("raw"):
+        if suffix and not body.get("raw"):
+            text, bos = session.insert_prompt(prompt, suffix, think), True
+        elif body.get("raw"):
             text, bos = prompt, True
         else:  # Ollama: the earlier context's text, then this prompt rendered without the MESSAGEs
             turns = [{"role": "user", "content": prompt}]
@@ -517,29 +556,66 @@ class OllamaApi:
         body = req.json()
         model, ref = self.reference(body)
         details = self.backend.details(model, ref)
-        self._unsupported(body, model)
+        tools, think = self._requested(body, model, details, chat=True)
         raw_messages = body.get("messages") or []
         if not raw_messages:
             self._load_only(req, details, model, body.get("keep_alive"), chat=True)
             return
-        messages = check_messages([{"role": m.get("role"), "content": m.get("content") or ""}
-                                   if isinstance(m, dict) else m for m in raw_messages])
+        messages = chat_messages(raw_messages)
         options = options_from(body.get("options"))
         stream = body.get("stream", True) is not False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
-            generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"))
+            generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"),
+                                                      tools=tools, think=think)
+            if body.get("_debug_render_only"):
+                self._rendered(req, model, generation, generation.prompt.text, chat=True)
+                return
+            splitter = self._splitter(details, loaded, generation, tools, think)
+
+            def line(content: str, thinking: str = "", calls: list | None = None) -> dict[str, Any]:
+                message: dict[str, Any] = {"role": "assistant", "content": content}
+                if thinking:
+                    message["thinking"] = thinking
+                if calls:
+                    message["tool_calls"] = calls
+                return {"model": model, "created_at": iso_time(), "message": message, "done": False}
 
             def emit(piece: str) -> None:
-                req.write_json_line({"model": model, "created_at": iso_time(),
-                                     "message": {"role": "assistant", "content": piece}, "done": False})
+                thinking, content = splitter.feed(piece)
+                if thinking or content:
+                    req.write_json_line(line(content, thinking))
 
             if stream:
                 req.start_stream("application/x-ndjson")
             result = self.backend.drain(req, "/api/chat", model, generation, emit if stream else None)
-            final = {"model": model, "created_at": iso_time(),
-                     "message": {"role": "assistant", "content": "" if stream else result.text}, "done": True,
+            thinking, content = ("", "") if stream else splitter.feed(result.text)
+            more_thinking, more_content, calls = splitter.finish()
+            calls = with_call_ids(calls)
+            if stream and (more_thinking or more_content or calls):
+                req.write_json_line(line(more_content, more_thinking, calls))
+                more_thinking = more_content = ""
+                calls = []
+            final = {**line(content + more_content, thinking + more_thinking, calls), "done": True,
                      **self._stats(result, loaded.load_duration)}
         self._answer(req, stream, final)
+
+    @staticmethod
+    def _rendered(req: Request, model: str, generation: Any, prompt: str, chat: bool) -> None:
+        """Ollama's ``_debug_render_only``: the prompt the template rendered, and no generation."""
+        generation.close()
+        answer = {"model": model, "created_at": iso_time(), "done": False,
+                  "debug_info": {"rendered_template": prompt, "image_count": 0}}
+        answer.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+        req.send_json(answer)
+
+    @staticmethod
+    def _splitter(details: ModelDetails, loaded: Any, generation: Any, tools: Any, think: Any) -> AnswerSplitter:
+        prompt = generation.prompt
+        jinja = None
+        if prompt.kind == GGUF_TEMPLATE:
+            jinja = details.chat_template or (loaded.runner.chat_template if loaded.runner else None)
+        return AnswerSplitter(details.template if prompt.kind == GO_TEMPLATE else None, jinja,
+                              tools=bool(tools), think=bool(think), prompt=prompt.text)
 
     # ----- embeddings
 

@@ -9,6 +9,7 @@ CLI.
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import uuid
@@ -17,9 +18,19 @@ from typing import Any
 
 from modelpkg.base import config
 from modelpkg.core.errors import InvalidInputError
-from modelpkg.ops.chat import Session, check_messages
+from modelpkg.core.thinking import THINK_LEVELS
+from modelpkg.core.tools import call_keys
+from modelpkg.ops.chat import (
+    GGUF_TEMPLATE,
+    GO_TEMPLATE,
+    AnswerSplitter,
+    Session,
+    chat_messages,
+    check_tools,
+    with_call_ids,
+)
 from modelpkg.ops.models import ModelDetails
-from modelpkg.runtime.runner import Result
+from modelpkg.runtime.runner import Result, sampling_options
 from modelpkg.server.backend import Backend, display_name, normalised, options_from
 from modelpkg.server.cache import Loaded
 from modelpkg.server.http import ApiError, Request
@@ -59,10 +70,14 @@ def openai_format(body: Mapping[str, Any]) -> Any:
 
 
 def openai_messages(messages: Any) -> list[dict[str, Any]]:
-    """OpenAI messages (content a string or a list of ``{"type": "text"}`` parts) -> Ollama's."""
+    """OpenAI messages -> Ollama's, as Ollama's ``openai/openai.go`` maps them: content a string or a list of
+    ``{"type": "text"}`` parts; ``developer`` is ``system``; an assistant's ``tool_calls`` (arguments a JSON
+    string) and ``reasoning`` (or ``reasoning_content``, as other servers name it) kept; a ``tool`` message's
+    ``tool_call_id`` also names its function (``tool_name``), looked up in the calls before it."""
     if not isinstance(messages, list):
         raise InvalidInputError("messages must be a list")
     out = []
+    names: dict[str, str] = {}
     for m in messages:
         if not isinstance(m, dict):
             raise InvalidInputError("each message must be an object")
@@ -75,11 +90,86 @@ def openai_messages(messages: Any) -> list[dict[str, Any]]:
                 parts.append(str(part.get("text", "")))
             content = "\n".join(parts)
         role = "system" if m.get("role") == "developer" else m.get("role")
-        out.append({"role": role, "content": "" if content is None else content})
-    return check_messages(out)
+        message: dict[str, Any] = {"role": role, "content": "" if content is None else content}
+        thinking = m.get("reasoning", m.get("reasoning_content"))
+        if thinking:
+            message["thinking"] = thinking
+        if m.get("tool_calls"):
+            message["tool_calls"] = m["tool_calls"]
+            for call in m["tool_calls"] if isinstance(m["tool_calls"], list) else []:
+                if isinstance(call, dict) and isinstance(call.get("function"), dict) and call.get("id"):
+                    names[str(call["id"])] = str(call["function"].get("name", ""))
+        if role == "tool" and m.get("tool_call_id"):
+            message["tool_call_id"] = str(m["tool_call_id"])
+            if message["tool_call_id"] in names:
+                message["tool_name"] = names[message["tool_call_id"]]
+        out.append(message)
+    return chat_messages(out)
 
 
-def finish_reason(result: Result) -> str:
+def openai_think(body: Mapping[str, Any]) -> Any:
+    """``reasoning_effort`` (or ``reasoning.effort``) -> Ollama's ``think``: a level, ``"none"`` is false."""
+    effort = body.get("reasoning_effort")
+    if effort is None and isinstance(body.get("reasoning"), dict):
+        effort = body["reasoning"].get("effort")
+    if effort is None:
+        return None
+    if effort == "none":
+        return False
+    if effort not in THINK_LEVELS:
+        raise InvalidInputError(f"invalid reasoning_effort {json.dumps(effort)}",
+                                "use one of \"high\", \"medium\", \"low\", \"none\"")
+    return effort
+
+
+def tool_choice(body: Mapping[str, Any], tools: list[dict[str, Any]] | None) -> tuple[Any, list | None]:
+    """OpenAI's ``tool_choice`` -> (what the output must be, the tools the template sees): ``auto`` (or
+    absent) lets the model choose, ``none`` hides the tools, ``required`` or a named function forces a call
+    of one of them (the returned tools). Checked against ``tools``."""
+    choice = body.get("tool_choice")
+    if choice is None or choice == "auto":
+        return None, tools
+    if choice == "none":
+        return None, None
+    if not tools:
+        raise InvalidInputError("tool_choice needs tools")
+    if choice == "required":
+        return "required", tools
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        chosen = [t for t in tools if t["function"]["name"] == name]
+        if not chosen:
+            raise InvalidInputError(f"tool_choice names {json.dumps(name)}, which is not among the tools")
+        return "required", chosen
+    raise InvalidInputError('tool_choice must be "auto", "none", "required" or {"type": "function", '
+                            '"function": {"name": ...}}')
+
+
+def call_schema(tools: list[dict[str, Any]], keys: tuple[str, str], parallel: bool) -> dict[str, Any]:
+    """A JSON schema that only a call of one of ``tools`` matches, in the template's call format (its
+    name and arguments keys): the grammar that forces a call (a list of them when ``parallel``)."""
+    name, arguments = keys
+    one = [{"type": "object",
+            "properties": {name: {"type": "string", "enum": [t["function"]["name"]]},
+                           arguments: t["function"].get("parameters") or {"type": "object"}},
+            "required": [name, arguments]} for t in tools]
+    call = one[0] if len(one) == 1 else {"anyOf": one}
+    return {"type": "array", "items": call, "minItems": 1} if parallel else call
+
+
+def openai_calls(calls: list[dict[str, Any]], streamed: bool = False) -> list[dict[str, Any]]:
+    """Ollama's calls (with ids) as OpenAI's: arguments as a JSON string; ``index`` in a stream's deltas."""
+    out = []
+    for i, c in enumerate(calls):
+        call = {"id": c["id"], "type": "function",
+                "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
+        out.append({"index": i, **call} if streamed else call)
+    return out
+
+
+def finish_reason(result: Result, calls: bool = False) -> str:
+    if calls:
+        return "tool_calls"
     return "length" if result.done_reason == "length" else "stop"
 
 
@@ -122,14 +212,40 @@ class OpenAIApi:
     def chat(self, req: Request) -> None:
         body = req.json()
         model, details = self._model(body)
-        if body.get("tools"):
-            raise ApiError(400, f"{model} does not support tools")
         if body.get("n", 1) not in (1, None):
             raise ApiError(400, "n must be 1")
+        caps = self.backend.capabilities(details)
+        tools = check_tools(body.get("tools"))
+        if tools and "tools" not in caps:
+            raise ApiError(400, f"{model} does not support tools")
+        forced, tools = tool_choice(body, tools)
+        think = openai_think(body)
+        if "thinking" in caps:
+            think = True if think is None else think
+        elif think:
+            raise ApiError(400, f"{json.dumps(model)} does not support thinking")
         messages = openai_messages(body.get("messages"))
-        self._complete(req, body, model, details, "chat.completion",
-                       lambda loaded: self.backend.chat_generation(details, loaded, messages, openai_options(body),
-                                                                   openai_format(body)))
+        fmt = openai_format(body)
+        if forced:
+            keys = call_keys(details.template) if details.template is not None else ("name", "arguments")
+            if keys is None:
+                raise ApiError(400, f"the template of {model} writes no tool calls, so none can be forced")
+            fmt = call_schema(tools, keys, parallel=body.get("parallel_tool_calls") is True)
+            think = False  # the grammar holds from the first token: no room for thinking
+        single = body.get("parallel_tool_calls") is False
+
+        def start(loaded: Loaded):
+            generation = self.backend.chat_generation(details, loaded, messages, openai_options(body), fmt,
+                                                      tools=tools, think=think)
+            prompt = generation.prompt
+            jinja = None
+            if prompt.kind == GGUF_TEMPLATE:
+                jinja = details.chat_template or (loaded.runner.chat_template if loaded.runner else None)
+            splitter = AnswerSplitter(details.template if prompt.kind == GO_TEMPLATE else None, jinja,
+                                      tools=bool(tools), think=bool(think), prompt=prompt.text)
+            return generation, splitter, single
+
+        self._complete(req, body, model, details, "chat.completion", start)
 
     def completions(self, req: Request) -> None:
         body = req.json()
@@ -139,18 +255,27 @@ class OpenAIApi:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "prompt must be a string")
-        if body.get("suffix"):
+        suffix = body.get("suffix") or ""
+        if not isinstance(suffix, str):
+            raise ApiError(400, "suffix must be a string")
+        if suffix and "insert" not in self.backend.capabilities(details):
             raise ApiError(400, f"{model} does not support insert")
 
         def start(loaded: Loaded):
-            return Session(details, openai_options(body), load=loaded.load).request(
-                prompt=prompt, format=openai_format(body))
+            session = Session(details, openai_options(body), load=loaded.load)
+            if not suffix:
+                return session.request(prompt=prompt, format=openai_format(body))
+            text = session.insert_prompt(prompt, suffix)  # Ollama's OpenAI layer sends suffix to generate
+            runner = session.runner()
+            runner.reset()
+            return runner.generate(text, sampling_options(session.parameters()), format=openai_format(body))
 
         self._complete(req, body, model, details, "text_completion", start)
 
     def _complete(self, req: Request, body: Mapping[str, Any], model: str, details: ModelDetails, kind: str,
                   start: Callable[[Loaded], Any]) -> None:
-        """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks."""
+        """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks. For a
+        chat, ``start`` also gives the splitter of thinking and tool calls (and whether one call only)."""
         chat = kind == "chat.completion"
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -159,28 +284,44 @@ class OpenAIApi:
         head = {"id": ident, "object": kind + (".chunk" if chat and stream else ""), "created": created,
                 "model": model, "system_fingerprint": "fp_modelpkg"}
 
-        def choice(text: str, reason: str | None) -> dict[str, Any]:
+        def choice(text: str, reason: str | None, thinking: str = "", calls: list | None = None) -> dict[str, Any]:
             if chat:
-                key = "delta" if stream else "message"
-                return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": reason}
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if thinking:
+                    message["reasoning"] = thinking  # Ollama's OpenAI layer's name for it
+                if calls:
+                    message["tool_calls"] = openai_calls(calls, streamed=stream)
+                return {"index": 0, "delta" if stream else "message": message, "finish_reason": reason}
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
 
         with self.cache.use(details, body.get("keep_alive")) as loaded:
-            generation = start(loaded)
+            started = start(loaded)
+            generation, splitter, single = started if chat else (started, None, False)
 
             def emit(piece: str) -> None:
-                req.write_event({**head, "choices": [choice(piece, None)]})
+                thinking, text = splitter.feed(piece) if splitter else ("", piece)
+                if thinking or text:
+                    req.write_event({**head, "choices": [choice(text, None, thinking)]})
 
             if stream:
                 req.start_stream("text/event-stream")
             result = self.backend.drain(req, "/v1/" + ("chat/completions" if chat else "completions"), model,
                                         generation, emit if stream else None)
+        thinking, text, calls = "", "" if stream else result.text, []
+        if splitter is not None:
+            thinking, text = ("", "") if stream else splitter.feed(result.text)
+            more_thinking, more_text, calls = splitter.finish()
+            thinking, text, calls = thinking + more_thinking, text + more_text, with_call_ids(calls[:1] if single
+                                                                                              else calls)
         usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.eval_count,
                  "total_tokens": result.prompt_tokens + result.eval_count}
+        reason = finish_reason(result, bool(calls))
         if not stream:
-            req.send_json({**head, "choices": [choice(result.text, finish_reason(result))], "usage": usage})
+            req.send_json({**head, "choices": [choice(text, reason, thinking, calls)], "usage": usage})
             return
-        final = {**head, "choices": [choice("", finish_reason(result))]}
+        if thinking or text or calls:
+            req.write_event({**head, "choices": [choice(text, None, thinking, calls)]})
+        final = {**head, "choices": [choice("", reason)]}
         if chat:
             final["choices"][0]["delta"] = {}
         req.write_event(final)

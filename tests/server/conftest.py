@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
 from capabilities import require_module
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def conformance_dir() -> Path:
-    """Ollama's conformance data, as tests/core/test_prompt.py finds it (``../shared/conformance`` beside the
-    repo, or ``$MODELPKG_CONFORMANCE``); never copied here."""
-    root = os.environ.get("MODELPKG_CONFORMANCE")
-    return Path(root) if root else REPO.parent / "shared" / "conformance"
 
 
 @pytest.fixture(scope="module")
