@@ -18,8 +18,18 @@ from modelpkg.ops.chat import request_options
 httpx = require_module("httpx")
 ollama = require_module("ollama")
 
-BASE = "base"
+BASE, THINKER, FILLER = "base", "thinker", "filler"
 FAST = {"temperature": 0, "num_predict": 4}
+# a thinking template as Ollama's library writes them: .Thinking of past turns between tags, and the prompt
+# opened with the tag when thinking is on
+THINKING_TEMPLATE = """{{- if .IsThinkSet }}level={{ .ThinkLevel }}
+{{ end }}{{- range .Messages }}<|{{ .Role }}|>
+{{- if and (eq .Role "assistant") .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}
+{{ end }}<|assistant|>{{ if .Think }}<think>{{ end }}"""
+# Ollama's TestExecuteWithSuffix template
+SUFFIX_TEMPLATE = """{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>
+{{- else }}{{ .Prompt }}
+{{- end }}"""
 
 
 def test_request_options_read_as_ollamas_from_map():
@@ -37,7 +47,9 @@ def test_request_options_read_as_ollamas_from_map():
 
 @pytest.fixture(scope="module")
 def server(compat_server):
-    return compat_server({BASE: "PARAMETER num_ctx 2048\n"})
+    return compat_server({BASE: "PARAMETER num_ctx 2048\n",
+                          THINKER: f'TEMPLATE """{THINKING_TEMPLATE}"""\nPARAMETER num_ctx 2048\n',
+                          FILLER: f'TEMPLATE """{SUFFIX_TEMPLATE}"""\nPARAMETER num_ctx 2048\n'})
 
 
 def post(server, path, body):
@@ -157,3 +169,107 @@ def test_pull_and_push_progress_carry_full_digests(server, registry):
         assert lines and all(p.digest.startswith("sha256:") and len(p.digest) == 71 for p in lines)
         assert all(p.status.split()[-1] == p.digest[7:19] for p in lines)  # "pulling 3f8eb4da87fa"
     client.delete(name)
+
+
+# ------------------------------------------------------------------------------------------------------
+# capabilities, thinking, suffix, images
+
+
+def render_only(server, path, body):
+    answer = post(server, path, {**body, "_debug_render_only": True})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["debug_info"]["rendered_template"]
+
+
+def raw_answer(server, prompt, num_predict=12):
+    return post(server, "/api/generate", {"model": BASE, "prompt": prompt, "raw": True, "stream": False,
+                                          "options": {"temperature": 0, "num_predict": num_predict}}).json()["response"]
+
+
+def test_capabilities_as_ollama_derives_them(server):
+    client = ollama.Client(host=server.url)
+    assert client.show(BASE).capabilities == ["completion"]
+    assert client.show(THINKER).capabilities == ["completion", "thinking"]
+    assert client.show(FILLER).capabilities == ["completion", "insert"]
+
+
+def test_thinking_split_by_the_templates_tags(server):
+    hi = [{"role": "user", "content": "Hi"}]
+    assert render_only(server, "/api/chat", {"model": THINKER, "messages": hi, "think": True}) == \
+        "level=medium\n<|user|>Hi\n<|assistant|><think>"
+    assert render_only(server, "/api/chat", {"model": THINKER, "messages": hi, "think": "high"}).startswith(
+        "level=high\n")
+    # a thinking model thinks unless told not to, as Ollama's ChatHandler sets think
+    assert render_only(server, "/api/chat", {"model": THINKER, "messages": hi}).endswith("<think>")
+    assert render_only(server, "/api/chat", {"model": THINKER, "messages": hi, "think": False}) == \
+        "level=\n<|user|>Hi\n<|assistant|>"
+    # the prompt ends inside the opening tag: what the model writes is thinking until it closes the tag
+    expected = raw_answer(server, "level=medium\n<|user|>Hi\n<|assistant|><think>")
+    client = ollama.Client(host=server.url, timeout=120)
+    options = {"temperature": 0, "num_predict": 12}
+    whole = client.chat(THINKER, hi, think=True, options=options)
+    assert "</think>" not in expected and whole.message.thinking == expected.lstrip()
+    assert whole.message.content == ""
+    parts = list(client.chat(THINKER, hi, think=True, options=options, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == whole.message.thinking
+    generated = client.generate(THINKER, "Hi", think=True, options=options)
+    assert generated.thinking and generated.response == ""
+    # past turns' thinking goes back into the prompt between the tags
+    history = [*hi, {"role": "assistant", "content": "Hello.", "thinking": "be kind"}, *hi]
+    assert "<|assistant|><think>be kind</think>Hello.\n" in render_only(
+        server, "/api/chat", {"model": THINKER, "messages": history, "think": False})
+
+
+def test_thinking_errors_as_ollamas(server):
+    hi = [{"role": "user", "content": "Hi"}]
+    refused = post(server, "/api/chat", {"model": BASE, "messages": hi, "think": True})
+    assert refused.status_code == 400 and refused.json()["error"] == '"base" does not support thinking'
+    refused = post(server, "/api/generate", {"model": BASE, "prompt": "Hi", "think": "low"})
+    assert refused.status_code == 400 and refused.json()["error"] == '"base" does not support thinking'
+    assert post(server, "/api/chat", {"model": BASE, "messages": hi, "think": False, "stream": False,
+                                      "options": FAST}).status_code == 200
+    bad = post(server, "/api/chat", {"model": THINKER, "messages": hi, "think": "extreme"})
+    assert bad.status_code == 400 and "invalid think value" in bad.json()["error"]
+
+
+def test_openai_reasoning(server):
+    oai = require_module("openai").OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    hi = [{"role": "user", "content": "Hi"}]
+    thought = oai.chat.completions.create(model=THINKER, messages=hi, reasoning_effort="low", temperature=0,
+                                          max_tokens=12)
+    assert thought.choices[0].message.model_extra["reasoning"] and thought.choices[0].message.content == ""
+    plain = oai.chat.completions.create(model=THINKER, messages=hi, reasoning_effort="none", temperature=0,
+                                        max_tokens=4)
+    assert "reasoning" not in (plain.choices[0].message.model_extra or {})
+    chunks = list(oai.chat.completions.create(model=THINKER, messages=hi, reasoning_effort="low", temperature=0,
+                                              max_tokens=12, stream=True))
+    streamed = "".join((c.choices[0].delta.model_extra or {}).get("reasoning", "") for c in chunks if c.choices)
+    assert streamed == thought.choices[0].message.model_extra["reasoning"]
+    from modelpkg.server.openai import openai_messages
+
+    assert openai_messages([{"role": "assistant", "content": "a", "reasoning_content": "r"}])[0]["thinking"] == "r"
+    assert openai_messages([{"role": "assistant", "content": "a", "reasoning": "r"}])[0]["thinking"] == "r"
+
+
+def test_suffix_renders_as_ollamas_template_tests_show(server):
+    body = {"model": FILLER, "prompt": "def add(", "suffix": "return x"}
+    assert render_only(server, "/api/generate", body) == "<PRE> def add( <SUF>return x <MID>"
+    assert render_only(server, "/api/generate", {"model": FILLER, "prompt": "hello"}) == "hello"
+    filled = post(server, "/api/generate", {**body, "stream": False, "options": FAST}).json()
+    assert filled["done"] and filled["eval_count"] <= 4
+    assert filled["response"] == raw_answer(server, "<PRE> def add( <SUF>return x <MID>", 4)
+    refused = post(server, "/api/generate", {"model": BASE, "prompt": "def add(", "suffix": "return x"})
+    assert refused.status_code == 400 and refused.json()["error"] == "base does not support insert"
+    oai = require_module("openai").OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    done = oai.completions.create(model=FILLER, prompt="def add(", suffix="return x", temperature=0, max_tokens=4)
+    assert done.choices[0].text == filled["response"]
+    with pytest.raises(require_module("openai").BadRequestError, match="does not support insert"):
+        oai.completions.create(model=BASE, prompt="def add(", suffix="return x")
+
+
+def test_images_name_the_missing_capability(server):
+    refused = post(server, "/api/generate", {"model": BASE, "prompt": "What is this?", "images": ["aGk="]})
+    assert refused.status_code == 400 and refused.json()["error"] == "base does not support vision"
+    refused = post(server, "/api/chat", {"model": BASE, "messages": [
+        {"role": "user", "content": "What is this?", "images": ["aGk="]}]})
+    assert refused.status_code == 400 and refused.json()["error"] == "base does not support vision"
