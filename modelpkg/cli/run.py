@@ -24,10 +24,12 @@ import click
 from modelpkg.base import config
 from modelpkg.cli.common import open_store, short
 from modelpkg.core.errors import InvalidInputError, ModelpkgError, NotFoundError, StoreError, UsageError
+from modelpkg.core.thinking import check_think
 from modelpkg.ops.chat import (
     COMPLETION,
     GGUF_TEMPLATE,
     GO_TEMPLATE,
+    AnswerSplitter,
     Session,
     open_model,
     parse_assignments,
@@ -56,9 +58,14 @@ from modelpkg.runtime.runner import Generation, Result
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="With --batch: write the results to this file instead of stdout.")
 @click.option("--insecure", is_flag=True, help="Allow plain http when the model has to be pulled first.")
+@click.option("--think", "think", is_flag=False, flag_value="true", default=None,
+              metavar="[true|false|high|medium|low]",
+              help="Think before answering (models whose template can); --think alone is true.")
+@click.option("--hidethinking", is_flag=True, help="Think, but do not print the thinking.")
 def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | None, seed: int | None,
         temperature: float | None, num_predict: int | None, system: str | None, fmt: str, verbose: bool,
-        batch: Path | None, output: Path | None, insecure: bool) -> None:
+        batch: Path | None, output: Path | None, insecure: bool, think: str | None = None,
+        hidethinking: bool = False) -> None:
     """Run a model: chat on a terminal, answer a prompt, or answer a batch.
 
     Pulls the model first if it is not in the store. Options override the model's parameters.
@@ -90,12 +97,13 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
     try:
         session.runner()  # load now: a model that does not load fails before any input is read
         display = short(details.name)
+        set_think(session, think, name)
         if batch is not None:
             run_batch(session, batch, output, display)
         elif interactive:
-            Repl(session, display, verbose).run()
+            Repl(session, display, verbose, hide_thinking=hidethinking).run()
         else:
-            one_shot(session, text, display, fmt == "json", verbose)
+            one_shot(session, text, display, fmt == "json", verbose, hidethinking)
     except BrokenPipeError:
         # the reader went away (| head): stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -128,22 +136,76 @@ def _prompt_text(words: tuple[str, ...]) -> str:
 # one prompt
 
 
-def one_shot(session: Session, text: str, model: str, as_json: bool, verbose: bool) -> None:
+def set_think(session: Session, value: str | None, model: str) -> None:
+    """``--think`` / ``/set think``: true, false or a level; a model that cannot think refuses, as Ollama."""
+    if value is None:
+        return
+    word = value.strip().lower()
+    think: bool | str = {"true": True, "false": False}.get(word, word)
+    try:
+        check_think(think)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    session.think = None
+    if think and not session.thinking():
+        raise UsageError(f"{json.dumps(model)} does not support thinking",
+                         "its template has no thinking tags; run it without --think")
+    session.think = think
+
+
+def one_shot(session: Session, text: str, model: str, as_json: bool, verbose: bool,
+             hide_thinking: bool = False) -> None:
     generation = session.send(text)
     if as_json:
         generation.text()
-        _emit(sys.stdout, result_json(generation.result, model, session.loaded.load_duration, _now()))
+        answer = result_json(generation.result, model, session.loaded.load_duration, _now())
+        if session.thinking():
+            splitter = session.splitter()
+            thinking, content = splitter.feed(generation.result.text)
+            more_thinking, more_content, _ = splitter.finish()
+            answer["response"] = content + more_content
+            if thinking + more_thinking:
+                answer["thinking"] = thinking + more_thinking
+        _emit(sys.stdout, answer)
     else:
-        _stream(generation, sys.stdout)
+        _stream(generation, sys.stdout, session.splitter() if session.thinking() else None, hide_thinking)
         sys.stdout.write("\n")
         sys.stdout.flush()
     if verbose:
         click.echo(format_stats(generation.result, session.loaded.load_duration), err=True)
 
 
-def _stream(generation: Generation, out: TextIO) -> None:
+def _stream(generation: Generation, out: TextIO, splitter: AnswerSplitter | None = None,
+            hide_thinking: bool = False) -> None:
+    """Print the answer as it comes; its thinking (unless hidden) between Ollama's "Thinking..." and
+    "...done thinking." lines."""
+    if splitter is None:
+        for piece in generation:
+            out.write(piece)
+            out.flush()
+        return
+    thinking_open = False
+
+    def show(thinking: str, content: str) -> None:
+        nonlocal thinking_open
+        if thinking and not hide_thinking:
+            if not thinking_open:
+                out.write("Thinking...\n")
+                thinking_open = True
+            out.write(thinking)
+        if content:
+            if thinking_open:
+                out.write("\n...done thinking.\n\n")
+                thinking_open = False
+            out.write(content)
+        out.flush()
+
     for piece in generation:
-        out.write(piece)
+        show(*splitter.feed(piece))
+    thinking, content, _ = splitter.finish()
+    show(thinking, content)
+    if thinking_open:
+        out.write("\n...done thinking.\n")
         out.flush()
 
 
@@ -305,6 +367,8 @@ Use """ to begin a multi-line message.
 HELP_SET = '''Available Commands:
   /set parameter ...     Set a parameter
   /set system <string>   Set system message
+  /set think [level]     Think before answering (true, or high, medium, low)
+  /set nothink           Answer without thinking
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
 '''
@@ -353,10 +417,11 @@ class Repl:
     MORE = "... "
 
     def __init__(self, session: Session, model: str, verbose: bool = False, *, read=input,
-                 out: TextIO | None = None, err: TextIO | None = None):
+                 out: TextIO | None = None, err: TextIO | None = None, hide_thinking: bool = False):
         self.session = session
         self.model = model
         self.verbose = verbose
+        self.hide_thinking = hide_thinking
         self.read = read
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -423,7 +488,8 @@ class Repl:
             self._error(e)
             return
         try:
-            _stream(generation, self.out)
+            splitter = self.session.splitter() if self.session.thinking() else None
+            _stream(generation, self.out, splitter, self.hide_thinking)
         except KeyboardInterrupt:
             self.say()
             return
@@ -482,6 +548,15 @@ class Repl:
             text = line.split("system", 1)[1].strip(" ")
             self.session.set_system(text)
             self.say("Set system message.")
+        elif what in ("think", "nothink"):
+            value = "false" if what == "nothink" else (words[2] if len(words) > 2 else "true")
+            try:
+                set_think(self.session, value, self.model)
+            except ModelpkgError as e:
+                self._error(e)
+                return
+            self.say("Set 'nothink' mode." if self.session.think is False else
+                     f"Set 'think' mode{'' if self.session.think is True else ' to ' + repr(self.session.think)}.")
         elif what == "verbose":
             self.verbose = True
             self.say("Set 'verbose' mode.")

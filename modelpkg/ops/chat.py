@@ -315,6 +315,7 @@ class Session:
         self._load = load
         self._runner: Runner | None = None
         self.last_prompt: Prompt | None = None
+        self.think: bool | str | None = None  # run --think / /set think; None: as the model can (Ollama's default)
 
     # ----- options
 
@@ -446,17 +447,50 @@ class Session:
 
     # ----- generation
 
+    def thinking(self) -> bool | str | None:
+        """The think value in force: the one set, else True where the template can think (as Ollama's
+        ChatHandler defaults it), else None."""
+        if self.think is not None:
+            return self.think
+        template = self.template_text()
+        if template is None:
+            return None
+        if self.kind() == GO_TEMPLATE:
+            from modelpkg.core.prompt import capabilities
+
+            can = "thinking" in capabilities(template)
+        else:
+            can = "thinking" in jinja_capabilities(template)
+        return True if can else None
+
+    def splitter(self) -> AnswerSplitter:
+        """Splits the last prompt's answer into thinking and content (by the template's thinking tags)."""
+        kind = self.last_prompt.kind if self.last_prompt else self.kind()
+        return AnswerSplitter(self.details.template if kind == GO_TEMPLATE else None,
+                              self.template_text() if kind == GGUF_TEMPLATE else None, tools=False,
+                              think=bool(self.thinking()), prompt=self.last_prompt.text if self.last_prompt else "")
+
     def send(self, text: str) -> Generation:
         """One turn of the conversation: the answer streams; the turn is kept once it ends (an answer
-        interrupted with Ctrl-C is dropped with its question)."""
+        interrupted with Ctrl-C is dropped with its question). ``splitter()`` then splits its thinking."""
         user = {"role": "user", "content": text}
-        generation = self.generate(conversation(self.details.messages, [*self.turns, user], self.system))
-        return Generation(self._record(generation, user), generation.result)
+        think = self.thinking()
+        generation = self.generate(conversation(self.details.messages, [*self.turns, user], self.system),
+                                   think=think)
+        return Generation(self._record(generation, user, bool(think)), generation.result)
 
-    def _record(self, generation: Generation, user: dict[str, Any]) -> Iterator[str]:
+    def _record(self, generation: Generation, user: dict[str, Any], think: bool) -> Iterator[str]:
         yield from generation
         if generation.result.done_reason != "interrupted":
-            self.turns += [user, {"role": "assistant", "content": generation.result.text}]
+            answer: dict[str, Any] = {"role": "assistant", "content": generation.result.text}
+            if think:  # the turn keeps its thinking apart, as Ollama's CLI sends it back
+                splitter = self.splitter()
+                thinking, content = splitter.feed(generation.result.text)
+                more_thinking, more_content, _ = splitter.finish()
+                answer = {"role": "assistant", "content": content + more_content}
+                if thinking + more_thinking:
+                    answer["thinking"] = thinking + more_thinking
+            self.turns += [user, answer]
 
     def request(self, *, prompt: str | None = None, messages: Any = None, system: str | None = None,
                 options: Mapping[str, Any] | None = None, fresh: bool = True,

@@ -273,3 +273,63 @@ def test_images_name_the_missing_capability(server):
     refused = post(server, "/api/chat", {"model": BASE, "messages": [
         {"role": "user", "content": "What is this?", "images": ["aGk="]}]})
     assert refused.status_code == 400 and refused.json()["error"] == "base does not support vision"
+
+
+# ------------------------------------------------------------------------------------------------------
+# run --think, --hidethinking, /set think (the same store, in-process)
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from modelpkg.cli.app import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_run_think_flags(server):
+    expected = raw_answer(server, "level=medium\n<|user|>Hi\n<|assistant|><think>", 8).lstrip()
+    greedy = ("--temperature", "0", "--num-predict", "8")
+    shown = run_cli("run", THINKER, "Hi", "--think", *greedy)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == f"Thinking...\n{expected}\n...done thinking.\n\n"
+    hidden = run_cli("run", THINKER, "Hi", "--think", "--hidethinking", *greedy)
+    assert hidden.exit_code == 0 and hidden.output == "\n"
+    as_json = json.loads(run_cli("run", THINKER, "Hi", "--think=high", "--format", "json", *greedy).output)
+    assert as_json["response"] == "" and as_json["thinking"]
+    off = run_cli("run", THINKER, "Hi", "--think=false", *greedy)
+    assert off.exit_code == 0 and "Thinking..." not in off.output and off.output.strip()
+    refused = run_cli("run", BASE, "Hi", "--think")
+    assert refused.exit_code != 0 and '"base" does not support thinking' in refused.output
+    bad = run_cli("run", THINKER, "Hi", "--think=extreme")
+    assert bad.exit_code != 0 and "invalid think value" in bad.output
+
+
+def test_repl_set_think(server):
+    import io
+
+    from modelpkg.base import config
+    from modelpkg.cli.run import Repl
+    from modelpkg.ops.chat import Session, open_model
+    from modelpkg.store import Store
+
+    details = open_model(Store(config.home()), config.reference(THINKER), pull=False)
+    session = Session(details, {"temperature": 0, "num_predict": 8})
+    out = io.StringIO()
+    lines = iter(["/set nothink", "Hi", "/set think high", "Hi", "/set think extreme"])
+
+    def read(_prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    try:
+        Repl(session, THINKER, out=out, err=out, read=read).run()
+    finally:
+        session.close()
+    text = out.getvalue()
+    assert "Set 'nothink' mode." in text and "Set 'think' mode to 'high'." in text
+    assert text.count("Thinking...") == 1 and "invalid think value" in text
+    assert session.turns[3].get("thinking") and session.turns[3]["content"] == ""  # the turn keeps it apart
+    assert "thinking" not in session.turns[1] and session.turns[1]["content"]
