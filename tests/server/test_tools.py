@@ -179,3 +179,23 @@ def test_arguments_that_do_not_parse_are_a_clean_error(oai, client):
             "model": GROQ, "messages": [*ASK, {"role": "assistant", "content": "", "tool_calls": calls}],
             "tools": [WEATHER]}, timeout=120)
         assert answer.status_code == 400 and "tool" in answer.json()["error"], answer.text
+
+
+def test_langchain_chat_ollama_bind_tools_and_structured_output(server):
+    require_module("langchain_ollama")
+    from langchain_ollama import ChatOllama, OllamaEmbeddings
+
+    shape = {"type": "object", "required": ["name", "arguments"], "properties": {
+        "name": {"type": "string", "enum": ["get_current_weather"]},
+        "arguments": WEATHER["function"]["parameters"]}}
+    llm = ChatOllama(model=GROQ, base_url=server.url, temperature=0, num_predict=48, format=shape)
+    message = llm.bind_tools([WEATHER]).invoke("What is the weather in Paris?")
+    assert message.tool_calls and message.tool_calls[0]["name"] == "get_current_weather"
+    assert set(message.tool_calls[0]["args"]) == {"location", "format"}
+    city = {"title": "City", "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    structured = ChatOllama(model=GROQ, base_url=server.url, temperature=0, num_predict=32)
+    answer = structured.with_structured_output(city, method="json_schema").invoke("Name the capital of France.")
+    assert isinstance(answer["name"], str)
+    # OllamaEmbeddings sends every option it knows, the unset ones as null (the first failure)
+    vector = OllamaEmbeddings(model=BASE, base_url=server.url).embed_query("hello")
+    assert len(vector) == 640
