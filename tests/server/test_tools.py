@@ -122,22 +122,45 @@ def test_calls_in_the_output_are_parsed_streamed_and_not(client):
     assert not plain.message.tool_calls and json.loads(plain.message.content)["name"] == "get_current_weather"
 
 
-def test_forced_call_round_trips_through_the_tool_result(oai):
-    first = oai.chat.completions.create(model=COMMAND_R, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
-                                        temperature=0, max_tokens=64)
-    choice = first.choices[0]
-    assert choice.finish_reason == "tool_calls", choice
-    call = choice.message.tool_calls[0]
-    assert call.id.startswith("call_") and call.type == "function"
-    assert call.function.name in ("get_current_weather", "get_time")
-    arguments = json.loads(call.function.arguments)  # the grammar made it valid JSON of the tool's schema
-    assert isinstance(arguments, dict)
-    history = [*ASK, choice.message.model_dump(exclude_none=True),
-               {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "unit": "celsius"}'}]
-    second = oai.chat.completions.create(model=COMMAND_R, messages=history, tools=[WEATHER, TIME],
-                                         temperature=0, max_tokens=16)
-    assert second.choices[0].finish_reason in ("stop", "length", "tool_calls")
-    assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result reached the prompt
+def forced_call(oai, stream: bool, **extra):
+    """One OpenAI chat completion, streamed or not, as (finish_reason, message dict, usage or None)."""
+    if not stream:
+        done = oai.chat.completions.create(model=COMMAND_R, temperature=0, max_tokens=64, **extra)
+        return done.choices[0].finish_reason, done.choices[0].message.model_dump(exclude_none=True), done.usage
+    chunks = list(oai.chat.completions.create(model=COMMAND_R, temperature=0, max_tokens=64, stream=True,
+                                              stream_options={"include_usage": True}, **extra))
+    calls: dict[int, dict] = {}
+    content = ""
+    for chunk in chunks:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for t in choice.delta.tool_calls or []:
+                call = calls.setdefault(t.index, {"id": t.id, "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+                call["function"]["name"] += t.function.name or ""
+                call["function"]["arguments"] += t.function.arguments or ""
+    reason = next(c.choices[0].finish_reason for c in reversed(chunks) if c.choices)
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return reason, message, chunks[-1].usage
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_forced_call_round_trips_through_the_tool_result(oai, stream):
+    reason, message, usage = forced_call(oai, stream, messages=ASK, tools=[WEATHER, TIME], tool_choice="required")
+    assert reason == "tool_calls", message
+    call = message["tool_calls"][0]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"]["name"] in ("get_current_weather", "get_time")
+    arguments = json.loads(call["function"]["arguments"])  # the grammar made it valid JSON of the tool's schema
+    required = {"get_current_weather": {"location", "format"}, "get_time": {"city"}}[call["function"]["name"]]
+    assert required <= set(arguments)
+    history = [*ASK, message, {"role": "tool", "tool_call_id": call["id"],
+                               "content": '{"temperature": 21, "unit": "celsius"}'}]
+    reason, answer, second = forced_call(oai, stream, messages=history, tools=[WEATHER, TIME])
+    assert reason in ("stop", "length", "tool_calls") and answer["role"] == "assistant"
+    assert second.prompt_tokens > usage.prompt_tokens  # the call and its result reached the prompt
 
 
 def test_a_named_function_is_the_one_called_streamed(oai):
