@@ -22,6 +22,11 @@ and turns each request into a prompt, the way Ollama's server does (reference/ol
   parameter`` or a batch line's ``options``: later wins; a ``stop`` list replaces, it does not append.
   Changing a load-time parameter (num_ctx, num_batch, ...) reloads the model, as Ollama restarts its runner.
 
+- **Tools and thinking.** ``tools`` and ``think`` reach the template (``.Tools``, ``.Think``...; a Jinja
+  template gets ``tools`` and ``enable_thinking``); ``AnswerSplitter`` splits the answer into thinking and
+  content by the template's tags and finds tool calls in it (``core.thinking``, ``core.tools``);
+  ``model_capabilities`` says what a model can do, as Ollama's ``Model.Capabilities``.
+
 Orchestration: imports the core (errors, modelfile; template when a model has one), the store, ``models``
 and the runner adapter; ``llama_cpp`` only through the runner.
 """

@@ -2,7 +2,10 @@
 push, create, blobs) and generation (``generate``, ``chat``, ``embed``, ``embeddings``), with Ollama's JSON
 fields, NDJSON streams and status codes. Pull, push and create run in a worker thread and stream Ollama's
 status lines. Create runs in ``create``'s API mode: a request names blobs uploaded to ``/api/blobs`` and models
-in the store, never a file on the server (any path is one 400, whatever exists).
+in the store, never a file on the server (any path is one 400, whatever exists). Requests are read as Ollama
+reads them (options by ``Options.FromMap``'s rules, ``think`` values, ``raw``'s limits); what a model cannot
+do (tools, thinking, insert, vision: its capabilities) is refused with Ollama's error; answers are split into
+thinking, content and tool calls as its ChatHandler does.
 
 Built on ``http``, ``cache`` and ``backend``; never imports ``openai`` or ``app`` (``app`` routes here), nor the
 CLI. ``create``, ``pull``, ``push`` and ``models``' copy and remove are imported when called.

@@ -1,6 +1,7 @@
 """OpenAI's API (``/v1/*``, as Ollama's ``openai/openai.go`` serves it): models, chat completions,
 completions and embeddings, with the translations of OpenAI's fields (options, ``response_format``,
-messages) into Ollama's, server-sent event streams and OpenAI's usage counts.
+messages, ``tools``, ``tool_choice`` -- a forced call is a grammar from the tools' schemas --,
+``reasoning_effort``) into Ollama's, server-sent event streams and OpenAI's usage counts.
 
 Built on ``http``, ``cache`` and ``backend``; never imports ``ollama`` or ``app`` (``app`` routes here), nor the
 CLI.
