@@ -249,7 +249,7 @@ class OllamaApi:
 
     def version(self, req: Request) -> None:
         """The Ollama version whose API this server speaks (clients gate features on it), and modelpkg's."""
-        req.send_json({"version": OLLAMA_VERSION, "modelpkg_version": __version__})
+        req.send_json({"version": OLLAMA_VERSION, "modelpkg": {"version": __version__}})
 
     def tags(self, req: Request) -> None:
         models = []

@@ -154,7 +154,7 @@ def test_version_is_ollamas_with_modelpkgs_beside_it(server):
     answer = httpx.get(server.url + "/api/version").json()
     major, minor, _ = (int(x) for x in answer["version"].split("."))
     assert (major, minor) >= (0, 14)  # what clients gate tools, thinking and logprobs on
-    assert answer["modelpkg_version"] == __version__
+    assert answer["modelpkg"]["version"] == __version__
 
 
 @pytest.mark.registry
