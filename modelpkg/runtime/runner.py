@@ -196,6 +196,7 @@ class Result:
     total_duration: float = 0.0
     time_to_first_token: float = 0.0
     tokens: list[int] = field(default_factory=list, repr=False)
+    stop_sequence: str | None = None  # the stop string that ended the answer (Anthropic's stop_sequence)
 
 
 class Generation:
@@ -384,6 +385,7 @@ class Runner:
         finally:
             end = time.perf_counter()
             result.text = "".join(pieces)
+            result.stop_sequence = stops.matched
             result.eval_count = len(result.tokens)
             result.prompt_eval_duration = (first or end) - started
             result.eval_duration = end - first if first is not None else 0.0
@@ -430,14 +432,16 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string found
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, n, s) for n, (i, s) in enumerate((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            at, _, self.matched = min(hits)
+            out, self.pending, self.stopped = self.pending[:at], "", True
             return out, True
         keep = self._partial_suffix()
         cut = len(self.pending) - keep

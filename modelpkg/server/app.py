@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 from modelpkg.base import config
 from modelpkg.core.errors import ModelpkgError
+from modelpkg.server import anthropic
+from modelpkg.server.anthropic import AnthropicApi
 from modelpkg.server.backend import Backend, Event
 from modelpkg.server.cache import DEFAULT_KEEP_ALIVE, MAX_LOADED, ModelCache
 from modelpkg.server.http import (
@@ -76,7 +78,7 @@ class App:
         self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded))
         self.ollama = OllamaApi(self.backend)
         self.routes: dict[tuple[str, str], Callable[[Request], None]] = {
-            **self.ollama.routes(), **OpenAIApi(self.backend).routes()}
+            **self.ollama.routes(), **OpenAIApi(self.backend).routes(), **AnthropicApi(self.backend).routes()}
 
     @property
     def store(self) -> Store:
@@ -120,7 +122,10 @@ class App:
                 import traceback
 
                 traceback.print_exception(e)
-            req.send_error_answer(err)
+            if anthropic.is_anthropic(req.path):
+                anthropic.send_error(req, err)  # Anthropic's clients read their own error shape
+            else:
+                req.send_error_answer(err)
             del err  # the error's traceback holds this frame: a cycle that would keep the request's body alive
         self.log(f"{req.method} {req.path} {status} {time.perf_counter() - started:.3f}s")
 
@@ -138,7 +143,9 @@ class App:
             return True
         header = req.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+        if scheme.lower() != "bearer":
+            given = req.headers.get("x-api-key", "")  # Anthropic's clients send the key there
+        return bool(given) and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
