@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelpkg.base import config
@@ -36,7 +35,7 @@ from modelpkg.core.errors import InvalidInputError
 from modelpkg.ops.chat import Session, check_messages, conversation, typed_options
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
-from modelpkg.server.backend import Backend
+from modelpkg.server.backend import Backend, ChatCall, refuse_tools
 from modelpkg.server.http import ApiError, ClientGone, Request
 
 Route = Callable[[Request], None]
@@ -50,17 +49,6 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 # --------------------------------------------------------------------------------------------------------
 # Anthropic's request as an Ollama chat (pure)
-
-
-@dataclass
-class ChatCall:
-    """An Anthropic request as the chat generation takes it: Ollama-shaped messages (``tool_calls`` on
-    assistant messages, ``role: "tool"`` results), options, and the tools in OpenAI's function shape."""
-
-    messages: list[dict[str, Any]]
-    options: dict[str, Any]
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: Any = None  # OpenAI's: "auto", "none", "required" or {"type": "function", ...}
 
 
 def system_text(system: Any) -> str | None:
@@ -259,15 +247,8 @@ class AnthropicApi:
             raise ApiError(400, "model: field required")
         details = self.backend.details(model, config.reference(model))
         call = chat_call(body, need_max_tokens=need_max_tokens)
-        self._check_tools(model, call)
+        refuse_tools(model, call, PATH)
         return body, details, call
-
-    @staticmethod
-    def _check_tools(model: str, call: ChatCall) -> None:
-        """Tool calling is not there yet: refuse it plainly rather than answer as if no tools were given."""
-        uses_tools = any(m.get("tool_calls") or m.get("role") == "tool" for m in call.messages)
-        if (call.tools or uses_tools) and call.tool_choice != "none":
-            raise ApiError(400, f"{model} does not support tools (modelpkg's /v1/messages has no tool calling yet)")
 
     def messages(self, req: Request) -> None:
         body, details, call = self._request(req, need_max_tokens=True)

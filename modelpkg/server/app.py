@@ -55,6 +55,7 @@ from modelpkg.server.http import (
 )
 from modelpkg.server.ollama import OllamaApi
 from modelpkg.server.openai import OpenAIApi
+from modelpkg.server.responses import ResponsesApi
 from modelpkg.store import Store
 
 # asked before any token is given: is a server there, and which one
@@ -78,7 +79,8 @@ class App:
         self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded))
         self.ollama = OllamaApi(self.backend)
         self.routes: dict[tuple[str, str], Callable[[Request], None]] = {
-            **self.ollama.routes(), **OpenAIApi(self.backend).routes(), **AnthropicApi(self.backend).routes()}
+            **self.ollama.routes(), **OpenAIApi(self.backend).routes(), **AnthropicApi(self.backend).routes(),
+            **ResponsesApi(self.backend).routes()}
 
     @property
     def store(self) -> Store:

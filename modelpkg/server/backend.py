@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,27 @@ class Event:
     done_reason: str
     eval_count: int
     prompt_eval_count: int
+
+
+@dataclass
+class ChatCall:
+    """A request of Anthropic's Messages or OpenAI's Responses API as the chat generation takes it:
+    Ollama-shaped messages (``tool_calls`` on assistant messages, ``role: "tool"`` results), options, and the
+    tools in OpenAI's function shape with OpenAI's ``tool_choice``."""
+
+    messages: list[dict[str, Any]]
+    options: dict[str, Any]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = None  # "auto", "none", "required" or {"type": "function", "function": {"name"}}
+    format: Any = None       # Ollama's: "json" or a JSON schema
+
+
+def refuse_tools(model: str, call: ChatCall, path: str) -> None:
+    """Tool calling is not there yet: refuse tools plainly rather than answer as if none were given (the one
+    place to change when the chat generation takes ``call.tools``)."""
+    uses_tools = any(m.get("tool_calls") or m.get("role") == "tool" for m in call.messages)
+    if (call.tools or uses_tools) and call.tool_choice != "none":
+        raise ApiError(400, f"{model} does not support tools (modelpkg's {path} has no tool calling yet)")
 
 
 class Backend:
