@@ -54,7 +54,7 @@ from modelpkg.server.http import (
     check_browser,
 )
 from modelpkg.server.ollama import OllamaApi
-from modelpkg.server.openai import OpenAIApi
+from modelpkg.server.openai import MODELS_PREFIX, OpenAIApi
 from modelpkg.server.responses import ResponsesApi
 from modelpkg.store import Store
 
@@ -78,8 +78,9 @@ class App:
         self.log = log or (lambda line: None)
         self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded))
         self.ollama = OllamaApi(self.backend)
+        self.openai = OpenAIApi(self.backend)
         self.routes: dict[tuple[str, str], Callable[[Request], None]] = {
-            **self.ollama.routes(), **OpenAIApi(self.backend).routes(), **AnthropicApi(self.backend).routes(),
+            **self.ollama.routes(), **self.openai.routes(), **AnthropicApi(self.backend).routes(),
             **ResponsesApi(self.backend).routes()}
 
     @property
@@ -135,6 +136,8 @@ class App:
         route = self.routes.get((req.method, req.path))
         if route is None and req.path.startswith("/api/blobs/") and req.method in ("HEAD", "POST"):
             route = self.ollama.blob
+        if route is None and req.path.startswith(MODELS_PREFIX) and req.method == "GET":
+            route = self.openai.model
         if route is None:
             known = any(path == req.path for _, path in self.routes)
             raise ApiError(405 if known else 404, "method not allowed" if known else "404 page not found")

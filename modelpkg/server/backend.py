@@ -24,7 +24,7 @@ from modelpkg.core.errors import ModelpkgError, NotFoundError
 from modelpkg.core.reference import Reference
 from modelpkg.ops.chat import Session, conversation, open_model, typed_options
 from modelpkg.ops.models import ModelDetails
-from modelpkg.runtime.runner import Result
+from modelpkg.runtime.runner import LOGPROBS, MAX_TOP_LOGPROBS, Result, TokenLogprob
 from modelpkg.server.cache import Loaded, ModelCache
 from modelpkg.server.http import ApiError, ClientGone, Request, api_error
 from modelpkg.store import Store
@@ -176,6 +176,44 @@ def _resolved(path: Path) -> str:
         return str(path.resolve())
     except (OSError, RuntimeError):
         return ""
+
+
+def with_logprobs(options: Mapping[str, Any], wanted: bool, top: Any) -> dict[str, Any]:
+    """``options`` asking the runner for token log probabilities when ``wanted``, with ``top`` alternatives
+    per token (0-20, as Ollama and OpenAI allow)."""
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")  # Ollama's words
+    if not wanted:
+        return dict(options)
+    return {**options, LOGPROBS: top or 0}
+
+
+class LogprobCursor:
+    """Hands out a generation's token log probabilities with the streamed pieces they belong to: a token goes
+    out with the piece that carries its first byte (a piece held back for a stop string waits with them)."""
+
+    def __init__(self, result: Result):
+        self.result = result
+        self.sent = 0       # entries handed out
+        self.start = 0      # bytes of the answer before the next entry's token
+        self.emitted = 0    # bytes of the answer sent so far
+
+    def take(self, piece: str) -> list[TokenLogprob]:
+        self.emitted += len(piece.encode())
+        entries = self.result.logprobs or []
+        out = []
+        while self.sent < len(entries) and self.start < self.emitted:
+            out.append(entries[self.sent])
+            self.start += len(entries[self.sent].bytes)
+            self.sent += 1
+        return out
+
+
+def logprob_json(entry: TokenLogprob) -> dict[str, Any]:
+    """A token's log probability as Ollama's ``Logprob`` and OpenAI's chat logprobs both shape it."""
+    out = {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+    out["top_logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in entry.top]
+    return out
 
 
 def display_name(name: str) -> str:

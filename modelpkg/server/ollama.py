@@ -28,7 +28,7 @@ from modelpkg.core.reference import Reference
 from modelpkg.ops.chat import Session, check_messages, conversation, typed_options
 from modelpkg.ops.models import ModelDetails, describe, modelfile_for
 from modelpkg.runtime.runner import Result, load_options, sampling_options
-from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.server.backend import Backend, LogprobCursor, display_name, logprob_json, normalised, with_logprobs
 from modelpkg.server.cache import parse_keep_alive
 from modelpkg.server.http import ApiError, Request, iso_time
 from modelpkg.store import ingest
@@ -431,7 +431,8 @@ class OllamaApi:
             return
         if body.get("template"):
             details = replace(details, template=str(body["template"]))
-        options = typed_options(body.get("options"))
+        options = with_logprobs(typed_options(body.get("options")), bool(body.get("logprobs")),
+                                body.get("top_logprobs"))
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise ApiError(400, "system must be a string")
@@ -441,9 +442,11 @@ class OllamaApi:
             generation = self._start_generation(session, body, prompt, context, system)
             runner = session.loaded
             created = iso_time()
+            cursor = LogprobCursor(generation.result)
 
             def emit(piece: str) -> None:
-                req.write_json_line({"model": model, "created_at": iso_time(), "response": piece, "done": False})
+                req.write_json_line({"model": model, "created_at": iso_time(), "response": piece, "done": False,
+                                     **self._logprobs(generation.result, cursor, piece)})
 
             if stream:
                 req.start_stream("application/x-ndjson")
@@ -451,7 +454,8 @@ class OllamaApi:
             final = {"model": model, "created_at": created if not stream else iso_time(),
                      "response": "" if stream else result.text, "done": True,
                      **self._stats(result, loaded.load_duration),
-                     "context": list(runner.last_prompt_tokens) + list(result.tokens)}
+                     "context": list(runner.last_prompt_tokens) + list(result.tokens),
+                     **({} if stream else self._logprobs(result))}
         self._answer(req, stream, final)
 
     @staticmethod
@@ -474,6 +478,14 @@ class OllamaApi:
         return runner.generate(text, sampling, add_bos=bos, format=fmt)
 
     @staticmethod
+    def _logprobs(result: Result, cursor: LogprobCursor | None = None, piece: str = "") -> dict[str, Any]:
+        """Ollama's ``logprobs`` field when the request asked for it: a streamed piece's tokens, or all."""
+        if result.logprobs is None:
+            return {}
+        entries = cursor.take(piece) if cursor is not None else result.logprobs
+        return {"logprobs": [logprob_json(e) for e in entries]}
+
+    @staticmethod
     def _answer(req: Request, stream: bool, final: dict[str, Any]) -> None:
         """The last object: the stream's final line, or the whole answer."""
         if stream:
@@ -493,21 +505,24 @@ class OllamaApi:
             return
         messages = check_messages([{"role": m.get("role"), "content": m.get("content") or ""}
                                    if isinstance(m, dict) else m for m in raw_messages])
-        options = typed_options(body.get("options"))
+        options = with_logprobs(typed_options(body.get("options")), bool(body.get("logprobs")),
+                                body.get("top_logprobs"))
         stream = body.get("stream", True) is not False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"))
+            cursor = LogprobCursor(generation.result)
 
             def emit(piece: str) -> None:
                 req.write_json_line({"model": model, "created_at": iso_time(),
-                                     "message": {"role": "assistant", "content": piece}, "done": False})
+                                     "message": {"role": "assistant", "content": piece}, "done": False,
+                                     **self._logprobs(generation.result, cursor, piece)})
 
             if stream:
                 req.start_stream("application/x-ndjson")
             result = self.backend.drain(req, "/api/chat", model, generation, emit if stream else None)
             final = {"model": model, "created_at": iso_time(),
                      "message": {"role": "assistant", "content": "" if stream else result.text}, "done": True,
-                     **self._stats(result, loaded.load_duration)}
+                     **self._stats(result, loaded.load_duration), **({} if stream else self._logprobs(result))}
         self._answer(req, stream, final)
 
     # ----- embeddings

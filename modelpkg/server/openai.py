@@ -14,17 +14,20 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from modelpkg.base import config
-from modelpkg.core.errors import InvalidInputError
+from modelpkg.core.errors import InvalidInputError, NotFoundError
 from modelpkg.ops.chat import Session, check_messages, typed_options
 from modelpkg.ops.models import ModelDetails
-from modelpkg.runtime.runner import Result
-from modelpkg.server.backend import Backend, display_name, normalised
+from modelpkg.runtime.runner import Result, TokenLogprob
+from modelpkg.server.backend import Backend, LogprobCursor, display_name, logprob_json, normalised, with_logprobs
 from modelpkg.server.cache import Loaded
 from modelpkg.server.http import ApiError, Request
+from modelpkg.store import RefEntry
 
 Route = Callable[[Request], None]
+MODELS_PREFIX = "/v1/models/"  # GET /v1/models/{id}: the id may hold '/' and ':' (host:port/namespace/name:tag)
 
 # --------------------------------------------------------------------------------------------------------
 # OpenAI's fields as Ollama's
@@ -79,6 +82,42 @@ def openai_messages(messages: Any) -> list[dict[str, Any]]:
     return check_messages(out)
 
 
+def chat_logprobs_options(body: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Chat's ``logprobs`` (bool) and ``top_logprobs`` (0-20; OpenAI wants ``logprobs`` true with it)."""
+    top = body.get("top_logprobs")
+    if top and not body.get("logprobs"):
+        raise ApiError(400, "logprobs must be true when top_logprobs is set")
+    return with_logprobs(options, bool(body.get("logprobs")), top)
+
+
+def completion_logprobs_options(body: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The legacy completions' integer ``logprobs``: that many alternatives per token (OpenAI allows 0-5)."""
+    top = body.get("logprobs")
+    return with_logprobs(options, top is not None, top)
+
+
+class LegacyLogprobs:
+    """``/v1/completions``' logprobs: ``tokens``, ``token_logprobs``, ``top_logprobs`` (token -> logprob) and
+    ``text_offset`` (characters from the start of the prompt, as OpenAI and llama-cpp-python count them)."""
+
+    def __init__(self, prompt: str):
+        self.offset = len(prompt)
+        self.answer = b""
+
+    def shape(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        offsets = []
+        for entry in entries:
+            offsets.append(self.offset + len(self.answer.decode("utf-8", errors="ignore")))
+            self.answer += bytes(entry.bytes)
+        return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries], "text_offset": offsets}
+
+
+def model_json(entry: RefEntry) -> dict[str, Any]:
+    """A model as OpenAI's list and retrieve show it."""
+    return {"id": display_name(entry.name), "object": "model", "created": int(entry.modified), "owned_by": "library"}
+
+
 def finish_reason(result: Result) -> str:
     return "length" if result.done_reason == "length" else "stop"
 
@@ -109,9 +148,17 @@ class OpenAIApi:
         }
 
     def models(self, req: Request) -> None:
-        data = [{"id": display_name(e.name), "object": "model", "created": int(e.modified), "owned_by": "library"}
-                for e in self.store.refs()]
+        data = [model_json(e) for e in self.store.refs()]
         req.send_json({"object": "list", "data": sorted(data, key=lambda m: m["id"])})
+
+    def model(self, req: Request) -> None:
+        """``GET /v1/models/{id}``: one model as the list shows it; 404 in OpenAI's shape."""
+        name = unquote(req.path[len(MODELS_PREFIX):])
+        try:
+            entry = self.store.resolve(config.reference(name))
+        except (NotFoundError, InvalidInputError) as e:
+            raise ApiError(404, f"model '{name}' not found", "invalid_request_error", "model_not_found") from e
+        req.send_json(model_json(entry))
 
     def _model(self, body: Mapping[str, Any]) -> tuple[str, ModelDetails]:
         model = body.get("model")
@@ -127,8 +174,9 @@ class OpenAIApi:
         if body.get("n", 1) not in (1, None):
             raise ApiError(400, "n must be 1")
         messages = openai_messages(body.get("messages"))
+        options = chat_logprobs_options(body, openai_options(body))
         self._complete(req, body, model, details, "chat.completion",
-                       lambda loaded: self.backend.chat_generation(details, loaded, messages, openai_options(body),
+                       lambda loaded: self.backend.chat_generation(details, loaded, messages, options,
                                                                    openai_format(body)))
 
     def completions(self, req: Request) -> None:
@@ -142,14 +190,15 @@ class OpenAIApi:
         if body.get("suffix"):
             raise ApiError(400, f"{model} does not support insert")
 
-        def start(loaded: Loaded):
-            return Session(details, openai_options(body), load=loaded.load).request(
-                prompt=prompt, format=openai_format(body))
+        options = completion_logprobs_options(body, openai_options(body))
 
-        self._complete(req, body, model, details, "text_completion", start)
+        def start(loaded: Loaded):
+            return Session(details, options, load=loaded.load).request(prompt=prompt, format=openai_format(body))
+
+        self._complete(req, body, model, details, "text_completion", start, prompt)
 
     def _complete(self, req: Request, body: Mapping[str, Any], model: str, details: ModelDetails, kind: str,
-                  start: Callable[[Loaded], Any]) -> None:
+                  start: Callable[[Loaded], Any], prompt: str = "") -> None:
         """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks."""
         chat = kind == "chat.completion"
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -159,17 +208,25 @@ class OpenAIApi:
         head = {"id": ident, "object": kind + (".chunk" if chat and stream else ""), "created": created,
                 "model": model, "system_fingerprint": "fp_modelpkg"}
 
-        def choice(text: str, reason: str | None) -> dict[str, Any]:
+        legacy = LegacyLogprobs(prompt)
+
+        def choice(text: str, reason: str | None, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
             if chat:
                 key = "delta" if stream else "message"
-                return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": reason}
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+                shaped = None if logprobs is None else {"content": [logprob_json(e) for e in logprobs],
+                                                        "refusal": None}
+                return {"index": 0, key: {"role": "assistant", "content": text}, "logprobs": shaped,
+                        "finish_reason": reason}
+            shaped = None if logprobs is None else legacy.shape(logprobs)
+            return {"index": 0, "text": text, "logprobs": shaped, "finish_reason": reason}
 
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             generation = start(loaded)
+            cursor = LogprobCursor(generation.result)
 
             def emit(piece: str) -> None:
-                req.write_event({**head, "choices": [choice(piece, None)]})
+                logprobs = cursor.take(piece) if generation.result.logprobs is not None else None
+                req.write_event({**head, "choices": [choice(piece, None, logprobs)]})
 
             if stream:
                 req.start_stream("text/event-stream")
@@ -178,7 +235,8 @@ class OpenAIApi:
         usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.eval_count,
                  "total_tokens": result.prompt_tokens + result.eval_count}
         if not stream:
-            req.send_json({**head, "choices": [choice(result.text, finish_reason(result))], "usage": usage})
+            req.send_json({**head, "choices": [choice(result.text, finish_reason(result), result.logprobs)],
+                           "usage": usage})
             return
         final = {**head, "choices": [choice("", finish_reason(result))]}
         if chat:
