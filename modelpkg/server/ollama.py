@@ -204,7 +204,13 @@ class OllamaApi:
         req.send_text("Ollama is running")
 
     def version(self, req: Request) -> None:
-        req.send_json({"version": __version__})
+        # "modelpkg" tells `modelpkg run` that this is a modelpkg serve and which store it serves (by its random
+        # id, not a path); a real Ollama has no such field, so it is never taken for one
+        try:
+            store_id: str | None = self.store.store_id()
+        except ModelpkgError:  # a read-only store without an id yet: no `run` can match it
+            store_id = None
+        req.send_json({"version": __version__, "modelpkg": {"version": __version__, "store_id": store_id}})
 
     def tags(self, req: Request) -> None:
         models = []
