@@ -328,6 +328,7 @@ class Store:
         Otherwise a reflink is tried first (no data copied where the filesystem supports it), and the
         file is copied while being hashed when it is not.
         """
+        fsutil.require_regular(src)  # a FIFO or a device would block the copy (or the hash of its link)
         self.init()
         progress = progress or NullProgress()
         tmp = fsutil.temp_name(self.ingest_dir, "ingest")
