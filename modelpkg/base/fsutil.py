@@ -1,4 +1,5 @@
-"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, removable lock files, and OSError translation.
+"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, removable lock files, opening only regular
+files (``open_regular``), and OSError translation.
 
 Every write that must survive a crash goes: temp file in the destination's filesystem -> fsync ->
 ``os.replace`` -> fsync of the folder. A crash leaves the old file or the new one, never a mix.
@@ -48,7 +49,8 @@ def not_regular(path: Path | str, mode: int) -> InvalidInputError | None:
     if stat.S_ISREG(mode):
         return None
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return InvalidInputError(f"{path} is {kind}, not a regular file", "name a regular file (a .gguf file)")
+    return InvalidInputError(f"{path} is {kind}, not a regular file",
+                             "only regular files are read (a FIFO or a device could block or never end)")
 
 
 def require_regular(path: Path | str) -> None:

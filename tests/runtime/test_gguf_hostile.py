@@ -244,7 +244,7 @@ def _count_fields(data: bytes) -> list[tuple[int, int]]:
         base = reader.data.ctypes.data
         found = set()
         for fld in [*reader.fields.values(), *(t.field for t in reader.tensors)]:
-            for part in fld.parts:
+            for part in fld.parts[:8]:  # the heads, not the 4099 lengths inside the vocabulary
                 if part.dtype in (np.uint32, np.uint64, np.int32, np.int64) and part.size <= 4:
                     for i in range(part.size):
                         found.add((part.ctypes.data - base + i * part.itemsize, part.itemsize))
@@ -276,7 +276,7 @@ def only_invalid_input(path: Path) -> None:
 
 
 def test_the_fuzzed_file_has_fields_of_every_kind():
-    assert len(FIELDS) > 40  # counts, lengths, types, dims and offsets of 14 keys and 2 tensors
+    assert 40 < len(FIELDS) < 120  # counts, lengths, types, dims and offsets of 14 keys and 2 tensors
     info = read_info_bytes(VALID)
     assert info.metadata["test.nested"] == [[1, 2], [3]] and info.metadata["tokenizer.ggml.tokens"] is None
 
