@@ -51,6 +51,10 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MODELPKG_HOME", str(store))
     monkeypatch.setenv("MODELPKG_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("MODELPKG_REGISTRY", raising=False)
+    # `run` uses a running serve of the same store: point it at a dead port, so no server of this machine
+    # (a real Ollama, a developer's modelpkg serve) takes part in a test
+    monkeypatch.setenv("MODELPKG_HOST", "127.0.0.1:9")
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
     return store
 
 

@@ -21,6 +21,8 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
   ``HF_TOKEN`` (then ``HUGGING_FACE_HUB_TOKEN``), ``HF_TOKEN_PATH``, ``HF_HOME`` (default
   ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``), ``HF_HUB_CACHE`` (then
   ``HUGGINGFACE_HUB_CACHE``, default ``$HF_HOME/hub``)
+- ``MODELPKG_HOST`` (else Ollama's ``OLLAMA_HOST``): where ``ps``, ``stop`` and ``run`` look for a running
+  ``modelpkg serve`` (default ``127.0.0.1:11434``); ``MODELPKG_SERVE_TOKEN``: its bearer token
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -63,6 +65,15 @@ def reference(text: str) -> Reference:
 
 def debug() -> bool:
     return os.environ.get("MODELPKG_DEBUG", "") not in ("", "0", "false")
+
+
+def serve_host() -> str | None:
+    """Where a running ``modelpkg serve`` is looked for: ``MODELPKG_HOST``, else ``OLLAMA_HOST``, else None."""
+    return os.environ.get("MODELPKG_HOST") or os.environ.get("OLLAMA_HOST") or None
+
+
+def serve_token() -> str | None:
+    return os.environ.get("MODELPKG_SERVE_TOKEN") or None
 
 
 def _path(name: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, removable lock files, and OSError translation.
+"""File-system helpers: atomic writes, one-pass copy-and-hash, reflinks, removable lock files, opening only regular
+files (``open_regular``), and OSError translation.
 
 Every write that must survive a crash goes: temp file in the destination's filesystem -> fsync ->
 ``os.replace`` -> fsync of the folder. A crash leaves the old file or the new one, never a mix.
@@ -12,6 +13,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelpkg.core.digest import Digest, sha256
-from modelpkg.core.errors import IntegrityError, NotFoundError, StoreError
+from modelpkg.core.errors import IntegrityError, InvalidInputError, NotFoundError, StoreError
 from modelpkg.core.progress import NullProgress, Progress
 
 CHUNK = 4 * 1024 * 1024
@@ -35,6 +37,57 @@ def os_error(e: OSError, path: Path | str, action: str) -> StoreError:
     if e.errno in (errno.EACCES, errno.EPERM):
         return StoreError(f"permission denied while {action} {path}", "check the folder's owner and permissions")
     return StoreError(f"failed while {action} {path}: {e.strerror or e}")
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(path: Path | str, mode: int) -> InvalidInputError | None:
+    """The error for a file of ``mode`` that is not a regular file (reading a FIFO or a device blocks or never
+    ends), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return InvalidInputError(f"{path} is {kind}, not a regular file",
+                             "only regular files are read (a FIFO or a device could block or never end)")
+
+
+def require_regular(path: Path | str) -> None:
+    """Refuse, before anything opens it, a ``path`` that is missing (``NotFoundError``) or not a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as e:
+        raise NotFoundError(f"file not found: {path}") from e
+    except OSError as e:
+        raise os_error(e, path, "reading") from e
+    refused = not_regular(path, mode)
+    if refused is not None:
+        raise refused
+
+
+def open_regular(path: Path | str) -> int:
+    """Open ``path`` for reading, only if it is a regular file; return the descriptor.
+
+    Asked before the open (``stat``: a device is never opened, since opening some has effects) and again of
+    what was opened (``fstat``: a FIFO swapped in between is caught). ``O_NONBLOCK`` keeps that open from
+    waiting for a FIFO's writer; it changes nothing for a regular file, and is cleared. ``FileNotFoundError``
+    passes through (the caller names the file the user gave); a non-regular file is ``InvalidInputError``.
+    """
+    refused = not_regular(path, os.stat(path).st_mode)
+    if refused is not None:
+        raise refused
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+    try:
+        refused = not_regular(path, os.fstat(fd).st_mode)
+        if refused is not None:
+            raise refused
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def fsync_dir(path: Path) -> None:
@@ -259,7 +312,7 @@ def copy_file_and_hash(src: Path, dst: Path, *, progress: Progress | None = None
     """
     progress = progress or NullProgress()
     try:
-        fi = os.open(src, os.O_RDONLY)
+        fi = open_regular(src)
     except FileNotFoundError:
         raise  # the caller says which file the user named
     except OSError as e:
@@ -409,7 +462,7 @@ def try_reflink(src: Path, dst: Path) -> bool:
     except ImportError:
         return False
     try:
-        with open(src, "rb") as s:
+        with open(open_regular(src), "rb") as s:
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 fcntl.ioctl(fd, _FICLONE, s.fileno())
@@ -430,7 +483,7 @@ def hash_file(path: Path, progress: Progress | None = None, task: str = "") -> t
     progress = progress or NullProgress()
     hasher = sha256()
     total = 0
-    with open(path, "rb") as f:
+    with open(open_regular(path), "rb") as f:
         while chunk := f.read(CHUNK):
             hasher.update(chunk)
             total += len(chunk)
@@ -449,6 +502,7 @@ def place_file(src: Path, dst: Path, *, allow_link: bool, expected: Digest | Non
     raised. On any failure ``dst`` is removed.
     """
     progress = progress or NullProgress()
+    require_regular(src)
     with removing_on_error(dst):
         how = "reflink" if try_reflink(src, dst) else ""
         if not how and allow_link:

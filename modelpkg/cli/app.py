@@ -44,6 +44,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "export": "modelpkg.cli.interop:export",
     "serve": "modelpkg.cli.serve:serve",
     "mirrors": "modelpkg.cli.mirrors:mirrors",
+    "ps": "modelpkg.cli.ps:ps",
+    "stop": "modelpkg.cli.ps:stop",
 }
 
 

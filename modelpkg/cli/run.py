@@ -62,14 +62,20 @@ from modelpkg.runtime.runner import Generation, Result
               metavar="[true|false|high|medium|low]",
               help="Think before answering (models whose template can); --think alone is true.")
 @click.option("--hidethinking", is_flag=True, help="Think, but do not print the thinking.")
+@click.option("--local", is_flag=True,
+              help="Load the model in this process even when a modelpkg serve of this store is running.")
 def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | None, seed: int | None,
         temperature: float | None, num_predict: int | None, system: str | None, fmt: str, verbose: bool,
         batch: Path | None, output: Path | None, insecure: bool, think: str | None = None,
-        hidethinking: bool = False) -> None:
+        hidethinking: bool = False, local: bool = False) -> None:
     """Run a model: chat on a terminal, answer a prompt, or answer a batch.
 
     Pulls the model first if it is not in the store. Options override the model's parameters.
     In a chat, type /? for help and /bye (or Ctrl-D) to leave; Ctrl-C stops an answer.
+
+    When a modelpkg serve of this same store is running (MODELPKG_HOST, else OLLAMA_HOST, else
+    127.0.0.1:11434; MODELPKG_SERVE_TOKEN is sent), the answers come from it and the model stays
+    loaded between runs; --local loads it in this process instead.
 
     \b
     Examples:
@@ -79,6 +85,7 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
       modelpkg run gemma3-base "Once upon a time" --temperature 0 --seed 1 --num-predict 32
       modelpkg run gemma3-base "2 + 2 =" --param stop=. --format json | jq -r .response
       modelpkg run gemma3-chat --batch prompts.jsonl -o answers.jsonl
+      modelpkg run gemma3-chat --local "Hello"
     """
     from modelpkg.cli.progress import for_terminal
 
@@ -92,8 +99,9 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
     if interactive and fmt == "json":
         raise UsageError("--format json answers one prompt", "pass the prompt as an argument or on stdin")
     text = None if batch is not None or interactive else _prompt_text(prompt)
-    details = open_model(open_store(), config.reference(name), progress=for_terminal(), insecure=insecure)
-    session = Session(details, overrides, system=system)
+    store = open_store()
+    details = open_model(store, config.reference(name), progress=for_terminal(), insecure=insecure)
+    session = _session(store, details, overrides, system, local, verbose)
     try:
         session.runner()  # load now: a model that does not load fails before any input is read
         display = short(details.name)
@@ -109,6 +117,18 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         session.close()
+
+
+def _session(store, details, overrides: dict[str, Any], system: str | None, local: bool, verbose: bool) -> Session:
+    """A session answered by the running serve of this store, or (none, or ``--local``) in this process."""
+    from modelpkg.cli.remote import RemoteSession, find_serve
+
+    client = None if local else find_serve(store)
+    if client is None:
+        return Session(details, overrides, system=system)
+    if verbose:
+        click.echo(f"using modelpkg serve at {client.url}", err=True)
+    return RemoteSession(details, client, overrides, system=system)
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -67,6 +67,10 @@ LOAD_PARAMETERS = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "m
                              "repeat_last_n"})
 # Accepted and ignored: there is no context shift (num_keep) and no draft model (draft_num_predict).
 IGNORED_PARAMETERS = frozenset({"num_keep", "draft_num_predict"})
+# The options key (never a Modelfile parameter: the request fields set it) that asks for token log
+# probabilities: its value is the number of top alternatives per token (0: only the chosen token's).
+LOGPROBS = "logprobs"
+MAX_TOP_LOGPROBS = 20  # Ollama's and OpenAI's limit
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class SamplingOptions:
     max_tokens: int = -1
     stop: tuple[str, ...] = ()
     seed: int = -1
+    # Not a Modelfile parameter: the servers set it (``LOGPROBS``) from a request's logprobs fields. None: no
+    # log probabilities; n >= 0: each generated token's, with the n likeliest tokens at its position.
+    logprobs: int | None = None
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Llama.generate`` (its names: ``temp``, not ``temperature``)."""
@@ -175,11 +182,23 @@ def sampling_options(params: Mapping[str, Any]) -> SamplingOptions:
         max_tokens=int(params.get("num_predict", DEFAULTS["num_predict"])),
         stop=tuple(str(s) for s in stop if str(s)),
         seed=seed if seed >= 0 else -1,
+        logprobs=None if params.get(LOGPROBS) is None else min(max(int(params[LOGPROBS]), 0), MAX_TOP_LOGPROBS),
     )
 
 
 # --------------------------------------------------------------------------------------------------------
 # the adapter
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log probability (natural log) and its bytes; for a generated token, ``top`` holds the
+    likeliest tokens at its position, most likely first (Ollama's ``Logprob``, OpenAI's logprobs ``content``)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -196,6 +215,9 @@ class Result:
     total_duration: float = 0.0
     time_to_first_token: float = 0.0
     tokens: list[int] = field(default_factory=list, repr=False)
+    stop_sequence: str | None = None  # the stop string that ended the answer (Anthropic's stop_sequence)
+    # per generated token when SamplingOptions.logprobs asked for them (tokens cut by a stop string left out)
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Generation:
@@ -355,6 +377,8 @@ class Runner:
         started = time.perf_counter()
         first = None
         result.done_reason = "interrupted"
+        if sampling.logprobs is not None:
+            result.logprobs = []
         llm.set_seed(sampling.seed if sampling.seed >= 0 else RANDOM_SEED)
         try:
             for token in llm.generate(tokens, **sampling.generate_kwargs(), grammar=grammar):
@@ -365,6 +389,8 @@ class Runner:
                     result.done_reason = "stop"
                     break
                 result.tokens.append(token)
+                if result.logprobs is not None:
+                    result.logprobs.append(self._logprob(token, sampling.logprobs))
                 out, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
                 if out:
                     pieces.append(out)
@@ -385,10 +411,35 @@ class Runner:
         finally:
             end = time.perf_counter()
             result.text = "".join(pieces)
+            result.stop_sequence = stops.matched
+            if result.logprobs and stops.matched is not None:
+                result.logprobs = _within(result.logprobs, len(result.text.encode()))
             result.eval_count = len(result.tokens)
             result.prompt_eval_duration = (first or end) - started
             result.eval_duration = end - first if first is not None else 0.0
             result.total_duration = end - started
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        """``token``'s log probability under the logits it was just sampled from (the last evaluated
+        position; raw logits, before the sampler's temperature, top-k or grammar), with the ``top`` likeliest."""
+        import numpy as np
+
+        llm = self._llm
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+        peak = float(logits.max())
+        logprobs = logits - (peak + math.log(float(np.exp(logits - peak).sum())))
+        best: tuple[TokenLogprob, ...] = ()
+        top = min(top, len(logprobs) - 1)
+        if top > 0:
+            ids = np.argpartition(-logprobs, top)[:top]
+            best = tuple(self._token_logprob(int(i), float(logprobs[i]))
+                         for i in sorted(ids, key=lambda i: -logprobs[i]))
+        chosen = self._token_logprob(token, float(logprobs[token]))
+        return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best)
+
+    def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
+        data = self._llm.detokenize([token])
+        return TokenLogprob(data.decode("utf-8", errors="replace"), logprob, tuple(data))
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama-cpp-python will reuse from its KV cache (it re-evaluates at
@@ -424,6 +475,17 @@ class Runner:
         self.close()
 
 
+def _within(entries: list[TokenLogprob], size: int) -> list[TokenLogprob]:
+    """The entries whose token begins inside the first ``size`` bytes of the answer (a stop string cut the rest)."""
+    kept, start = [], 0
+    for entry in entries:
+        if start >= size:
+            break
+        kept.append(entry)
+        start += len(entry.bytes)
+    return kept
+
+
 class StopMatcher:
     """Cuts the stream at the first stop string, holding back text that may be the start of one."""
 
@@ -431,14 +493,16 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string found
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, n, s) for n, (i, s) in enumerate((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            at, _, self.matched = min(hits)
+            out, self.pending, self.stopped = self.pending[:at], "", True
             return out, True
         keep = self._partial_suffix()
         cut = len(self.pending) - keep

@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 from modelpkg.base import config
 from modelpkg.core.errors import ModelpkgError
+from modelpkg.server import anthropic
+from modelpkg.server.anthropic import AnthropicApi
 from modelpkg.server.backend import Backend, Event
 from modelpkg.server.cache import DEFAULT_KEEP_ALIVE, MAX_LOADED, ModelCache
 from modelpkg.server.http import (
@@ -52,7 +54,8 @@ from modelpkg.server.http import (
     check_browser,
 )
 from modelpkg.server.ollama import OllamaApi
-from modelpkg.server.openai import OpenAIApi
+from modelpkg.server.openai import MODELS_PREFIX, OpenAIApi
+from modelpkg.server.responses import ResponsesApi
 from modelpkg.store import Store
 
 # asked before any token is given: is a server there, and which one
@@ -75,8 +78,10 @@ class App:
         self.log = log or (lambda line: None)
         self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded))
         self.ollama = OllamaApi(self.backend)
+        self.openai = OpenAIApi(self.backend)
         self.routes: dict[tuple[str, str], Callable[[Request], None]] = {
-            **self.ollama.routes(), **OpenAIApi(self.backend).routes()}
+            **self.ollama.routes(), **self.openai.routes(), **AnthropicApi(self.backend).routes(),
+            **ResponsesApi(self.backend).routes()}
 
     @property
     def store(self) -> Store:
@@ -120,7 +125,10 @@ class App:
                 import traceback
 
                 traceback.print_exception(e)
-            req.send_error_answer(err)
+            if anthropic.is_anthropic(req.path):
+                anthropic.send_error(req, err)  # Anthropic's clients read their own error shape
+            else:
+                req.send_error_answer(err)
             del err  # the error's traceback holds this frame: a cycle that would keep the request's body alive
         self.log(f"{req.method} {req.path} {status} {time.perf_counter() - started:.3f}s")
 
@@ -128,6 +136,8 @@ class App:
         route = self.routes.get((req.method, req.path))
         if route is None and req.path.startswith("/api/blobs/") and req.method in ("HEAD", "POST"):
             route = self.ollama.blob
+        if route is None and req.path.startswith(MODELS_PREFIX) and req.method == "GET":
+            route = self.openai.model
         if route is None:
             known = any(path == req.path for _, path in self.routes)
             raise ApiError(405 if known else 404, "method not allowed" if known else "404 page not found")
@@ -138,7 +148,9 @@ class App:
             return True
         header = req.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+        if scheme.lower() != "bearer":
+            given = req.headers.get("x-api-key", "")  # Anthropic's clients send the key there
+        return bool(given) and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,

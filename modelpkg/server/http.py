@@ -296,6 +296,10 @@ class Request:
     def write_raw_event(self, text: str) -> None:
         self._chunk(f"data: {text}\n\n".encode())
 
+    def write_named_event(self, name: str, obj: Any) -> None:
+        """A server-sent event with an ``event:`` line, as Anthropic's and OpenAI's Responses streams send them."""
+        self._chunk(f"event: {name}\ndata: {compact_json(obj)}\n\n".encode())
+
     def end_stream(self) -> None:
         self._send(b"0\r\n\r\n")
         self.streaming = False

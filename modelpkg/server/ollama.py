@@ -30,8 +30,6 @@ from modelpkg.core.progress import Progress
 from modelpkg.core.reference import Reference
 from modelpkg.core.thinking import check_think
 from modelpkg.ops.chat import (
-    GGUF_TEMPLATE,
-    GO_TEMPLATE,
     AnswerSplitter,
     Session,
     chat_messages,
@@ -41,7 +39,16 @@ from modelpkg.ops.chat import (
 )
 from modelpkg.ops.models import ModelDetails, describe, modelfile_for
 from modelpkg.runtime.runner import Result, load_options, sampling_options
-from modelpkg.server.backend import Backend, display_name, normalised, options_from
+from modelpkg.server.backend import (
+    Backend,
+    LogprobCursor,
+    answer_splitter,
+    display_name,
+    logprob_json,
+    normalised,
+    options_from,
+    with_logprobs,
+)
 from modelpkg.server.cache import parse_keep_alive
 from modelpkg.server.http import ApiError, Request, iso_time
 from modelpkg.store import ingest
@@ -248,8 +255,14 @@ class OllamaApi:
         req.send_text("Ollama is running")
 
     def version(self, req: Request) -> None:
-        """The Ollama version whose API this server speaks (clients gate features on it), and modelpkg's."""
-        req.send_json({"version": OLLAMA_VERSION, "modelpkg": {"version": __version__}})
+        """The Ollama version whose API this server speaks (clients gate features on it), and modelpkg's own."""
+        # "modelpkg" tells `modelpkg run` that this is a modelpkg serve and which store it serves (by its random
+        # id, not a path); a real Ollama has no such field, so it is never taken for one
+        try:
+            store_id: str | None = self.store.store_id()
+        except ModelpkgError:  # a read-only store without an id yet: no `run` can match it
+            store_id = None
+        req.send_json({"version": OLLAMA_VERSION, "modelpkg": {"version": __version__, "store_id": store_id}})
 
     def tags(self, req: Request) -> None:
         models = []
@@ -489,7 +502,8 @@ class OllamaApi:
             raise ApiError(400, "suffix must be a string")
         if body.get("template"):
             details = replace(details, template=str(body["template"]))
-        options = options_from(body.get("options"))
+        options = with_logprobs(options_from(body.get("options")), bool(body.get("logprobs")),
+                                body.get("top_logprobs"))
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise ApiError(400, "system must be a string")
@@ -505,12 +519,18 @@ class OllamaApi:
             created = iso_time()
             splitter = AnswerSplitter(details.template, None, tools=False, think=bool(think),
                                       prompt=runner.last_prompt or "")
+            cursor = LogprobCursor(generation.result)
+            pending: list = []  # log probabilities of pieces the splitter still holds
 
             def emit(piece: str) -> None:
                 thinking, text = splitter.feed(piece)
+                if generation.result.logprobs is not None:
+                    pending.extend(cursor.take(piece))
                 if thinking or text:
                     req.write_json_line({"model": model, "created_at": iso_time(), "response": text,
-                                         **({"thinking": thinking} if thinking else {}), "done": False})
+                                         **({"thinking": thinking} if thinking else {}), "done": False,
+                                         **self._logprobs(generation.result, pending)})
+                    pending.clear()
 
             if stream:
                 req.start_stream("application/x-ndjson")
@@ -518,7 +538,8 @@ class OllamaApi:
             thinking, text = ("", "") if stream else splitter.feed(result.text)
             more_thinking, more_text, _ = splitter.finish()
             final = {"model": model, "created_at": created if not stream else iso_time(),
-                     "response": text + more_text, "done": True, **self._stats(result, loaded.load_duration)}
+                     "response": text + more_text, "done": True, **self._stats(result, loaded.load_duration),
+                     **(self._logprobs(result, pending) if pending or not stream else {})}
             if thinking + more_thinking:
                 final["thinking"] = thinking + more_thinking
             if not body.get("raw"):  # Ollama gives a raw prompt no context
@@ -547,6 +568,14 @@ class OllamaApi:
         return runner.generate(text, sampling, add_bos=bos, format=fmt)
 
     @staticmethod
+    def _logprobs(result: Result, entries: list | None = None) -> dict[str, Any]:
+        """Ollama's ``logprobs`` field when the request asked for it: a streamed line's tokens, or all."""
+        if result.logprobs is None:
+            return {}
+        entries = result.logprobs if entries is None else entries
+        return {"logprobs": [logprob_json(e) for e in entries]}
+
+    @staticmethod
     def _answer(req: Request, stream: bool, final: dict[str, Any]) -> None:
         """The last object: the stream's final line, or the whole answer."""
         if stream:
@@ -565,7 +594,8 @@ class OllamaApi:
             self._load_only(req, details, model, body.get("keep_alive"), chat=True)
             return
         messages = chat_messages(raw_messages)
-        options = options_from(body.get("options"))
+        options = with_logprobs(options_from(body.get("options")), bool(body.get("logprobs")),
+                                body.get("top_logprobs"))
         stream = body.get("stream", True) is not False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             generation = self.backend.chat_generation(details, loaded, messages, options, body.get("format"),
@@ -573,7 +603,9 @@ class OllamaApi:
             if body.get("_debug_render_only"):
                 self._rendered(req, model, generation, generation.prompt.text, chat=True)
                 return
-            splitter = self._splitter(details, loaded, generation, tools, think)
+            splitter = answer_splitter(details, loaded, generation, tools, think)
+            cursor = LogprobCursor(generation.result)
+            pending: list = []  # log probabilities of pieces the splitter still holds
 
             def line(content: str, thinking: str = "", calls: list | None = None) -> dict[str, Any]:
                 message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -585,8 +617,11 @@ class OllamaApi:
 
             def emit(piece: str) -> None:
                 thinking, content = splitter.feed(piece)
+                if generation.result.logprobs is not None:
+                    pending.extend(cursor.take(piece))
                 if thinking or content:
-                    req.write_json_line(line(content, thinking))
+                    req.write_json_line({**line(content, thinking), **self._logprobs(generation.result, pending)})
+                    pending.clear()
 
             if stream:
                 req.start_stream("application/x-ndjson")
@@ -595,11 +630,13 @@ class OllamaApi:
             more_thinking, more_content, calls = splitter.finish()
             calls = with_call_ids(calls)
             if stream and (more_thinking or more_content or calls):
-                req.write_json_line(line(more_content, more_thinking, calls))
+                req.write_json_line({**line(more_content, more_thinking, calls), **self._logprobs(result, pending)})
+                pending.clear()
                 more_thinking = more_content = ""
                 calls = []
             final = {**line(content + more_content, thinking + more_thinking, calls), "done": True,
-                     **self._stats(result, loaded.load_duration)}
+                     **self._stats(result, loaded.load_duration),
+                     **(self._logprobs(result, pending) if pending or not stream else {})}
         self._answer(req, stream, final)
 
     @staticmethod
@@ -610,15 +647,6 @@ class OllamaApi:
                   "debug_info": {"rendered_template": prompt, "image_count": 0}}
         answer.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
         req.send_json(answer)
-
-    @staticmethod
-    def _splitter(details: ModelDetails, loaded: Any, generation: Any, tools: Any, think: Any) -> AnswerSplitter:
-        prompt = generation.prompt
-        jinja = None
-        if prompt.kind == GGUF_TEMPLATE:
-            jinja = details.chat_template or (loaded.runner.chat_template if loaded.runner else None)
-        return AnswerSplitter(details.template if prompt.kind == GO_TEMPLATE else None, jinja,
-                              tools=bool(tools), think=bool(think), prompt=prompt.text)
 
     # ----- embeddings
 

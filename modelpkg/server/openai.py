@@ -16,27 +16,30 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from modelpkg.base import config
-from modelpkg.core.errors import InvalidInputError
+from modelpkg.core.errors import InvalidInputError, NotFoundError
 from modelpkg.core.thinking import THINK_LEVELS
-from modelpkg.core.tools import call_keys
-from modelpkg.ops.chat import (
-    GGUF_TEMPLATE,
-    GO_TEMPLATE,
-    AnswerSplitter,
-    Session,
-    chat_messages,
-    check_tools,
-    with_call_ids,
-)
+from modelpkg.ops.chat import Session, chat_messages, check_tools, with_call_ids
 from modelpkg.ops.models import ModelDetails
-from modelpkg.runtime.runner import Result, sampling_options
-from modelpkg.server.backend import Backend, display_name, normalised, options_from
+from modelpkg.runtime.runner import Result, TokenLogprob, sampling_options
+from modelpkg.server.backend import (
+    Backend,
+    LogprobCursor,
+    answer_splitter,
+    display_name,
+    logprob_json,
+    normalised,
+    options_from,
+    with_logprobs,
+)
 from modelpkg.server.cache import Loaded
 from modelpkg.server.http import ApiError, Request
+from modelpkg.store import RefEntry
 
 Route = Callable[[Request], None]
+MODELS_PREFIX = "/v1/models/"  # GET /v1/models/{id}: the id may hold '/' and ':' (host:port/namespace/name:tag)
 
 # --------------------------------------------------------------------------------------------------------
 # OpenAI's fields as Ollama's
@@ -123,41 +126,6 @@ def openai_think(body: Mapping[str, Any]) -> Any:
     return effort
 
 
-def tool_choice(body: Mapping[str, Any], tools: list[dict[str, Any]] | None) -> tuple[Any, list | None]:
-    """OpenAI's ``tool_choice`` -> (what the output must be, the tools the template sees): ``auto`` (or
-    absent) lets the model choose, ``none`` hides the tools, ``required`` or a named function forces a call
-    of one of them (the returned tools). Checked against ``tools``."""
-    choice = body.get("tool_choice")
-    if choice is None or choice == "auto":
-        return None, tools
-    if choice == "none":
-        return None, None
-    if not tools:
-        raise InvalidInputError("tool_choice needs tools")
-    if choice == "required":
-        return "required", tools
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        name = choice["function"].get("name")
-        chosen = [t for t in tools if t["function"]["name"] == name]
-        if not chosen:
-            raise InvalidInputError(f"tool_choice names {json.dumps(name)}, which is not among the tools")
-        return "required", chosen
-    raise InvalidInputError('tool_choice must be "auto", "none", "required" or {"type": "function", '
-                            '"function": {"name": ...}}')
-
-
-def call_schema(tools: list[dict[str, Any]], keys: tuple[str, str], parallel: bool) -> dict[str, Any]:
-    """A JSON schema that only a call of one of ``tools`` matches, in the template's call format (its
-    name and arguments keys): the grammar that forces a call (a list of them when ``parallel``)."""
-    name, arguments = keys
-    one = [{"type": "object",
-            "properties": {name: {"type": "string", "enum": [t["function"]["name"]]},
-                           arguments: t["function"].get("parameters") or {"type": "object"}},
-            "required": [name, arguments]} for t in tools]
-    call = one[0] if len(one) == 1 else {"anyOf": one}
-    return {"type": "array", "items": call, "minItems": 1} if parallel else call
-
-
 def openai_calls(calls: list[dict[str, Any]], streamed: bool = False) -> list[dict[str, Any]]:
     """Ollama's calls (with ids) as OpenAI's: arguments as a JSON string; ``index`` in a stream's deltas."""
     out = []
@@ -166,6 +134,42 @@ def openai_calls(calls: list[dict[str, Any]], streamed: bool = False) -> list[di
                 "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
         out.append({"index": i, **call} if streamed else call)
     return out
+
+
+def chat_logprobs_options(body: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Chat's ``logprobs`` (bool) and ``top_logprobs`` (0-20; OpenAI wants ``logprobs`` true with it)."""
+    top = body.get("top_logprobs")
+    if top and not body.get("logprobs"):
+        raise ApiError(400, "logprobs must be true when top_logprobs is set")
+    return with_logprobs(options, bool(body.get("logprobs")), top)
+
+
+def completion_logprobs_options(body: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The legacy completions' integer ``logprobs``: that many alternatives per token (OpenAI allows 0-5)."""
+    top = body.get("logprobs")
+    return with_logprobs(options, top is not None, top)
+
+
+class LegacyLogprobs:
+    """``/v1/completions``' logprobs: ``tokens``, ``token_logprobs``, ``top_logprobs`` (token -> logprob) and
+    ``text_offset`` (characters from the start of the prompt, as OpenAI and llama-cpp-python count them)."""
+
+    def __init__(self, prompt: str):
+        self.offset = len(prompt)
+        self.answer = b""
+
+    def shape(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        offsets = []
+        for entry in entries:
+            offsets.append(self.offset + len(self.answer.decode("utf-8", errors="ignore")))
+            self.answer += bytes(entry.bytes)
+        return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries], "text_offset": offsets}
+
+
+def model_json(entry: RefEntry) -> dict[str, Any]:
+    """A model as OpenAI's list and retrieve show it."""
+    return {"id": display_name(entry.name), "object": "model", "created": int(entry.modified), "owned_by": "library"}
 
 
 def finish_reason(result: Result, calls: bool = False) -> str:
@@ -200,9 +204,17 @@ class OpenAIApi:
         }
 
     def models(self, req: Request) -> None:
-        data = [{"id": display_name(e.name), "object": "model", "created": int(e.modified), "owned_by": "library"}
-                for e in self.store.refs()]
+        data = [model_json(e) for e in self.store.refs()]
         req.send_json({"object": "list", "data": sorted(data, key=lambda m: m["id"])})
+
+    def model(self, req: Request) -> None:
+        """``GET /v1/models/{id}``: one model as the list shows it; 404 in OpenAI's shape."""
+        name = unquote(req.path[len(MODELS_PREFIX):])
+        try:
+            entry = self.store.resolve(config.reference(name))
+        except (NotFoundError, InvalidInputError) as e:
+            raise ApiError(404, f"model '{name}' not found", "invalid_request_error", "model_not_found") from e
+        req.send_json(model_json(entry))
 
     def _model(self, body: Mapping[str, Any]) -> tuple[str, ModelDetails]:
         model = body.get("model")
@@ -216,35 +228,24 @@ class OpenAIApi:
         if body.get("n", 1) not in (1, None):
             raise ApiError(400, "n must be 1")
         caps = self.backend.capabilities(details)
-        tools = check_tools(body.get("tools"))
-        if tools and "tools" not in caps:
-            raise ApiError(400, f"{model} does not support tools")
-        forced, tools = tool_choice(body, tools)
+        plan = self.backend.tool_plan(model, details, check_tools(body.get("tools")), body.get("tool_choice"),
+                                      openai_format(body), parallel=body.get("parallel_tool_calls") is True)
+        tools = plan.tools
         think = openai_think(body)
         if "thinking" in caps:
             think = True if think is None else think
         elif think:
             raise ApiError(400, f"{json.dumps(model)} does not support thinking")
-        messages = openai_messages(body.get("messages"))
-        fmt = openai_format(body)
-        if forced:
-            keys = call_keys(details.template) if details.template is not None else ("name", "arguments")
-            if keys is None:
-                raise ApiError(400, f"the template of {model} writes no tool calls, so none can be forced")
-            fmt = call_schema(tools, keys, parallel=body.get("parallel_tool_calls") is True)
+        if plan.forced:
             think = False  # the grammar holds from the first token: no room for thinking
+        messages = openai_messages(body.get("messages"))
         single = body.get("parallel_tool_calls") is False
+        options = chat_logprobs_options(body, openai_options(body))
 
         def start(loaded: Loaded):
-            generation = self.backend.chat_generation(details, loaded, messages, openai_options(body), fmt,
+            generation = self.backend.chat_generation(details, loaded, messages, options, plan.format,
                                                       tools=tools, think=think)
-            prompt = generation.prompt
-            jinja = None
-            if prompt.kind == GGUF_TEMPLATE:
-                jinja = details.chat_template or (loaded.runner.chat_template if loaded.runner else None)
-            splitter = AnswerSplitter(details.template if prompt.kind == GO_TEMPLATE else None, jinja,
-                                      tools=bool(tools), think=bool(think), prompt=prompt.text)
-            return generation, splitter, single
+            return generation, answer_splitter(details, loaded, generation, tools, think), single
 
         self._complete(req, body, model, details, "chat.completion", start)
 
@@ -262,8 +263,10 @@ class OpenAIApi:
         if suffix and "insert" not in self.backend.capabilities(details):
             raise ApiError(400, f"{model} does not support insert")
 
+        options = completion_logprobs_options(body, openai_options(body))
+
         def start(loaded: Loaded):
-            session = Session(details, openai_options(body), load=loaded.load)
+            session = Session(details, options, load=loaded.load)
             if not suffix:
                 return session.request(prompt=prompt, format=openai_format(body))
             text = session.insert_prompt(prompt, suffix)  # Ollama's OpenAI layer sends suffix to generate
@@ -271,10 +274,10 @@ class OpenAIApi:
             runner.reset()
             return runner.generate(text, sampling_options(session.parameters()), format=openai_format(body))
 
-        self._complete(req, body, model, details, "text_completion", start)
+        self._complete(req, body, model, details, "text_completion", start, prompt)
 
     def _complete(self, req: Request, body: Mapping[str, Any], model: str, details: ModelDetails, kind: str,
-                  start: Callable[[Loaded], Any]) -> None:
+                  start: Callable[[Loaded], Any], prompt: str = "") -> None:
         """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks. For a
         chat, ``start`` also gives the splitter of thinking and tool calls (and whether one call only)."""
         chat = kind == "chat.completion"
@@ -285,24 +288,38 @@ class OpenAIApi:
         head = {"id": ident, "object": kind + (".chunk" if chat and stream else ""), "created": created,
                 "model": model, "system_fingerprint": "fp_modelpkg"}
 
-        def choice(text: str, reason: str | None, thinking: str = "", calls: list | None = None) -> dict[str, Any]:
+        legacy = LegacyLogprobs(prompt)
+
+        def choice(text: str, reason: str | None, thinking: str = "", calls: list | None = None,
+                   logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
             if chat:
                 message: dict[str, Any] = {"role": "assistant", "content": text}
                 if thinking:
                     message["reasoning"] = thinking  # Ollama's OpenAI layer's name for it
                 if calls:
                     message["tool_calls"] = openai_calls(calls, streamed=stream)
-                return {"index": 0, "delta" if stream else "message": message, "finish_reason": reason}
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+                shaped = None if logprobs is None else {"content": [logprob_json(e) for e in logprobs],
+                                                        "refusal": None}
+                return {"index": 0, "delta" if stream else "message": message, "logprobs": shaped,
+                        "finish_reason": reason}
+            shaped = None if logprobs is None else legacy.shape(logprobs)
+            return {"index": 0, "text": text, "logprobs": shaped, "finish_reason": reason}
 
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             started = start(loaded)
             generation, splitter, single = started if chat else (started, None, False)
+            cursor = LogprobCursor(generation.result)
+            pending: list[TokenLogprob] = []  # log probabilities of pieces the splitter still holds
 
             def emit(piece: str) -> None:
                 thinking, text = splitter.feed(piece) if splitter else ("", piece)
+                wanted = generation.result.logprobs is not None
+                if wanted:
+                    pending.extend(cursor.take(piece))
                 if thinking or text:
-                    req.write_event({**head, "choices": [choice(text, None, thinking)]})
+                    req.write_event({**head, "choices": [choice(text, None, thinking,
+                                                                logprobs=list(pending) if wanted else None)]})
+                    pending.clear()
 
             if stream:
                 req.start_stream("text/event-stream")
@@ -318,10 +335,12 @@ class OpenAIApi:
                  "total_tokens": result.prompt_tokens + result.eval_count}
         reason = finish_reason(result, bool(calls))
         if not stream:
-            req.send_json({**head, "choices": [choice(text, reason, thinking, calls)], "usage": usage})
+            req.send_json({**head, "choices": [choice(text, reason, thinking, calls, result.logprobs)],
+                           "usage": usage})
             return
-        if thinking or text or calls:
-            req.write_event({**head, "choices": [choice(text, None, thinking, calls)]})
+        if thinking or text or calls or pending:
+            req.write_event({**head, "choices": [choice(text, None, thinking, calls,
+                                                        list(pending) if result.logprobs is not None else None)]})
         final = {**head, "choices": [choice("", reason)]}
         if chat:
             final["choices"][0]["delta"] = {}

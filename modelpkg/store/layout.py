@@ -13,6 +13,8 @@ Layout (OCI image-spec image-layout.md), under ``MODELPKG_HOME``::
     ingest/origins/<host>.json      which repositories on a registry hold which blobs (``store.origins``:
                                     push mounts them instead of uploading)
     .lock                           the store lock (index.json updates, gc)
+    .store-id                       a random id, made on first use: ``modelpkg run`` asks a running serve
+                                    for it, to use the serve only when it serves this same store
 
 Rules that keep it consistent (huggingface_hub's cache and go-containerregistry's layout are the models):
 
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 import time
 import weakref
 from collections.abc import Iterator
@@ -111,6 +115,9 @@ def link_annotations(attached: tuple[Digest, ...], derived: tuple[tuple[Digest, 
     return out
 
 
+STORE_ID = ".store-id"
+
+
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -147,6 +154,31 @@ class Store:
             raise fsutil.os_error(e, self.root, "creating the store in") from e
         self._initialised = True
         return self
+
+    def store_id(self) -> str:
+        """This store's random id (32 hex digits), made on first use. Two processes that race both get the
+        first one written: the id is linked into place, never replaced."""
+        path = self.root / STORE_ID
+        known = _read_store_id(path)
+        if known is not None:
+            return known
+        self.init()
+        tmp = fsutil.temp_name(self.ingest_dir, "store-id")
+        try:
+            tmp.write_text(secrets.token_hex(16) + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: theirs is the id
+            fsutil.fsync_dir(self.root)
+        except OSError as e:
+            raise fsutil.os_error(e, path, "writing") from e
+        finally:
+            fsutil.unlink_quietly(tmp)
+        known = _read_store_id(path)
+        if known is None:
+            raise StoreError(f"{path} does not hold a store id", f"remove {path}; it is made again on next use")
+        return known
 
     # ----------------------------------------------------------------------------------------------------
     # owners of working files: each process (each Store object) that opens the store holds the flock of
@@ -296,6 +328,7 @@ class Store:
         Otherwise a reflink is tried first (no data copied where the filesystem supports it), and the
         file is copied while being hashed when it is not.
         """
+        fsutil.require_regular(src)  # a FIFO or a device would block the copy (or the hash of its link)
         self.init()
         progress = progress or NullProgress()
         tmp = fsutil.temp_name(self.ingest_dir, "ingest")
@@ -767,3 +800,12 @@ def _listdir(folder: Path) -> list[Path]:
     except OSError as e:
         raise fsutil.os_error(e, folder, "listing") from e
 
+
+def _read_store_id(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise fsutil.os_error(e, path, "reading") from e
+    return text if len(text) == 32 and all(c in string.hexdigits for c in text) else None

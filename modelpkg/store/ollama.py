@@ -167,7 +167,7 @@ class OllamaStore:
     def read_manifest(self, name: OllamaName) -> Manifest:
         path = self.manifest_path(name)
         try:
-            with open(path, "rb") as f:
+            with open(fsutil.open_regular(path), "rb") as f:  # a FIFO in its place would block the read
                 data = f.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError as e:
             raise NotFoundError(f"model not found in {self.root}: {name.short()}", "see 'ollama list'") from e
