@@ -53,3 +53,19 @@ def serving(tmp_path_factory, gemma_gguf: Path, names: tuple[str, ...] = ("gemma
         server.shutdown()
         server.close()
         mp.undo()
+
+
+# A TEMPLATE that takes tools (its ``.Tools``) and writes calls its own way (``tool_name``, ``parameters``), for
+# the Gemma weights: the 270M model cannot be trusted to call a tool, so the tests force calls with tool_choice
+TOOL_MODELFILE = '''TEMPLATE """{{- if .Tools }}Tools: {{ .Tools }}
+{{ end }}{{- range .Messages }}<{{ .Role }}>{{ if .ToolCalls }}Action: ```json
+[{{ range .ToolCalls }}{"tool_name": "{{ .Function.Name }}", "parameters": {{ .Function.Arguments }}}{{ end }}]
+```{{ else }}{{ .Content }}{{ end }}
+{{ end }}<assistant>"""
+PARAMETER num_ctx 2048
+'''
+WEATHER_SCHEMA = {"type": "object", "required": ["location", "format"], "properties": {
+    "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+    "format": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}
+TIME_SCHEMA = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+REQUIRED = {"get_current_weather": {"location", "format"}, "get_time": {"city"}}

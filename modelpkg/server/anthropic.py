@@ -17,8 +17,13 @@ What is translated (Anthropic's API reference; Ollama's ``anthropic/anthropic.go
   after the stream began is an ``error`` event.
 - ``count_tokens`` renders the prompt the model would get and counts its tokens (Ollama estimates length/4).
 
-Not supported, a 400 that says so: ``tools`` and tool blocks (the translation is here, in ``chat_call``,
-for the chat generation to take once tool calling exists), images, ``thinking``.
+- ``tools`` go to the template as the chat's tools (a model whose template takes none refuses them, as
+  Ollama); ``tool_choice`` ``any`` or ``tool`` forces a call with a grammar from the tools' schemas (as
+  ``/v1/chat/completions`` does, ``backend.tool_plan``), ``none`` hides the tools. Calls parsed from the
+  answer are ``tool_use`` blocks (``stop_reason`` ``tool_use``); streamed, each is a ``content_block_start``
+  with the block and its input as one ``input_json_delta``.
+
+Not supported, a 400 that says so: images, ``thinking``.
 
 Built on ``http``, ``cache`` and ``backend``; never imports ``ollama``, ``openai`` or ``app`` (``app`` routes
 here), nor the CLI.
@@ -26,16 +31,17 @@ here), nor the CLI.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from modelpkg.base import config
 from modelpkg.core.errors import InvalidInputError
-from modelpkg.ops.chat import Session, check_messages, conversation, typed_options
+from modelpkg.ops.chat import AnswerSplitter, Session, chat_messages, conversation, typed_options
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import Result
-from modelpkg.server.backend import Backend, ChatCall, refuse_tools
+from modelpkg.server.backend import Backend, ChatCall, ToolPlan, answer_splitter, with_tool_names
 from modelpkg.server.http import ApiError, ClientGone, Request
 
 Route = Callable[[Request], None]
@@ -194,13 +200,61 @@ def chat_call(body: Mapping[str, Any], *, need_max_tokens: bool = True) -> ChatC
                     convert_tools(body.get("tools")), convert_tool_choice(body.get("tool_choice")))
 
 
-def stop_reason(result: Result) -> tuple[str, str | None]:
-    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a finished generation."""
+def stop_reason(result: Result, calls: bool = False) -> tuple[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a finished generation (``tool_use`` when the
+    answer is calls)."""
+    if calls:
+        return "tool_use", None
     if result.done_reason == "length":
         return "max_tokens", None
     if result.stop_sequence is not None:
         return "stop_sequence", result.stop_sequence
     return "end_turn", None
+
+
+def tool_use(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A parsed call as Anthropic's ``tool_use`` content block (an id of Anthropic's form)."""
+    return {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": call["function"]["name"],
+            "input": call["function"]["arguments"]}
+
+
+class Blocks:
+    """A stream's content blocks, numbered in order: text deltas go to an open text block (opened first, with
+    ``ping`` after the first block as Anthropic sends it); a ``tool_use`` block closes it."""
+
+    def __init__(self, req: Request):
+        self.req = req
+        self.index = -1
+        self.open: str | None = None
+
+    def _start(self, block: dict[str, Any]) -> None:
+        self.close()
+        self.index += 1
+        self.open = block["type"]
+        self.req.write_named_event("content_block_start", {"type": "content_block_start", "index": self.index,
+                                                           "content_block": block})
+        if self.index == 0:
+            self.req.write_named_event("ping", {"type": "ping"})
+
+    def _delta(self, delta: dict[str, Any]) -> None:
+        self.req.write_named_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                           "delta": delta})
+
+    def text(self, text: str) -> None:
+        if self.open != "text":
+            self._start({"type": "text", "text": ""})
+        if text:
+            self._delta({"type": "text_delta", "text": text})
+
+    def tool_use(self, block: dict[str, Any]) -> None:
+        self._start({**block, "input": {}})
+        self._delta({"type": "input_json_delta", "partial_json": json.dumps(block["input"])})
+        self.close()
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.req.write_named_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+            self.open = None
 
 
 def is_anthropic(path: str) -> bool:
@@ -240,50 +294,64 @@ class AnthropicApi:
     def routes(self) -> dict[tuple[str, str], Route]:
         return {("POST", PATH): self.messages, ("POST", PATH + "/count_tokens"): self.count_tokens}
 
-    def _request(self, req: Request, *, need_max_tokens: bool) -> tuple[dict[str, Any], ModelDetails, ChatCall]:
+    def _request(self, req: Request, *, need_max_tokens: bool) -> tuple[dict[str, Any], ModelDetails, ChatCall,
+                                                                        ToolPlan]:
         body = req.json()
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model: field required")
         details = self.backend.details(model, config.reference(model))
         call = chat_call(body, need_max_tokens=need_max_tokens)
-        refuse_tools(model, call, PATH)
-        return body, details, call
+        plan = self.backend.tool_plan(model, details, call.tools, call.tool_choice, None)
+        call.messages = with_tool_names(chat_messages(call.messages))
+        return body, details, call, plan
 
     def messages(self, req: Request) -> None:
-        body, details, call = self._request(req, need_max_tokens=True)
+        body, details, call, plan = self._request(req, need_max_tokens=True)
         model = body["model"]
-        messages = check_messages(call.messages)
         ident = "msg_" + uuid.uuid4().hex[:24]
         with self.cache.use(details, None) as loaded:
-            generation = self.backend.chat_generation(details, loaded, messages, call.options, None)
+            generation = self.backend.chat_generation(details, loaded, call.messages, call.options, plan.format,
+                                                      tools=plan.tools)
+            splitter = answer_splitter(details, loaded, generation, plan.tools, None)
             if body.get("stream"):
-                self._stream(req, ident, model, generation)
+                self._stream(req, ident, model, generation, splitter)
                 return
             result = self.backend.drain(req, PATH, model, generation, None)
-        reason, sequence = stop_reason(result)
-        content = [{"type": "text", "text": result.text}] if result.text else []
+        _, text = splitter.feed(result.text)
+        _, more, calls = splitter.finish()
+        text += more
+        content = [{"type": "text", "text": text}] if text else []
+        content += [tool_use(c) for c in calls]
+        reason, sequence = stop_reason(result, bool(calls))
         req.send_json({"id": ident, "type": "message", "role": "assistant", "model": model,
                        "content": content, "stop_reason": reason, "stop_sequence": sequence,
                        "usage": {"input_tokens": result.prompt_tokens, "output_tokens": result.eval_count}})
 
-    def _stream(self, req: Request, ident: str, model: str, generation) -> None:
+    def _stream(self, req: Request, ident: str, model: str, generation, splitter: AnswerSplitter) -> None:
+        """The answer as Anthropic's events: a text block opened with the first text (calls held back by the
+        splitter never show as text), then one ``tool_use`` block per call, its input as one
+        ``input_json_delta``."""
         usage = {"input_tokens": generation.result.prompt_tokens, "output_tokens": 0}
         req.start_stream("text/event-stream")
         req.write_named_event("message_start", {"type": "message_start", "message": {
             "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": usage}})
-        req.write_named_event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                      "content_block": {"type": "text", "text": ""}})
-        req.write_named_event("ping", {"type": "ping"})
+        blocks = Blocks(req)
 
         def emit(piece: str) -> None:
-            req.write_named_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                          "delta": {"type": "text_delta", "text": piece}})
+            _, text = splitter.feed(piece)
+            if text:
+                blocks.text(text)
 
         result = self.backend.drain(req, PATH, model, generation, emit)
-        reason, sequence = stop_reason(result)
-        req.write_named_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        _, text, calls = splitter.finish()
+        if text or not calls:
+            blocks.text(text)
+        for call in calls:
+            blocks.tool_use(tool_use(call))
+        blocks.close()
+        reason, sequence = stop_reason(result, bool(calls))
         req.write_named_event("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
             "usage": {"input_tokens": result.prompt_tokens, "output_tokens": result.eval_count}})
@@ -292,12 +360,12 @@ class AnthropicApi:
 
     def count_tokens(self, req: Request) -> None:
         """The tokens of the prompt the model would be given (the model is loaded to tokenize it)."""
-        _, details, call = self._request(req, need_max_tokens=False)
-        messages = check_messages(call.messages)
+        _, details, call, plan = self._request(req, need_max_tokens=False)
         with self.cache.use(details, None) as loaded:
             session = Session(details, call.options, load=loaded.load)
             runner = session.runner()
-            prompt = session.build_prompt(conversation(details.messages, messages, details.system), runner)
+            prompt = session.build_prompt(conversation(details.messages, call.messages, details.system), runner,
+                                          tools=plan.tools)
             count = len(runner.tokenize(prompt.text, prompt.add_bos))
         req.send_json({"input_tokens": count})
 

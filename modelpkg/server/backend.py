@@ -116,15 +116,19 @@ def call_schema(tools: list[dict[str, Any]], keys: tuple[str, str], parallel: bo
 
 def with_tool_names(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tool results named after the calls they answer (by ``tool_call_id``): Anthropic's ``tool_result`` and
-    the Responses ``function_call_output`` carry only the id, a template writes ``.ToolName``."""
+    the Responses ``function_call_output`` carry only the id, a template writes ``.ToolName``. A result whose
+    call is not before it is an error, as both APIs answer it."""
     names: dict[str, str] = {}
     out = []
     for m in messages:
         for call in m.get("tool_calls") or []:
             if isinstance(call, dict) and call.get("id") and isinstance(call.get("function"), dict):
                 names[str(call["id"])] = str(call["function"].get("name", ""))
-        if m.get("role") == "tool" and not m.get("tool_name") and m.get("tool_call_id") in names:
-            m = {**m, "tool_name": names[m["tool_call_id"]]}
+        if m.get("role") == "tool":
+            if m.get("tool_call_id") not in names:
+                raise InvalidInputError(f"no tool call with id {json.dumps(m.get('tool_call_id'))} before its result",
+                                        "send the assistant's call (tool_use / function_call) before the result")
+            m = {**m, "tool_name": m.get("tool_name") or names[m["tool_call_id"]]}
         out.append(m)
     return out
 

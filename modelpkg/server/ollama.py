@@ -539,7 +539,7 @@ class OllamaApi:
             more_thinking, more_text, _ = splitter.finish()
             final = {"model": model, "created_at": created if not stream else iso_time(),
                      "response": text + more_text, "done": True, **self._stats(result, loaded.load_duration),
-                     **(self._logprobs(result, pending) if pending or not stream else {})}
+                     **(self._logprobs(result) if not stream else self._logprobs(result, pending) if pending else {})}
             if thinking + more_thinking:
                 final["thinking"] = thinking + more_thinking
             if not body.get("raw"):  # Ollama gives a raw prompt no context
@@ -636,7 +636,7 @@ class OllamaApi:
                 calls = []
             final = {**line(content + more_content, thinking + more_thinking, calls), "done": True,
                      **self._stats(result, loaded.load_duration),
-                     **(self._logprobs(result, pending) if pending or not stream else {})}
+                     **(self._logprobs(result) if not stream else self._logprobs(result, pending) if pending else {})}
         self._answer(req, stream, final)
 
     @staticmethod

@@ -21,8 +21,15 @@ What is translated (OpenAI's API reference; Ollama's ``FromResponsesRequest``/``
   ``status`` says so), as Ollama sends it: the SDK's ``responses.stream`` helper waits for that event and
   fails on OpenAI's ``response.incomplete``.
 
-Not supported, a 400 that says so: ``tools`` (the translation is here, for the chat generation to take once
-tool calling exists), images and files, ``background``.
+- ``tools`` (function tools) go to the template as the chat's tools (a model whose template takes none
+  refuses them, as Ollama); ``tool_choice`` ``required`` or a named function forces a call with a grammar
+  from the tools' schemas (``backend.tool_plan``, as ``/v1/chat/completions``), ``none`` hides them;
+  ``parallel_tool_calls: false`` keeps the first call. Calls parsed from the answer are ``function_call``
+  output items (after the message, which is left out when the answer is calls only); streamed, each is
+  ``response.output_item.added``, ``response.function_call_arguments.delta`` (the arguments whole) and
+  ``.done``, ``response.output_item.done``.
+
+Not supported, a 400 that says so: images and files, ``background``.
 
 Built on ``http``, ``cache`` and ``backend``; never imports the other API modules or ``app``, nor the CLI.
 """
@@ -39,9 +46,9 @@ from typing import Any
 
 from modelpkg.base import config
 from modelpkg.core.errors import InvalidInputError
-from modelpkg.ops.chat import check_messages, typed_options
+from modelpkg.ops.chat import AnswerSplitter, chat_messages, typed_options
 from modelpkg.runtime.runner import Result
-from modelpkg.server.backend import Backend, ChatCall, refuse_tools
+from modelpkg.server.backend import Backend, ChatCall, answer_splitter, with_tool_names
 from modelpkg.server.http import ApiError, Request
 
 Route = Callable[[Request], None]
@@ -194,6 +201,15 @@ def output_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def function_call_item(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A parsed call (Ollama's shape) as a ``function_call`` output item; one already an item stays as it is."""
+    if call.get("type") == "function_call":
+        return dict(call)
+    return {"id": "fc_" + uuid.uuid4().hex, "type": "function_call", "status": "completed",
+            "call_id": "call_" + uuid.uuid4().hex[:24], "name": call["function"]["name"],
+            "arguments": json.dumps(call["function"]["arguments"])}
+
+
 def usage(result: Result) -> dict[str, Any]:
     return {"input_tokens": result.prompt_tokens, "output_tokens": result.eval_count,
             "total_tokens": result.prompt_tokens + result.eval_count,
@@ -264,24 +280,35 @@ class ResponsesApi:
         details = self.backend.details(model, config.reference(model))
         history = self._history(body)
         call = chat_call(body, history)
-        refuse_tools(model, call, PATH)
-        messages = check_messages(call.messages)
+        plan = self.backend.tool_plan(model, details, call.tools, call.tool_choice, call.format,
+                                      parallel=body.get("parallel_tool_calls") is True)
+        messages = with_tool_names(chat_messages(call.messages))
         ident = "resp_" + uuid.uuid4().hex
         item_id = "msg_" + uuid.uuid4().hex
         stream = bool(body.get("stream"))
         keep = body.get("store", True) is not False
         head = self._head(body, ident, model, keep)
+        single = body.get("parallel_tool_calls") is False
         with self.cache.use(details, body.get("keep_alive")) as loaded:
-            generation = self.backend.chat_generation(details, loaded, messages, call.options, call.format)
+            generation = self.backend.chat_generation(details, loaded, messages, call.options, plan.format,
+                                                      tools=plan.tools)
+            splitter = answer_splitter(details, loaded, generation, plan.tools, None)
             events = Events(req)
             if stream:
-                result = self._stream(events, head, item_id, generation)
+                result, text, calls = self._stream(events, head, item_id, generation, splitter, single)
             else:
                 result = self.backend.drain(req, PATH, model, generation, None)
-        answer = self._final(head, item_id, result)
+                _, text = splitter.feed(result.text)
+                _, more, calls = splitter.finish()
+                text += more
+        calls = [function_call_item(c) for c in (calls[:1] if single else calls)]
+        answer = self._final(head, item_id, result, text, calls)
         if keep:
             turns = history + input_messages(body.get("input"))
-            self.conversations.keep(ident, turns + [{"role": "assistant", "content": result.text}])
+            reply: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                reply["tool_calls"] = [function_call(c) for c in calls]
+            self.conversations.keep(ident, turns + [reply])
         if not stream:
             req.send_json(answer)
             return
@@ -296,7 +323,7 @@ class ResponsesApi:
             "id": ident, "object": "response", "created_at": int(time.time()), "status": "in_progress",
             "completed_at": None, "error": None, "incomplete_details": None,
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
-            "model": model, "output": [], "parallel_tool_calls": True,
+            "model": model, "output": [], "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
             "previous_response_id": body.get("previous_response_id"), "reasoning": None,
             "store": keep, "temperature": 1.0 if body.get("temperature") is None else body["temperature"],
             "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}},
@@ -306,31 +333,64 @@ class ResponsesApi:
             "service_tier": "default", "top_logprobs": 0}
 
     @staticmethod
-    def _final(head: dict[str, Any], item_id: str, result: Result) -> dict[str, Any]:
-        cut = result.done_reason == "length"
+    def _final(head: dict[str, Any], item_id: str, result: Result, text: str,
+               calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """The whole response: the message item (when there is text, or nothing else), then the calls."""
+        cut = result.done_reason == "length" and not calls
+        output = [output_item(item_id, text, "completed")] if text or not calls else []
         return {**head, "status": "incomplete" if cut else "completed", "completed_at": int(time.time()),
                 "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-                "output": [output_item(item_id, result.text, "completed")], "usage": usage(result)}
+                "output": output + calls, "usage": usage(result)}
 
-    def _stream(self, events: Events, head: dict[str, Any], item_id: str, generation) -> Result:
+    def _stream(self, events: Events, head: dict[str, Any], item_id: str, generation, splitter: AnswerSplitter,
+                single: bool) -> tuple[Result, str, list[dict[str, Any]]]:
+        """The stream's events; the message item opened with the first text (calls held back by the splitter
+        never show as text), then each call as a ``function_call`` item with its arguments as one delta."""
         req = events.req
         req.start_stream("text/event-stream")
         events.send("response.created", {"response": head})
         events.send("response.in_progress", {"response": head})
         where = {"item_id": item_id, "output_index": 0}
-        events.send("response.output_item.added", {"output_index": 0,
-                                                        "item": output_item(item_id, "", "in_progress")})
-        events.send("response.content_part.added", {**where, "content_index": 0, "part": output_part("")})
+        texts: list[str] = []
+
+        def open_message() -> None:
+            events.send("response.output_item.added", {"output_index": 0,
+                                                            "item": output_item(item_id, "", "in_progress")})
+            events.send("response.content_part.added", {**where, "content_index": 0, "part": output_part("")})
 
         def emit(piece: str) -> None:
-            events.send("response.output_text.delta", {**where, "content_index": 0, "delta": piece,
+            _, text = splitter.feed(piece)
+            if not text:
+                return
+            if not texts:
+                open_message()
+            texts.append(text)
+            events.send("response.output_text.delta", {**where, "content_index": 0, "delta": text,
                                                             "logprobs": []})
 
         result = self.backend.drain(req, PATH, head["model"], generation, emit)
-        events.send("response.output_text.done", {**where, "content_index": 0, "text": result.text,
-                                                       "logprobs": []})
-        events.send("response.content_part.done", {**where, "content_index": 0,
-                                                        "part": output_part(result.text)})
-        events.send("response.output_item.done", {"output_index": 0,
-                                                       "item": output_item(item_id, result.text, "completed")})
-        return result
+        _, rest, calls = splitter.finish()
+        if rest or not (texts or calls):
+            if not texts:
+                open_message()
+            texts.append(rest)
+            if rest:
+                events.send("response.output_text.delta", {**where, "content_index": 0, "delta": rest,
+                                                                "logprobs": []})
+        text = "".join(texts)
+        if texts:
+            events.send("response.output_text.done", {**where, "content_index": 0, "text": text, "logprobs": []})
+            events.send("response.content_part.done", {**where, "content_index": 0, "part": output_part(text)})
+            events.send("response.output_item.done", {"output_index": 0,
+                                                           "item": output_item(item_id, text, "completed")})
+        first = 1 if texts else 0
+        items = [function_call_item(c) for c in (calls[:1] if single else calls)]
+        for n, item in enumerate(items):
+            at = {"item_id": item["id"], "output_index": first + n}
+            events.send("response.output_item.added", {"output_index": first + n,
+                                                            "item": {**item, "arguments": "", "status": "in_progress"}})
+            events.send("response.function_call_arguments.delta", {**at, "delta": item["arguments"]})
+            events.send("response.function_call_arguments.done", {**at, "name": item["name"],
+                                                                       "arguments": item["arguments"]})
+            events.send("response.output_item.done", {"output_index": first + n, "item": item})
+        return result, text, items

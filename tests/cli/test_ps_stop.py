@@ -247,3 +247,29 @@ def test_a_serve_with_a_token(served, tmp_path_factory, gemma_gguf, monkeypatch)
     finally:
         guarded.shutdown()
         guarded.close()
+
+
+THINKING_TEMPLATE = """{{- range .Messages }}<|{{ .Role }}|>
+{{- if and (eq .Role "assistant") .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}
+{{ end }}<|assistant|>{{ if .Think }}<think>{{ end }}"""
+
+
+def test_warm_run_thinks_as_the_local_run_does(warm, gemma_gguf, tmp_path):
+    """--think and --hidethinking reach the serve: the thinking it splits off prints as the local run prints it
+    (the prompt opens the thinking tag, so the 8 tokens are all thinking)."""
+    from modelpkg.ops.create import create
+
+    (tmp_path / "gemma.gguf").symlink_to(gemma_gguf)
+    create(warm.app.store, config.reference("thinker"), f'FROM ./gemma.gguf\nTEMPLATE """{THINKING_TEMPLATE}"""\n',
+           tmp_path, resolve_name=config.reference)
+    before = served_requests(warm)
+    remote = run("thinker", "Hi", *FAST, "--think")
+    assert served_requests(warm) == before + 1
+    local = run("thinker", "Hi", *FAST, "--think", "--local")
+    assert remote.stdout == local.stdout and remote.stdout.startswith("Thinking...\n"), remote.stdout
+    assert "...done thinking." in remote.stdout
+    hidden = run("thinker", "Hi", *FAST, "--hidethinking")
+    assert "Thinking..." not in hidden.stdout and hidden.stdout == run("thinker", "Hi", *FAST, "--hidethinking",
+                                                                        "--local").stdout
+    as_json = json.loads(run("thinker", "Hi", *FAST, "--think", "--format", "json").stdout)
+    assert as_json["thinking"] and as_json["response"] == ""

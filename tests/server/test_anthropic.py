@@ -14,7 +14,7 @@ from capabilities import require_module
 from modelpkg.core.errors import InvalidInputError
 from modelpkg.runtime.runner import Result
 from modelpkg.server.anthropic import chat_call, stop_reason
-from serve_helpers import serving
+from serve_helpers import REQUIRED, TIME_SCHEMA, TOOL_MODELFILE, WEATHER_SCHEMA, serving
 
 anthropic = require_module("anthropic")
 httpx = require_module("httpx")
@@ -234,3 +234,82 @@ def test_x_api_key_is_the_serve_token(tmp_path, served):
         server.server_close()
     finally:
         app.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# tools: the Gemma weights behind a TEMPLATE that takes them; calls forced by tool_choice's grammar
+
+TOOLS = "gemma-tools"
+TOOL_DEFS = [{"name": "get_current_weather", "description": "Get the current weather",
+              "input_schema": WEATHER_SCHEMA},
+             {"name": "get_time", "description": "The time in a city", "input_schema": TIME_SCHEMA}]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def tool_server(compat_server):
+    return compat_server({TOOLS: TOOL_MODELFILE})
+
+
+@pytest.fixture(scope="module")
+def tool_client(tool_server):
+    return anthropic.Anthropic(base_url=tool_server.url, api_key="unused", timeout=120, max_retries=0)
+
+
+def answer(client, stream: bool, **kwargs):
+    """One message, whole or streamed (then assembled by the SDK's stream helper)."""
+    kwargs = {"model": TOOLS, "max_tokens": 64, **GREEDY, **kwargs}
+    if not stream:
+        return client.messages.create(**kwargs)
+    with client.messages.stream(**kwargs) as events:
+        return events.get_final_message()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_forced_tool_use_round_trips_through_the_tool_result(tool_client, stream):
+    first = answer(tool_client, stream, messages=ASK, tools=TOOL_DEFS, tool_choice={"type": "any"})
+    assert first.stop_reason == "tool_use", first
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert len(uses) == 1 and uses[0].id.startswith("toolu_") and uses[0].name in REQUIRED
+    assert REQUIRED[uses[0].name] <= set(uses[0].input)  # the grammar made it an input of the tool's schema
+    assert [b.type for b in first.content] == ["tool_use"]  # the call's text never shows as text
+    history = [*ASK, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                             "content": [{"type": "text", "text": "21 degrees celsius"}]}]}]
+    second = answer(tool_client, stream, messages=history, tools=TOOL_DEFS)
+    assert second.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert second.usage.input_tokens > first.usage.input_tokens  # the call and its result reached the prompt
+    counted = tool_client.messages.count_tokens(model=TOOLS, messages=history, tools=TOOL_DEFS)
+    assert counted.input_tokens == second.usage.input_tokens  # count_tokens renders the tools too
+
+
+def test_a_named_tool_streams_as_a_tool_use_block_with_its_input(tool_server, tool_client):
+    events = []
+    with httpx.stream("POST", tool_server.url + "/v1/messages", timeout=120, json={
+            "model": TOOLS, "max_tokens": 64, "temperature": 0, "messages": ASK, "tools": TOOL_DEFS,
+            "tool_choice": {"type": "tool", "name": "get_time"}, "stream": True}) as streamed:
+        events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"], kinds
+    block = events[1]["content_block"]
+    assert block["type"] == "tool_use" and block["name"] == "get_time" and block["input"] == {}
+    assert events[3]["delta"]["type"] == "input_json_delta"
+    streamed_input = json.loads(events[3]["delta"]["partial_json"])
+    assert "city" in streamed_input
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"
+    whole = tool_client.messages.create(model=TOOLS, max_tokens=64, **GREEDY, messages=ASK, tools=TOOL_DEFS,
+                                        tool_choice={"type": "tool", "name": "get_time"})
+    assert [(b.type, b.name, b.input) for b in whole.content] == [("tool_use", "get_time", streamed_input)]
+
+
+def test_tool_choice_none_and_bad_tool_requests(tool_client):
+    plain = tool_client.messages.create(model=TOOLS, max_tokens=4, **GREEDY, messages=ASK, tools=TOOL_DEFS,
+                                        tool_choice={"type": "none"})
+    assert plain.stop_reason in ("end_turn", "max_tokens") and all(b.type == "text" for b in plain.content)
+    with pytest.raises(anthropic.BadRequestError, match="not among the tools"):
+        tool_client.messages.create(model=TOOLS, max_tokens=4, messages=ASK, tools=TOOL_DEFS,
+                                    tool_choice={"type": "tool", "name": "nope"})
+    with pytest.raises(anthropic.BadRequestError, match="no tool call with id"):  # a result without its call
+        tool_client.messages.create(model=TOOLS, max_tokens=4, messages=[
+            *ASK, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "1"}]}])

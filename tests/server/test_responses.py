@@ -13,7 +13,7 @@ import pytest
 from capabilities import require_module
 from modelpkg.core.errors import InvalidInputError
 from modelpkg.server.responses import Conversations, chat_call
-from serve_helpers import serving
+from serve_helpers import REQUIRED, TIME_SCHEMA, TOOL_MODELFILE, WEATHER_SCHEMA, serving
 
 openai = require_module("openai")
 httpx = require_module("httpx")
@@ -205,3 +205,82 @@ def test_errors(client, served):
         client.responses.create(model=CHAT, input=[{"type": "function_call_output", "call_id": "c", "output": "1"}])
     bad = httpx.post(served.url + "/v1/responses", content=b"{")
     assert bad.status_code == 400 and set(bad.json()["error"]) >= {"message", "type", "code"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# tools: the Gemma weights behind a TEMPLATE that takes them; calls forced by tool_choice's grammar
+
+TOOLS = "gemma-tools"
+FUNCTIONS = [{"type": "function", "name": "get_current_weather", "description": "Get the current weather",
+              "parameters": WEATHER_SCHEMA},
+             {"type": "function", "name": "get_time", "description": "The time in a city", "parameters": TIME_SCHEMA}]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def tool_server(compat_server):
+    return compat_server({TOOLS: TOOL_MODELFILE})
+
+
+@pytest.fixture(scope="module")
+def tool_client(tool_server):
+    return openai.OpenAI(base_url=tool_server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def respond(client, stream: bool, **kwargs):
+    """One response, whole or streamed (then assembled by the SDK's ``responses.stream`` helper)."""
+    kwargs = {"model": TOOLS, "temperature": 0, "max_output_tokens": 64, **kwargs}
+    if not stream:
+        return client.responses.create(**kwargs)
+    with client.responses.stream(**kwargs) as events:
+        return events.get_final_response()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_forced_function_call_round_trips_through_its_output(tool_client, stream):
+    first = respond(tool_client, stream, input=ASK, tools=FUNCTIONS, tool_choice="required")
+    assert [o.type for o in first.output] == ["function_call"], first.output  # no text item for a call
+    call = first.output[0]
+    assert call.name in REQUIRED and call.call_id.startswith("call_") and call.status == "completed"
+    assert REQUIRED[call.name] <= set(json.loads(call.arguments))  # the grammar made it the tool's schema
+    assert first.status == "completed"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "21 degrees celsius"}
+    items = [*ASK, call.model_dump(exclude_none=True), result]
+    second = respond(tool_client, stream, input=items, tools=FUNCTIONS)
+    assert second.output and second.usage.input_tokens > first.usage.input_tokens  # call and result in the prompt
+    # the stored response holds the call: its id continues the conversation with only the result sent
+    again = respond(tool_client, stream, previous_response_id=first.id, input=[result], tools=FUNCTIONS)
+    assert again.usage.input_tokens == second.usage.input_tokens
+
+
+def test_a_named_function_streams_its_call_events(tool_server, tool_client):
+    with httpx.stream("POST", tool_server.url + "/v1/responses", timeout=120, json={
+            "model": TOOLS, "input": ASK, "tools": FUNCTIONS, "temperature": 0, "max_output_tokens": 64,
+            "tool_choice": {"type": "function", "name": "get_time"}, "stream": True}) as streamed:
+        events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                     "response.output_item.done", "response.completed"], kinds
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    added, delta, done, item_done = events[2:6]
+    assert added["item"]["type"] == "function_call" and added["item"]["arguments"] == ""
+    assert added["item"]["name"] == "get_time" and delta["item_id"] == added["item"]["id"]
+    assert done["arguments"] == delta["delta"] == item_done["item"]["arguments"]
+    assert "city" in json.loads(done["arguments"])
+    assert events[-1]["response"]["output"] == [item_done["item"]]
+    whole = tool_client.responses.create(model=TOOLS, input=ASK, tools=FUNCTIONS, temperature=0, max_output_tokens=64,
+                                         tool_choice={"type": "function", "name": "get_time"})
+    assert [(o.name, o.arguments) for o in whole.output] == [("get_time", done["arguments"])]
+
+
+def test_tool_choice_none_and_bad_tool_requests(tool_client):
+    plain = tool_client.responses.create(model=TOOLS, input=ASK, tools=FUNCTIONS, tool_choice="none",
+                                         temperature=0, max_output_tokens=4)
+    assert [o.type for o in plain.output] == ["message"]
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        tool_client.responses.create(model=TOOLS, input=ASK, tools=FUNCTIONS,
+                                     tool_choice={"type": "function", "name": "nope"})
+    with pytest.raises(openai.BadRequestError, match="no tool call with id"):  # an output without its call
+        tool_client.responses.create(model=TOOLS, input=[{"type": "function_call_output", "call_id": "c",
+                                                           "output": "1"}])
