@@ -4,9 +4,10 @@ A JSON schema in ``format`` becomes a llama.cpp grammar. llama-cpp-python's conv
 bound (``maxItems``, ``maxLength``, ...) of N as N nested optional groups and a lower bound as N copies, and
 llama.cpp walks those nested groups recursively while sampling: on this machine ``maxItems`` 2000 or
 ``maxLength`` 5000 overflowed its stack (SIGSEGV) while 1000 did not, and a ``minItems`` of 10 million
-makes a 170 MB grammar (11 s of work per request; the issue saw ``std::bad_alloc`` with larger ones). So every repetition count in the schema, their sum, the schema's depth and size,
-the regex repetitions in ``pattern`` and the grammar text itself are bounded here, each with a 400-class
-error (``InvalidInputError``) that names the limit. ``kv_cache_bytes`` estimates a context's KV cache from
+makes a 170 MB grammar (11 s of work per request; the issue saw ``std::bad_alloc`` with larger ones). So
+every repetition count in the schema, their sum, the schema's depth and size, the regex repetitions in
+``pattern`` and the grammar text itself are bounded here, each with a 400-class error
+(``InvalidInputError``) that names the limit. ``kv_cache_bytes`` estimates a context's KV cache from
 the model's shape so a ``num_ctx`` that cannot fit in memory is refused before a load tries it.
 
 Pure: numbers and JSON values in, an error or a number out (imports ``modelpkg.core.errors`` only).
@@ -34,7 +35,7 @@ class GrammarLimits:
 
     max_repeat: int = 500           # any one repetition count (half of the largest seen to work)
     max_total_repeat: int = 2000    # their sum over the schema (nested ones add up on the stack)
-    max_depth: int = 32             # nesting of schema objects and arrays
+    max_depth: int = 64             # JSON nesting of the schema (objects and lists)
     max_nodes: int = 2000           # schema objects, in all
     max_pattern: int = 1000         # characters of one ``pattern``
     max_grammar_bytes: int = 256 * 1024  # the GBNF text the schema becomes
@@ -57,22 +58,19 @@ def check_format(fmt: Any, limits: GrammarLimits) -> None:
     stack: list[tuple[Any, int]] = [(fmt, 1)]
     while stack:  # iterative: a schema nested past Python's stack is refused, not a RecursionError
         node, depth = stack.pop()
+        if not _bounded(depth, limits.max_depth):
+            raise _refuse("a schema nested", f"{depth} levels deep, which", limits.max_depth)
         if isinstance(node, dict):
-            _check_node(node, depth, counts, limits)
+            _check_node(node, counts, limits)
             stack.extend((value, depth + 1) for value in node.values() if isinstance(value, (dict, list)))
-        elif isinstance(node, list):
-            if not _bounded(depth, limits.max_depth * 2):
-                raise _refuse("a schema nested", f"{depth} levels deep,", limits.max_depth * 2)
+        else:
             stack.extend((value, depth + 1) for value in node if isinstance(value, (dict, list)))
 
 
-def _check_node(node: Mapping[str, Any], depth: int, counts: dict[str, int], limits: GrammarLimits) -> None:
+def _check_node(node: Mapping[str, Any], counts: dict[str, int], limits: GrammarLimits) -> None:
     counts["nodes"] += 1
     if not _bounded(counts["nodes"], limits.max_nodes):
-        raise _refuse("a schema of more than", f"{limits.max_nodes} objects:", limits.max_nodes)
-    # lists and the keyword objects (properties, items) count two levels per schema level
-    if not _bounded(depth, limits.max_depth * 2):
-        raise _refuse("a schema nested", f"{depth // 2} levels deep,", limits.max_depth)
+        raise _refuse("a schema of more than", f"{limits.max_nodes} objects, which", limits.max_nodes)
     for keyword in REPEAT_KEYWORDS:
         value = node.get(keyword)
         if value is None:
@@ -87,7 +85,7 @@ def _check_node(node: Mapping[str, Any], depth: int, counts: dict[str, int], lim
     pattern = node.get("pattern")
     if isinstance(pattern, str):
         if not _bounded(len(pattern), limits.max_pattern):
-            raise _refuse("a pattern of", f"{len(pattern)} characters,", limits.max_pattern)
+            raise _refuse("a pattern of", f"{len(pattern)} characters, which", limits.max_pattern)
         for low, high in _REGEX_REPEAT.findall(pattern):
             n = max(int(low), int(high) if high else 0)
             if not _bounded(n, limits.max_repeat):
