@@ -68,12 +68,15 @@ def test_embeddings_cross_the_pipe_exactly(options, gemma_gguf):
 
 
 def test_requests_in_flight_come_back_tagged(remote):
+    answers = {}
+    for prompt in (PROMPT, "The capital of France is"):
+        remote.reset()  # each from a clean KV cache, as serve asks (a cached prefix changes greedy answers)
+        answers[prompt] = remote.generate(prompt, GREEDY).text()
     remote.reset()
-    alone = remote.generate(PROMPT, GREEDY).text()
-    other_alone = remote.generate("The capital of France is", GREEDY).text()
-    first = remote.generate(PROMPT, GREEDY)       # its pieces queue while the second is asked for
+    first = remote.generate(PROMPT, GREEDY)  # not read yet: its pieces wait under its id
+    remote.reset()                           # queued in the runner behind the first generation
     second = remote.generate("The capital of France is", GREEDY)
-    assert second.text() == other_alone and first.text() == alone
+    assert second.text() == answers["The capital of France is"] and first.text() == answers[PROMPT]
 
 
 def test_closing_a_generation_cancels_it_in_the_runner(remote):
