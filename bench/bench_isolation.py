@@ -131,6 +131,7 @@ def main() -> None:
             runner = Runner.load(options(gguf)) if kind == "in-process" else RemoteRunner.load(options(gguf))
             cold[kind].append(runner.load_duration)
             runner.close()
+            print(f"cold {kind}: {runner.load_duration:.2f} s", file=sys.stderr, flush=True)
 
     local, remote = Runner.load(options(gguf)), RemoteRunner.load(options(gguf), label="bench")
     sides = {"in-process": local, "isolated": remote}
@@ -140,6 +141,8 @@ def main() -> None:
     for i in range(args.runs):
         for kind in (("in-process", "isolated") if i % 2 == 0 else ("isolated", "in-process")):
             warm[kind].append(timed_request(sides[kind], args.tokens))
+            print(f"warm {kind}: ttft {warm[kind][-1]['ttft'] * 1000:.0f} ms, "
+                  f"{warm[kind][-1]['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
     texts = {r["text"] for rs in warm.values() for r in rs}
     local.close()
     remote.close()

@@ -146,6 +146,8 @@ class RunnerProcess:
                     answers.put(message)
         except (WireError, OSError, ValueError):
             pass
+        finally:
+            _close_quietly(self.proc.stdout)
         code = self.proc.wait()
         with self._lock:
             self.stopped = "unloaded" if self._closing else self._reason(code)
@@ -180,6 +182,8 @@ class RunnerProcess:
                 del self._tail[:-LOG_TAIL]
         except (OSError, ValueError):
             return
+        finally:
+            _close_quietly(stream)
 
     def close(self) -> None:
         """Kill the process (its memory goes back to the system) and wait for it."""
@@ -191,11 +195,7 @@ class RunnerProcess:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        for stream in (self.proc.stdin,):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        _close_quietly(self.proc.stdin)
 
 
 class RemoteGeneration(Generation):
@@ -325,6 +325,13 @@ class RemoteRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except (OSError, ValueError):
+        pass
 
 
 def _jsonable(options: LoadOptions) -> dict[str, Any]:
