@@ -144,6 +144,16 @@ def main() -> None:
             print(f"warm {kind}: ttft {warm[kind][-1]['ttft'] * 1000:.0f} ms, "
                   f"{warm[kind][-1]['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
     texts = {r["text"] for rs in warm.values() for r in rs}
+    # the pipe's own cost, less sensitive to a busy machine than the token rates: a whole request/answer
+    # round trip (tokenize a word) and the server's CPU time per streamed piece
+    trips = []
+    for _ in range(200):
+        started = time.perf_counter()
+        remote.tokenize("hi")
+        trips.append(time.perf_counter() - started)
+    cpu = time.process_time()
+    streamed = timed_request(remote, args.tokens)
+    cpu_per_piece = (time.process_time() - cpu) / max(streamed["tokens"], 1)
     local.close()
     remote.close()
 
@@ -161,6 +171,8 @@ def main() -> None:
                  for kind in warm},
         "cold_load_s": {kind: {"median": statistics.median(v), "all": v} for kind, v in cold.items()},
         "rss_kib": measure_rss(gguf, args.tokens),
+        "pipe": {"round_trip_ms_median": statistics.median(trips) * 1000,
+                 "server_cpu_ms_per_piece": cpu_per_piece * 1000},
     }
     result["ratios"] = {
         "ttft_isolated_over_in_process": med("isolated", "ttft") / med("in-process", "ttft"),
@@ -185,6 +197,8 @@ def main() -> None:
     server, runner = rss["isolated"]["server"]["VmHWM"] / 1024, rss["isolated"]["runner"]["VmHWM"] / 1024
     print(f"peak RSS: in-process {rss['in-process']['server']['VmHWM'] / 1024:.0f} MiB; isolated: server "
           f"{server:.0f} MiB + runner {runner:.0f} MiB")
+    print(f"pipe: a request/answer round trip {result['pipe']['round_trip_ms_median']:.3f} ms (median of 200); "
+          f"server CPU per streamed piece {result['pipe']['server_cpu_ms_per_piece']:.3f} ms")
     print(f"same text on both sides: {result['same_text']}; {path}")
 
 
