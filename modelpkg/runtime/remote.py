@@ -37,7 +37,14 @@ from typing import Any
 from modelpkg.base import config
 from modelpkg.core.errors import RunnerError
 from modelpkg.runtime.ggufshape import available_memory
-from modelpkg.runtime.runner import Generation, LoadOptions, Result, SamplingOptions, check_request_format
+from modelpkg.runtime.runner import (
+    Generation,
+    LoadOptions,
+    Result,
+    SamplingOptions,
+    TokenLogprob,
+    check_request_format,
+)
 from modelpkg.runtime.wire import EXIT_OUT_OF_MEMORY, WireError, error_from, read_frame, write_frame
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -225,6 +232,8 @@ class RemoteGeneration(Generation):
         for f in dataclasses.fields(Result):
             if f.name in value:
                 setattr(self.result, f.name, value[f.name])
+        if self.result.logprobs is not None:  # JSON objects back into TokenLogprob values
+            self.result.logprobs = [_logprob_from(v) for v in self.result.logprobs]
 
     def _end(self) -> None:
         self._finished = True
@@ -325,6 +334,11 @@ class RemoteRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _logprob_from(value: dict[str, Any]) -> TokenLogprob:
+    return TokenLogprob(str(value["token"]), float(value["logprob"]), tuple(value.get("bytes") or ()),
+                        tuple(_logprob_from(t) for t in value.get("top") or ()))
 
 
 def _close_quietly(stream: Any) -> None:
