@@ -223,6 +223,9 @@ class RemoteGeneration(Generation):
             if "piece" in message:
                 piece = message["piece"]
                 self.result.text += piece
+                if message.get("logprobs") is not None:
+                    self.result.logprobs = (self.result.logprobs or []) + [
+                        _logprob_from(v) for v in message["logprobs"]]
                 yield piece
             elif "done" in message:
                 self._set_result(message["done"])

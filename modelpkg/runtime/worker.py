@@ -130,9 +130,15 @@ class Worker:
         generation = runner.generate(str(m["prompt"]), sampling_from(m["sampling"]),
                                      add_bos=bool(m.get("add_bos", True)), format=m.get("format"))
         self.send({"id": rid, "started": {"prompt_tokens": runner.last_prompt_tokens}})
+        sent = 0  # log probabilities go with the piece that brings their tokens, as in-process
         try:
             for piece in generation:
-                self.send({"id": rid, "piece": piece})
+                message: dict[str, Any] = {"id": rid, "piece": piece}
+                logprobs = generation.result.logprobs
+                if logprobs is not None:
+                    message["logprobs"] = [dataclasses.asdict(lp) for lp in logprobs[sent:]]
+                    sent = len(logprobs)
+                self.send(message)
                 if self._fault and len(generation.result.tokens) >= self._fault[1]:
                     cause_fault(self._fault[0])
                 if rid in self._cancelled:
