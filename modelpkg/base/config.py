@@ -23,6 +23,11 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
   ``HUGGINGFACE_HUB_CACHE``, default ``$HF_HOME/hub``)
 - ``MODELPKG_HOST`` (else Ollama's ``OLLAMA_HOST``): where ``ps``, ``stop`` and ``run`` look for a running
   ``modelpkg serve`` (default ``127.0.0.1:11434``); ``MODELPKG_SERVE_TOKEN``: its bearer token
+- ``MODELPKG_RUNNER_MEMORY_MB``: the data-memory limit of each model runner process (default: what is
+  available when it starts); ``MODELPKG_GRAMMAR_MAX_REPEAT``, ``MODELPKG_GRAMMAR_MAX_BYTES``: bounds on the
+  grammar a request's ``format`` may build (``core.limits``; 0 switches one off)
+- ``MODELPKG_TEST_RUNNER_FAULT``: tests only, read in the runner process: ``segv``, ``abort`` or ``oom``,
+  optionally ``:<tokens>``, makes it crash after that many generated tokens
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -218,3 +223,39 @@ def lmstudio_models_legacy() -> Path:
 def limit_rate() -> str | None:
     """``MODELPKG_LIMIT_RATE``, as typed (``modelpkg.core.units.parse_rate`` reads it)."""
     return (os.environ.get("MODELPKG_LIMIT_RATE") or "").strip() or None
+
+
+def _int_setting(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def runner_memory_mb() -> int | None:
+    """``MODELPKG_RUNNER_MEMORY_MB``: each model runner process's data-memory limit (RLIMIT_DATA), MiB."""
+    return _int_setting("MODELPKG_RUNNER_MEMORY_MB")
+
+
+def grammar_max_repeat() -> int | None:
+    """``MODELPKG_GRAMMAR_MAX_REPEAT``: the largest repetition count (maxItems, maxLength, ...) a schema in
+    ``format`` may use; 0: no limit."""
+    return _int_setting("MODELPKG_GRAMMAR_MAX_REPEAT")
+
+
+def grammar_max_bytes() -> int | None:
+    """``MODELPKG_GRAMMAR_MAX_BYTES``: the largest grammar text a schema may become; 0: no limit."""
+    return _int_setting("MODELPKG_GRAMMAR_MAX_BYTES")
+
+
+def runner_fault() -> tuple[str, int] | None:
+    """``MODELPKG_TEST_RUNNER_FAULT=segv|abort|oom[:after_tokens]`` (tests only; read in the runner
+    process): the fault to cause and after how many generated tokens (default 1)."""
+    value = os.environ.get("MODELPKG_TEST_RUNNER_FAULT", "").strip()
+    if not value:
+        return None
+    kind, _, after = value.partition(":")
+    if kind not in ("segv", "abort", "oom"):
+        return None
+    return kind, int(after) if after.isdigit() else 1

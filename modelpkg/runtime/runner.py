@@ -16,7 +16,12 @@ counts and timings for ``--verbose``/``--format json``, holds back text that may
 string while streaming, and ends a turn on any end-of-generation token (EOS, EOT, ...), as
 ``create_completion`` does. With the same settings it yields the same tokens (tests check the text).
 
-I/O adapter: imports ``modelpkg.core.errors`` only.
+What a request may build is bounded before llama.cpp sees it (``core.limits``): the schema in ``format``
+and the grammar it becomes, ``num_predict``, a prompt longer than the context (refused, not truncated), and
+a ``num_ctx`` whose KV cache cannot fit in the memory available (estimated from the GGUF's shape,
+``ggufshape``). ``serve`` runs this class in a runner process per model (``remote``, ``worker``).
+
+I/O adapter: imports the core (errors, limits), ``base.config`` (the grammar bounds) and ``ggufshape``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelpkg.core.errors import RunnerError
+from modelpkg.base import config
+from modelpkg.core.errors import InvalidInputError, RunnerError
+from modelpkg.core.limits import (
+    GrammarLimits,
+    check_context_memory,
+    check_format,
+    check_grammar_size,
+    check_num_predict,
+)
 
 INSTALL_HINT = ("install it with: pip install 'modelpkg[run]' "
                 "(this builds llama.cpp from source: about 5 minutes on 2 cores)")
@@ -258,6 +271,7 @@ class Runner:
         Ollama's server runs embedding requests)."""
         llama_cpp = import_llama_cpp()
         started = time.perf_counter()
+        check_memory(options)
         extra = {"embedding": True} if embedding else {}
         with _native_output_captured() as captured:
             try:
@@ -336,13 +350,16 @@ class Runner:
                  format: Any = None) -> Generation:
         """Stream the continuation of ``prompt`` (special tokens parsed). ``format`` ``"json"`` (any JSON
         value) or a JSON schema object constrains the output with a llama.cpp grammar (Ollama's format)."""
+        check_num_predict(sampling.max_tokens)
         grammar = json_grammar(format)
         tokens = self.tokenize(prompt, add_bos=add_bos)
         self.last_prompt = prompt
         self.last_prompt_tokens = list(tokens)
         if len(tokens) >= self.n_ctx:
-            raise RunnerError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}",
-                              "shorten it, or raise num_ctx (--ctx N)")
+            # refused, not cut: Ollama's runner cuts a long prompt's start silently (keeping num_keep), which
+            # answers a question the client did not ask; /api/chat drops whole old turns first (ops.chat)
+            raise InvalidInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}",
+                                    "shorten it, or raise num_ctx (--ctx N)")
         result = Result(prompt_tokens=len(tokens))
         return Generation(self._stream(tokens, sampling, result, grammar), result)
 
@@ -528,21 +545,55 @@ class StopMatcher:
         return out
 
 
+def grammar_limits() -> GrammarLimits:
+    """The bounds on ``format`` in force: ``core.limits``' defaults, or the operator's settings."""
+    defaults = GrammarLimits()
+    repeat, size = config.grammar_max_repeat(), config.grammar_max_bytes()
+    return GrammarLimits(
+        max_repeat=defaults.max_repeat if repeat is None else repeat,
+        max_total_repeat=defaults.max_total_repeat if repeat is None else (4 * repeat if repeat > 0 else 0),
+        max_grammar_bytes=defaults.max_grammar_bytes if size is None else size)
+
+
+def check_request_format(format: Any) -> None:
+    """Refuse a ``format`` that is neither "json" nor a schema, or a schema past the bounds (a 400)."""
+    if format is None or format == "" or format == "json":
+        return
+    if not isinstance(format, dict):
+        raise InvalidInputError(f"format must be \"json\" or a JSON schema object, not {json.dumps(format)[:200]}")
+    check_format(format, grammar_limits())
+
+
 def json_grammar(format: Any) -> Any:
-    """A llama.cpp grammar for Ollama's ``format``: None or "" (free text), "json", or a JSON schema."""
+    """A llama.cpp grammar for Ollama's ``format``: None or "" (free text), "json", or a JSON schema (whose
+    size and grammar are bounded first: ``core.limits``)."""
     if format is None or format == "":
         return None
-    if format != "json" and not isinstance(format, dict):
-        raise RunnerError(f"format must be \"json\" or a JSON schema object, not {json.dumps(format)}")
+    check_request_format(format)
     import_llama_cpp()
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
     try:
         if format == "json":
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        return LlamaGrammar.from_json_schema(json.dumps(format), verbose=False)
+        gbnf = json_schema_to_gbnf(json.dumps(format))
+    except (ValueError, RuntimeError, TypeError, KeyError, RecursionError) as e:
+        raise InvalidInputError(f"cannot turn the JSON schema into a grammar: {str(e)[:300]}") from e
+    check_grammar_size(gbnf, grammar_limits())
+    try:
+        return LlamaGrammar.from_string(gbnf, verbose=False)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        raise RunnerError(f"cannot turn the JSON schema into a grammar: {e}") from e
+        raise InvalidInputError(f"cannot turn the JSON schema into a grammar: {str(e)[:300]}") from e
+
+
+def check_memory(options: LoadOptions, n_seq: int = 1) -> None:
+    """Refuse a context whose KV cache cannot fit in the memory available now (no estimate: no check)."""
+    from modelpkg.runtime.ggufshape import available_memory, model_shape
+
+    shape = model_shape(options.model_path)
+    available = available_memory()
+    if shape is not None and available is not None:
+        check_context_memory(shape, options.n_ctx, n_seq, available)
 
 
 def import_llama_cpp():

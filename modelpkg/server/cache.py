@@ -2,6 +2,10 @@
 queues its requests) for its ``keep_alive``, unloads the least recently used one when too many are loaded,
 and runs the reaper thread that unloads expired ones. ``parse_keep_alive`` reads Ollama's values.
 
+Each runner is a ``RemoteRunner``: the model runs in a runner process of its own (``runtime.remote``), so
+a crash there fails only its requests; a runner found stopped is dropped and the next request loads the
+model again. Unloading kills the process. (``loader`` swaps in ``Runner.load`` to run in-process.)
+
 Knows nothing of HTTP or of either API: it imports the core (digests, errors), ``models``' details and the
 runner adapter; no other ``server`` module, and never the store, the registry or the CLI.
 """
@@ -12,18 +16,43 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelpkg.base import config
 from modelpkg.core.digest import Digest
-from modelpkg.core.errors import InvalidInputError
+from modelpkg.core.errors import InvalidInputError, ModelpkgError
 from modelpkg.ops.models import ModelDetails
+from modelpkg.runtime.remote import RemoteRunner
 from modelpkg.runtime.runner import LoadOptions, Runner, load_options
 
 DEFAULT_KEEP_ALIVE = 300.0   # seconds: Ollama's OLLAMA_KEEP_ALIVE default, 5m
 MAX_LOADED = 3               # models in memory at once (Ollama's OLLAMA_MAX_LOADED_MODELS on a CPU)
 FOREVER = None               # keep_alive < 0
+Loader = Callable[..., Any]  # (LoadOptions, *, embedding, label) -> a Runner or a RemoteRunner
+
+
+def isolated_loader(options: LoadOptions, *, embedding: bool = False, label: str = "") -> RemoteRunner:
+    """Load in a runner process of its own (``serve``'s default)."""
+    return RemoteRunner.load(options, embedding=embedding, label=label)
+
+
+def in_process_loader(options: LoadOptions, *, embedding: bool = False, label: str = "") -> Runner:
+    """Load in this process (what ``modelpkg run`` does; benchmarks compare the two)."""
+    return Runner.load(options, embedding=embedding)
+
+
+def short_name(name: str) -> str:
+    """``registry.ollama.ai/library/gemma3:latest`` -> ``gemma3:latest``, as error messages name a model."""
+    try:
+        return config.reference(name).short(config.default_registry())
+    except ModelpkgError:
+        return name
+
+
+def _usable(runner: Any, wanted: LoadOptions) -> bool:
+    return runner is not None and runner.options == wanted and getattr(runner, "alive", True)
 
 # --------------------------------------------------------------------------------------------------------
 # keep_alive
@@ -88,32 +117,35 @@ class Loaded:
     last_used: float = 0.0
     n_ctx: int = 0               # the loaded context (read by /api/ps without touching a runner)
     load_duration: float = 0.0   # seconds spent loading during the current request
+    loader: Loader = isolated_loader
 
     def load(self, wanted: LoadOptions) -> Runner:
-        """``Session``'s loader: the loaded runner, reloaded when the load-time options changed."""
-        if self.runner is not None and self.runner.options != wanted:
+        """``Session``'s loader: the loaded runner, reloaded when the load-time options changed or its
+        process stopped."""
+        if self.runner is not None and not _usable(self.runner, wanted):
             self.runner.close()
             self.runner = None
         if self.runner is None:
-            self.runner = Runner.load(wanted)
+            self.runner = self.loader(wanted, label=short_name(self.name))
             self.n_ctx = self.runner.n_ctx
             self.load_duration += self.runner.load_duration
         return self.runner
 
     def embedding_runner(self, params: Mapping[str, Any]) -> Runner:
         wanted = load_options(params, self.details.model_path, self.details.adapter_paths, self.details.context_length)
-        if self.embedder is not None and self.embedder.options != wanted:
+        if self.embedder is not None and not _usable(self.embedder, wanted):
             self.embedder.close()
             self.embedder = None
         if self.embedder is None:
-            self.embedder = Runner.load(wanted, embedding=True)
+            self.embedder = self.loader(wanted, embedding=True, label=short_name(self.name))
             self.n_ctx = self.n_ctx or self.embedder.n_ctx
             self.load_duration += self.embedder.load_duration
         return self.embedder
 
     @property
     def in_memory(self) -> bool:
-        return self.runner is not None or self.embedder is not None
+        """A runner is loaded and its process still runs (a crashed one is not in memory any more)."""
+        return any(r is not None and getattr(r, "alive", True) for r in (self.runner, self.embedder))
 
     def close(self) -> None:
         runners = (self.runner, self.embedder)
@@ -133,8 +165,9 @@ class ModelCache:
     is reached)."""
 
     def __init__(self, default_keep_alive: float | None = DEFAULT_KEEP_ALIVE, clock=time.monotonic,
-                 max_loaded: int = MAX_LOADED):
+                 max_loaded: int = MAX_LOADED, loader: Loader = isolated_loader):
         self.default_keep_alive = default_keep_alive
+        self.loader = loader
         self.max_loaded = max_loaded
         self._clock = clock
         self._entries: dict[str, Loaded] = {}
@@ -158,7 +191,7 @@ class ModelCache:
                     del self._entries[other_key]
             entry = self._entries.get(key)
             if entry is None:
-                entry = Loaded(details.name, details)
+                entry = Loaded(details.name, details, loader=self.loader)
                 self._entries[key] = entry
             entry.name = details.name  # /api/ps shows the name it was last asked for
             entry.users += 1
