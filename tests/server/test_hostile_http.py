@@ -362,8 +362,11 @@ def _serve(tmp_path: Path, *args: str) -> tuple[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MODELPKG_HOME": str(tmp_path / "home"),
            "MODELPKG_CONFIG_DIR": str(tmp_path / "cfg")}
     env.pop("MODELPKG_SERVE_TOKEN", None)
+    # SIGINT back to its default in the child: a shell that starts a job in the background without job control
+    # makes it ignored, and Python then never installs its handler (serve would not stop)
     proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", "0", *args], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()
         port = re.search(r":(\d+) ", first)
@@ -371,8 +374,13 @@ def _serve(tmp_path: Path, *args: str) -> tuple[str, str]:
         assert _get(int(port.group(1)), "/api/version")[0] == 200  # listening: anything it says is said
     finally:
         proc.send_signal(signal.SIGINT)
-        rest = proc.stderr.read()
-        assert proc.wait(timeout=10) == 0
+        try:
+            _, rest = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("serve did not stop on SIGINT within 20 s") from None
+        assert proc.returncode == 0
     return first, rest
 
 
