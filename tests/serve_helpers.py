@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "Modelfile.examples"
 
 @contextlib.contextmanager
 def serving(tmp_path_factory, gemma_gguf: Path, names: tuple[str, ...] = ("gemma3-base", "gemma3-chat"),
-            **server_options) -> Iterator:
-    """A running server (``.url``, ``.app``) over a fresh store with ``names`` created from the examples."""
+            modelfiles: Mapping[str, str] | None = None, **server_options) -> Iterator:
+    """A running server (``.url``, ``.app``) over a fresh store with ``names`` created from the examples and
+    each of ``modelfiles`` (name -> Modelfile text; the weights are ``./gemma3-270m-q4_k_m.gguf``)."""
     require_module("llama_cpp")
     from modelpkg.base import config
     from modelpkg.ops.create import create
@@ -40,9 +41,10 @@ def serving(tmp_path_factory, gemma_gguf: Path, names: tuple[str, ...] = ("gemma
     mp.setenv("MODELPKG_HOME", str(root / "home"))
     mp.setenv("MODELPKG_CONFIG_DIR", str(root / "config"))
     mp.delenv("MODELPKG_REGISTRY", raising=False)
+    mp.delenv("MODELPKG_TEST_RUNNER_FAULT", raising=False)
     store = Store(config.home())
-    for name in names:
-        text = (EXAMPLES / f"{name}.Modelfile").read_text()
+    texts = {name: (EXAMPLES / f"{name}.Modelfile").read_text() for name in names}
+    for name, text in {**texts, **(modelfiles or {})}.items():
         create(store, config.reference(name), text, folder, resolve_name=config.reference)
     server = make_server(store, "127.0.0.1", 0, **server_options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

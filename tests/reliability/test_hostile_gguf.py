@@ -25,27 +25,10 @@ from modelpkg.cli.app import cli
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.manifest import Descriptor, canonical_json
 from modelpkg.store import Store
+from timebox import within
 
 CORPUS = Path(__file__).resolve().parents[1] / "runtime" / "gguf_corpus"
 LIMIT = 20.0  # seconds before "it hangs": these answer in well under one
-
-
-def within(seconds: float, fn, *args, **kwargs):
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def _stored_weights_only(store: Store, name: str, weights: bytes) -> None:

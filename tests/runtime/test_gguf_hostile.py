@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import threading
 import time
 from pathlib import Path
 
@@ -31,30 +30,12 @@ from modelpkg.ops.create import create
 from modelpkg.runtime import ggufmeta
 from modelpkg.runtime.ggufmeta import read_info
 from modelpkg.store import Store
+from timebox import within
 
 CORPUS = Path(__file__).parent / "gguf_corpus"
 LIMIT = 20.0  # seconds before "it hangs": far above the milliseconds these take, below a stuck test's patience
 PER_EXAMPLE_SECONDS = 2.0
 SCALE = max(1, int(os.environ.get("MODELPKG_FUZZ_EXAMPLES", "1") or 1))
-
-
-def within(seconds: float, fn, *args, **kwargs):
-    """``fn(*args)``'s result (or exception), or a failure if it is still running after ``seconds``."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def refused(path: Path) -> InvalidInputError:

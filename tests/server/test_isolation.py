@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from capabilities import require_module
-from modelpkg.server.app import make_server
+from serve_helpers import serving
 
 httpx = require_module("httpx")
 
@@ -40,30 +40,10 @@ SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, gemma_gguf):
-    require_module("llama_cpp")
-    from modelpkg.base import config
-    from modelpkg.ops.create import create
-    from modelpkg.store import Store
-
-    root = tmp_path_factory.mktemp("isolation")
-    folder = root / "src"
-    folder.mkdir()
-    os.symlink(gemma_gguf, folder / "gemma.gguf")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MODELPKG_HOME", str(root / "home"))
-    mp.setenv("MODELPKG_CONFIG_DIR", str(root / "config"))
-    mp.delenv("MODELPKG_REGISTRY", raising=False)
-    mp.delenv("MODELPKG_TEST_RUNNER_FAULT", raising=False)
-    store = Store(config.home())
-    create(store, config.reference(BASE), "FROM ./gemma.gguf\n", folder, resolve_name=config.reference)
-    create(store, config.reference(OTHER), "FROM ./gemma.gguf\nPARAMETER top_k 20\n", folder,
-           resolve_name=config.reference)
-    server = make_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.close()
-    mp.undo()
+    weights = "FROM ./gemma3-270m-q4_k_m.gguf\n"
+    with serving(tmp_path_factory, gemma_gguf, names=(),
+                 modelfiles={BASE: weights, OTHER: weights + "PARAMETER top_k 20\n"}) as server:
+        yield server
 
 
 def generate(served, model: str, options=None, **extra) -> httpx.Response:
