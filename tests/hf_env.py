@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 
 from modelpkg.core import mediatypes as mt
+from registry_env import QuietHandler
 
 SHARDED = ("The specified tag is a sharded GGUF. Ollama does not support this yet. Please use another tag or "
            "\"latest\". Follow this issue for more info: https://github.com/ollama/ollama/issues/5245")
@@ -89,23 +90,8 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     state: HubState
-
-    def log_message(self, format, *args):
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
-              content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _error(self, status: int, text: str) -> None:
         self._send(status, json.dumps({"error": text}).encode())

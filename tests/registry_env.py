@@ -466,7 +466,7 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class _QuietHandler(http.server.BaseHTTPRequestHandler):
+class QuietHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # keep pytest output clean
@@ -488,7 +488,7 @@ class _QuietHandler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
 
-class _TokenHandler(_QuietHandler):
+class _TokenHandler(QuietHandler):
     def _basic_user(self, server: TokenServer) -> tuple[str | None, bool]:
         """(user, ok): no Basic header is anonymous and ok; a wrong password is not ok."""
         header = self.headers.get("Authorization", "")
@@ -697,7 +697,7 @@ class OtherHost:
         self._httpd.server_close()
 
 
-class _OtherHostHandler(_QuietHandler):
+class _OtherHostHandler(QuietHandler):
     def do_GET(self):
         owner: OtherHost = self.server.owner
         path = self.path.partition("?")[0]
@@ -802,7 +802,7 @@ class _Abort(Exception):
     """The handler cut the connection on purpose."""
 
 
-class _ProxyHandler(_QuietHandler):
+class _ProxyHandler(QuietHandler):
     def do_GET(self):
         proxy: FaultProxy = self.server.owner
         path, _, query = self.path.partition("?")
