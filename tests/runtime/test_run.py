@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -258,6 +259,13 @@ def test_batch_gives_one_result_per_line(env, tmp_path):
     assert json.loads(out.read_text())["response"] + "\n" == one_shot
 
 
+def _own_terminal() -> None:
+    """In the child: take the pty as controlling terminal, and let Ctrl-C act even when the test runner was
+    started with SIGINT ignored (a background shell without job control), which the child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """``modelpkg run`` in a child process on a pseudo-terminal (its controlling terminal, so Ctrl-C is real)."""
 
@@ -267,7 +275,7 @@ class Terminal:
         variables.pop("MODELPKG_REGISTRY", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "modelpkg", "run", *args], stdin=slave, stdout=slave, stderr=slave,
-            env=variables, start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            env=variables, start_new_session=True, preexec_fn=_own_terminal)
         os.close(slave)
         self.buffer = b""
 

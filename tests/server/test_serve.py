@@ -437,8 +437,10 @@ def test_serve_command_runs_and_stops_on_ctrl_c(tmp_path):
 
     env = {**os.environ, "MODELPKG_HOME": str(tmp_path / "home"), "MODELPKG_CONFIG_DIR": str(tmp_path / "cfg"),
            "MODELPKG_SERVE_TOKEN": "t0k"}
+    # SIGINT restored in the child: a test runner started with it ignored would pass that on.
     proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", "0"], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()
         url = re.search(r"http://[\d.]+:\d+", line).group(0)
