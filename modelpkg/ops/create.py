@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core import modelfile as mf
 from modelpkg.core.digest import Digest
@@ -47,8 +48,8 @@ from modelpkg.core.manifest import (
 )
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
-from modelpkg.base import fsutil
-from modelpkg.runtime import ggufmeta, quantize as quantizer
+from modelpkg.runtime import ggufmeta
+from modelpkg.runtime import quantize as quantizer
 from modelpkg.store import Pins, RefEntry, Store
 
 # The one answer for every path in a request (never the value itself: the text must not vary with it).
@@ -65,7 +66,8 @@ class CreateResult:
 
 
 def create(store: Store, ref: Reference, text: str, base_dir: Path | None, *, link: bool = False,
-           progress: Progress | None = None, resolve_name=parse_reference, quantize: str | None = None) -> CreateResult:
+           progress: Progress | None = None, resolve_name=parse_reference,
+           quantize: str | None = None) -> CreateResult:
     """Build the model that ``text`` (a Modelfile read from ``base_dir``) describes and name it ``ref``.
 
     ``base_dir`` None is the API's mode: no path is read, only blobs and models in the store (see the module

@@ -72,7 +72,8 @@ def check_source(file_type: str, subject: str, want: str) -> None:
     and F32 models"), naming what it is."""
     if file_type not in SOURCE_TYPES:
         raise InvalidInputError(
-            f"quantization is only supported for F16, BF16 and F32 models: {subject} is {file_type or 'of unknown type'}",
+            f"quantization is only supported for F16, BF16 and F32 models: {subject} is "
+            f"{file_type or 'of unknown type'}",
             f"FROM the model's F16, BF16 or F32 GGUF to make {want}, or leave out the quantize option")
 
 
@@ -165,6 +166,7 @@ def _fsync(path: Path) -> None:
 def child_main(argv: list[str]) -> None:
     src, dst, want = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
+    _die_with_parent()
     from modelpkg.runtime.runner import import_llama_cpp
 
     try:
@@ -189,6 +191,18 @@ def child_main(argv: list[str]) -> None:
     params.ftype = getattr(llama_cpp, FTYPES[want])
     code = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     os._exit(EXIT_FAILED if code else 0)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (a killed ``create`` leaves no quantizer writing a
+    file nobody will rename; the store removes the file of a dead owner). Best effort elsewhere."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os._exit(EXIT_FAILED)
 
 
 def _say(text: str) -> None:

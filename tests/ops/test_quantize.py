@@ -183,7 +183,8 @@ def test_q4_k_m_gives_llama_cpps_mix_and_the_model_generates(home, llama, source
     assert types["output.weight"] == "Q6_K"
     more_bits = {n for n in types if n.endswith(("attn_v.weight", "ffn_down.weight")) and types[n] == "Q6_K"}
     assert more_bits  # use_more_bits(): the first/last layers and every third get Q6_K
-    rest = [t for n, t in types.items() if not n.endswith("norm.weight") and n != "output.weight" and n not in more_bits]
+    rest = [t for n, t in types.items()
+            if not n.endswith("norm.weight") and n != "output.weight" and n not in more_bits]
     assert set(rest) == {"Q4_K"}
     info = json.loads(Store(home).read_blob(Store(home).manifest(config.reference("tiny-q4"))[1].config.digest))
     assert info["config"]["quantization"] == "Q4_K_M"
