@@ -143,8 +143,10 @@ def _failure(code: int, tail: collections.deque, src: Path, want: str) -> Runner
             how = f"signal {-code}"
     else:
         how = f"exit code {code}"
+    last = next((line for line in reversed(lines) if line.strip()), "")
     return RunnerError(f"quantizing {src.name} to {want} failed: the quantizer process ended with {how}",
-                       "nothing was stored; run it again with MODELPKG_DEBUG=1 and report the quantizer's log")
+                       "nothing was stored and the source is unchanged"
+                       + (f"; llama.cpp's last log line: {last.strip()[:200]}" if last else ""))
 
 
 def _fsync(path: Path) -> None:
@@ -178,7 +180,7 @@ def child_main(argv: list[str]) -> None:
     seen = [0]
 
     @llama_cpp.llama_log_callback
-    def log(level, text, user_data):  # noqa: ARG001 - ggml_log_callback's signature
+    def log(level, text, user_data):  # ggml_log_callback's signature
         os.write(2, text or b"")
         if fault and text and _TENSOR.search(text.decode("utf-8", "replace")):
             seen[0] += 1

@@ -265,6 +265,21 @@ def test_an_already_quantized_source_is_refused(home, tmp_path):
     assert CliRunner().invoke(cli, ["list", "--json"]).stdout.strip() in ("[]", "")
 
 
+def test_a_gguf_llama_cpp_cannot_quantize_is_one_line(home, llama, tmp_path):
+    """An F16 GGUF without the hyperparameters llama.cpp needs: llama_model_quantize returns an error, whose
+    reason (from llama.cpp's log) is the message; nothing is stored."""
+    broken = make_gguf(tmp_path / "broken.gguf", file_type=1)
+    before = snapshot(broken)
+    (tmp_path / "Modelfile").write_text("FROM ./broken.gguf\n")
+    result = CliRunner().invoke(cli, ["create", "b", "-f", str(tmp_path / "Modelfile"), "-q", "q4_k_m"])
+    assert result.exit_code == RunnerError.exit_code, result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("Error: llama.cpp cannot quantize broken.gguf to Q4_K_M: "), result.stderr
+    assert len(first) > len("Error: llama.cpp cannot quantize broken.gguf to Q4_K_M: ") + 5
+    assert "Traceback" not in result.output
+    assert blobs(home) == set() and leftovers(home) == [] and snapshot(broken) == before
+
+
 # ------------------------------------------------------------------------------------------------------------
 # a crash of the quantizer and Ctrl-C: one line, nothing stored, nothing left
 
@@ -301,10 +316,10 @@ def test_ctrl_c_kills_the_quantizer_and_removes_its_file(home, llama, source, tm
         working = leftovers(home)
         assert working, "the quantizer never started writing"
         time.sleep(0.5)  # the stalled child is past its first tensor
-        child = [p for p in children(proc.pid)]
+        child = children(proc.pid)
         assert child, "no quantizer process"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -385,6 +400,9 @@ def test_api_create_bad_type_and_quantized_source(home, server, tmp_path):
                                                           "quantize": "q3_k"}, timeout=60)
     assert bad.status_code == 400
     assert bad.json()["error"].startswith("unsupported quantization type 'q3_k': the accepted types are F32")
+    older = requests.post(f"{server.url}/api/create", json={"model": "x", "files": {"q4.gguf": digest},
+                                                            "quantization": "Q5_0"}, timeout=60)
+    assert older.status_code == 400 and older.json()["error"].startswith("unsupported quantization type 'Q5_0'")
     refused = requests.post(f"{server.url}/api/create", json={"model": "x", "files": {"q4.gguf": digest},
                                                               "quantize": "q8_0", "stream": False}, timeout=60)
     assert refused.status_code == 400, refused.text
