@@ -93,7 +93,7 @@ def quantize(src: Path, dst: Path, want: str, *, progress: Progress | None = Non
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
     try:
-        _follow(proc, tail, progress, task, total)
+        done = _follow(proc, tail, progress, task, total)
         code = proc.wait()
         if code != 0:
             raise _failure(code, tail, src, want)
@@ -106,11 +106,14 @@ def quantize(src: Path, dst: Path, want: str, *, progress: Progress | None = Non
         raise
     finally:
         proc.stderr.close()
+    if total > done:  # the header: the bar ends full
+        progress.advance(task, total - done)
     progress.finish(task)
 
 
-def _follow(proc: subprocess.Popen, tail: collections.deque, progress: Progress, task: str, total: int) -> None:
-    """Read the child's log to its end: progress from the tensor lines, the last lines kept for errors."""
+def _follow(proc: subprocess.Popen, tail: collections.deque, progress: Progress, task: str, total: int) -> int:
+    """Read the child's log to its end: progress from the tensor lines (the bytes reported are returned),
+    the last lines kept for errors."""
     done = 0
     assert proc.stderr is not None
     while line := proc.stderr.readline(1 << 16):
@@ -125,6 +128,7 @@ def _follow(proc: subprocess.Popen, tail: collections.deque, progress: Progress,
             if step > 0:
                 done += step
                 progress.advance(task, step)
+    return done
 
 
 def _failure(code: int, tail: collections.deque, src: Path, want: str) -> RunnerError:
