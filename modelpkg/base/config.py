@@ -28,6 +28,8 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
   grammar a request's ``format`` may build (``core.limits``; 0 switches one off)
 - ``MODELPKG_TEST_RUNNER_FAULT``: tests only, read in the runner process: ``segv``, ``abort`` or ``oom``,
   optionally ``:<tokens>``, makes it crash after that many generated tokens
+- ``MODELPKG_TEST_QUANTIZE_FAULT``: tests only, read in the quantizer process (``runtime.quantize``): ``segv``,
+  ``abort`` or ``stall`` while llama.cpp writes the second tensor
 - other tools' own: ``OLLAMA_MODELS``, ``DOCKER_CONFIG``, ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR``,
   ``XDG_CONFIG_HOME``
 """
@@ -259,3 +261,9 @@ def runner_fault() -> tuple[str, int] | None:
     if kind not in ("segv", "abort", "oom"):
         return None
     return kind, int(after) if after.isdigit() else 1
+
+
+def quantize_fault() -> str | None:
+    """``MODELPKG_TEST_QUANTIZE_FAULT=segv|abort|stall`` (tests only; read in the quantizer process)."""
+    value = os.environ.get("MODELPKG_TEST_QUANTIZE_FAULT", "").strip()
+    return value if value in ("segv", "abort", "stall") else None

@@ -21,14 +21,17 @@ from modelpkg.core.errors import UsageError
               show_default=True, help="The Modelfile to build.")
 @click.option("--link", is_flag=True, help="Hard-link the GGUF into the store instead of copying it (same filesystem "
               "only; editing the source file later would corrupt the stored model).")
+@click.option("-q", "--quantize", metavar="TYPE", help="Quantize the F32, F16 or BF16 weights with llama.cpp: "
+              "F32, F16, Q8_0, Q4_K_S or Q4_K_M (any case).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def create(name: str, modelfile: Path, link: bool, as_json: bool) -> None:
+def create(name: str, modelfile: Path, link: bool, quantize: str | None, as_json: bool) -> None:
     """Create a model from a Modelfile.
 
     \b
     Examples:
       modelpkg create gemma3-base -f Modelfile.examples/gemma3-base.Modelfile
       modelpkg create mychat            # reads ./Modelfile
+      modelpkg create mymodel -f Modelfile --quantize q4_K_M   # FROM an F16 GGUF
     """
     from modelpkg.cli.progress import for_terminal
     from modelpkg.core.errors import NotFoundError, StoreError
@@ -45,7 +48,7 @@ def create(name: str, modelfile: Path, link: bool, as_json: bool) -> None:
         raise StoreError(f"cannot read {modelfile}: {e.strerror}") from e
     progress = for_terminal()
     result = create_model(open_store(), ref, text, modelfile.resolve().parent, link=link, progress=progress,
-                          resolve_name=config.reference)
+                          resolve_name=config.reference, quantize=quantize)
     if as_json:
         emit_json({"name": result.entry.name, "digest": str(result.entry.digest),
                    "layers": [layer.to_json() for layer in result.layers]})

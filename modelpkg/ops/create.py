@@ -14,6 +14,12 @@ that could be a path is refused by ``check_api_modelfile`` with one error (``PAT
 depends neither on the value nor on what exists on the server, so the API is no oracle for "does this file
 exist?" (CVE-2024-39719) and cannot make a model of a server file to push elsewhere.
 
+``quantize`` (``create --quantize q4_K_M``, ``/api/create``'s ``quantize``) makes the weights layer with
+llama.cpp's quantizer (``runtime.quantize``, in a child process) from an F32, F16 or BF16 source: a FROM file
+is read where it is (never copied into the store first), a blob or a model's weights from the store; the
+output goes to a temp file in the store's ``ingest/`` and is hashed and renamed into place like any ingest, so
+a failure or Ctrl-C leaves no blob. A source already of the asked type is kept as it is (Ollama's rule).
+
 Orchestration: imports the core and the store adapters.
 """
 
@@ -26,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core import modelfile as mf
 from modelpkg.core.digest import Digest
@@ -42,6 +49,7 @@ from modelpkg.core.manifest import (
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
 from modelpkg.runtime import ggufmeta
+from modelpkg.runtime import quantize as quantizer
 from modelpkg.store import Pins, RefEntry, Store
 
 # The one answer for every path in a request (never the value itself: the text must not vary with it).
@@ -58,14 +66,17 @@ class CreateResult:
 
 
 def create(store: Store, ref: Reference, text: str, base_dir: Path | None, *, link: bool = False,
-           progress: Progress | None = None, resolve_name=parse_reference) -> CreateResult:
+           progress: Progress | None = None, resolve_name=parse_reference,
+           quantize: str | None = None) -> CreateResult:
     """Build the model that ``text`` (a Modelfile read from ``base_dir``) describes and name it ``ref``.
 
     ``base_dir`` None is the API's mode: no path is read, only blobs and models in the store (see the module
     docstring). ``resolve_name`` parses a FROM model name into a Reference (the CLI passes one that knows the
-    configured default registry).
+    configured default registry). ``quantize`` (a type ``runtime.quantize.parse_type`` accepts) quantizes the
+    weights (see the module docstring).
     """
     progress = progress or NullProgress()
+    want = quantizer.parse_type(quantize) if quantize else None
     parsed = mf.parse(text)
     if base_dir is None:
         check_api_modelfile(parsed)
@@ -75,7 +86,7 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path | None, *, li
         _check_template(template, parsed)
     store.init()
     with store.session() as pins:
-        base, info, from_file = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name)
+        base, info, from_file = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name, want)
         base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size, info.context_length))
         layers = _layers(store, parsed, params, base, base_dir, pins, progress)
         adapter = next((layer.digest for layer in layers if layer.annotations.get(mt.ROLE) == "adapter"), None)
@@ -185,15 +196,22 @@ def _find_gguf(path: Path) -> Path:
 
 
 def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path | None, pins: Pins, link: bool,
-                  progress: Progress, resolve_name) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
+                  progress: Progress, resolve_name,
+                  quantize: str | None = None) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
     """The base model's layers, its GGUF's metadata, and whether FROM named a file (or a blob) rather
-    than a model. A file of that name wins over a blob digest and a model name (CLI mode only)."""
+    than a model. A file of that name wins over a blob digest and a model name (CLI mode only). With
+    ``quantize``, the weights are that source quantized."""
     value = parsed.from_
     line = next((i.line for i in parsed.instructions if i.keyword == "from"), None)
     path = expand_path(value, base_dir) if base_dir is not None else None
     if path is not None and path.exists():
         gguf = _find_gguf(path)
         ggufmeta.check_magic(gguf)
+        if quantize is not None:
+            quantized = _quantized(store, gguf.resolve(), ggufmeta.read_info(gguf), quantize, f"FROM {value}", line,
+                                   pins, progress)
+            if quantized is not None:
+                return ModelLayers(model=quantized[0]), quantized[1], True
         # Read the metadata (importing numpy and gguf takes ~0.3 s) while the weights are copied.
         with ThreadPoolExecutor(max_workers=1) as pool:
             reading = pool.submit(ggufmeta.read_info, gguf)
@@ -208,10 +226,42 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path | None, pin
         info = ggufmeta.read_info(gguf)
         if info.model_type == "adapter":
             raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+        quantized = _quantized(store, gguf, info, quantize, f"FROM {value}", line, pins, progress)
+        if quantized is not None:
+            return ModelLayers(model=quantized[0]), quantized[1], True
         return ModelLayers(model=modelpack_layer("model", blob, gguf.stat().st_size)), info, True
     if path is not None and _looks_like_path(value):
         raise ModelfileError(f"FROM {value}: file not found ({path})", line)
-    return _from_model(store, value, line, pins, resolve_name, files=base_dir is not None)
+    base, info, from_file = _from_model(store, value, line, pins, resolve_name, files=base_dir is not None)
+    assert base.model is not None
+    quantized = _quantized(store, store.blob_path(base.model.digest), info, quantize, f"FROM {value}", line, pins,
+                           progress)
+    if quantized is not None:
+        base = replace(base, model=quantized[0])
+        info = quantized[1]
+    return base, info, from_file
+
+
+def _quantized(store: Store, src: Path, info: ggufmeta.GGUFInfo, want: str | None, subject: str, line: int | None,
+               pins: Pins, progress: Progress) -> tuple[Descriptor, ggufmeta.GGUFInfo] | None:
+    """The weights layer of ``src`` quantized to ``want``, and its metadata; None when there is nothing to
+    do (no ``want``, or the source is of that type already). An already-quantized source is refused before
+    anything is written."""
+    if want is None or info.file_type == want:
+        return None
+    if info.model_type == "adapter":
+        raise ModelfileError(f"{subject} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+    quantizer.check_source(info.file_type, subject, want)
+    tmp = store.temp_path("quantize")
+    task = f"quantize:{want}"
+    with fsutil.removing_on_error(tmp):
+        quantizer.quantize(src, tmp, want, progress=progress, task=task,
+                           label=f"quantizing {info.file_type} model to {want}")
+        progress.message(f"hashing {want} weights")
+        digest, size = fsutil.hash_file(tmp)
+        new_info = ggufmeta.read_info(tmp)
+        store.commit_temp(tmp, digest, pins)
+    return modelpack_layer("model", digest, size), new_info
 
 
 def _from_model(store: Store, value: str, line: int | None, pins: Pins, resolve_name,

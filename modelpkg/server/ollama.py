@@ -398,8 +398,13 @@ class OllamaApi:
 
         body = req.json()
         _, ref = self.reference(body)
-        if body.get("quantize"):
-            raise ApiError(400, "quantize is not supported", "invalid_request_error")
+        quantize = body.get("quantize") or body.get("quantization")  # Ollama reads both (the second is older)
+        if quantize is not None and not isinstance(quantize, str):
+            raise ApiError(400, "quantize must be a string")
+        if quantize:
+            from modelpkg.runtime.quantize import parse_type
+
+            quantize = parse_type(quantize)  # a type it does not know: a 400 now, before anything streams
         text = body.get("modelfile")
         if text is not None and not isinstance(text, str):
             raise ApiError(400, "modelfile must be a string")
@@ -410,7 +415,8 @@ class OllamaApi:
 
         def work(progress: Progress) -> None:
             progress.message("parsing modelfile")
-            create(self.store, ref, text, None, progress=progress, resolve_name=config.reference)
+            create(self.store, ref, text, None, progress=progress, resolve_name=config.reference,
+                   quantize=quantize or None)
             self.cache.unload(str(ref))
             progress.message("success")
 
