@@ -26,7 +26,7 @@ TOP = {"__init__": None, "__main__": "cli"}  # the package docstring and ``pytho
 # only the runner loads llama.cpp
 IO_MODULES = {"os", "pathlib", "io", "requests", "socket", "subprocess", "shutil", "filelock", "platformdirs",
               "llama_cpp", "gguf", "numpy", "click", "urllib3", "http", "threading", "time", "tempfile"}
-ONLY_IN = {"click": {"cli"}, "llama_cpp": {"runtime.runner"}}
+ONLY_IN = {"click": {"cli"}, "llama_cpp": {"runtime.runner", "runtime.splits"}}
 LAZY_NAME = re.compile(r"^modelpkg(\.\w+)+(:\w+)?$")
 
 
