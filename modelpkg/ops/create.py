@@ -260,7 +260,7 @@ def _first_shard(found: list[Path]) -> Path | None:
     names = [split_name(p.name) for p in found]
     if len(found) < 2 or any(n is None for n in names) or len({(n[0], n[2]) for n in names}) != 1:
         return None
-    return min(zip(names, found))[1]
+    return min(zip(names, found, strict=True))[1]
 
 
 def split_set(first: Path) -> list[Path] | None:

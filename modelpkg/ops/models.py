@@ -127,7 +127,8 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
     if layers.model is not None and weights == layers.model.digest and is_weight_tar(layers.model):
         weights, weight_format = None, SAFETENSORS  # a tar pull found no GGUF in: it held safetensors
     if not weight_format and _config_format(config) == SAFETENSORS:
-        weight_format = SAFETENSORS    context = info.get("context_length") or _annotated_int(layers.model, mt.CONTEXT_LENGTH)
+        weight_format = SAFETENSORS
+    context = info.get("context_length") or _annotated_int(layers.model, mt.CONTEXT_LENGTH)
     if (not context or not info.get("architecture")) and weights is not None and store.has_blob(weights):
         # a model pulled from elsewhere (ORAS, KitOps) whose config says nothing about the weights
         gguf = _gguf_info(store.blob_path(weights))

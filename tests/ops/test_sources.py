@@ -23,6 +23,7 @@ from artifacts import member, publish, publish_kitops, tar_bytes
 from modelpkg.base import config
 from modelpkg.cli.app import cli
 from modelpkg.core import mediatypes as mt
+from modelpkg.core.digest import Digest
 from modelpkg.store import Store
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -112,6 +113,41 @@ def split3(tmp_path) -> list[Path]:
     folder = tmp_path / "split"
     folder.mkdir()
     return write_split(folder / "tiny.gguf", shards=3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model view (pure): which layer is a shard, a projector, safetensors
+
+
+def _layer(title: str | None, media_type: str = mt.MODELPACK_WEIGHT, data: bytes | None = None):
+    from modelpkg.core.manifest import Descriptor
+
+    digest = Digest.of(data if data is not None else (title or media_type).encode())
+    return Descriptor(media_type, digest, 1, {mt.TITLE: title} if title else {})
+
+
+def test_the_model_view_tells_shards_from_projectors_and_safetensors():
+    from modelpkg.core.manifest import Manifest, model_layers, split_name, split_problem
+
+    assert split_name("dir/Qwen3-00002-of-00003.gguf") == ("Qwen3", 2, 3)
+    assert split_name("x-00004-of-00003.gguf") is None and split_name("x-00001-of-00001.gguf") is None
+    assert split_name("model.gguf") is None and split_name(None) is None
+
+    def view(*layers):
+        return model_layers(Manifest(mt.OCI_MANIFEST, _layer("config"), tuple(layers)))
+
+    v = view(_layer("m-00002-of-00002.gguf"), _layer("mmproj-m-f16.gguf"), _layer("m-00001-of-00002.gguf"))
+    assert [s.title for s in v.shards] == ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+    assert v.model == v.shards[0] and [p.title for p in v.projectors] == ["mmproj-m-f16.gguf"]
+    assert v.format == "gguf" and split_problem(v) is None
+    v = view(_layer("m-00001-of-00003.gguf"), _layer("m-00003-of-00003.gguf"))
+    assert split_problem(v) == "shard 2 of 3 (m-00002-of-00003.gguf) is missing"
+    dmr = view(_layer(None, mt.DMR_GGUF, b"a"), _layer(None, mt.DMR_GGUF, b"b"), _layer(None, mt.DMR_MMPROJ, b"c"))
+    assert [s.digest for s in dmr.shards] == [Digest.of(b"a"), Digest.of(b"b")] and len(dmr.projectors) == 1
+    v = view(_layer("model.gguf"), _layer("other.gguf"))  # an ORAS artifact of two GGUFs: as before
+    assert v.shards == () and [p.title for p in v.projectors] == ["other.gguf"]
+    v = view(_layer(None, "application/vnd.ollama.image.tensor; name=w; dtype=BF16"), _layer("model.safetensors"))
+    assert v.model is None and len(v.tensors) == 2 and v.format == "safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------
