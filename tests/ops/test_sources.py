@@ -511,3 +511,29 @@ def test_gemma_in_a_zstd_modelpack_tar_runs_like_the_created_model(registry, hom
     got = run("run", name, PROMPT, *ARGS)
     assert got.exit_code == 0, got.stderr
     assert got.stdout == expected.stdout and got.stdout.strip()
+
+
+@pytest.mark.model
+def test_shards_under_digest_names_load_only_through_the_splits_loader(gemma_split, tmp_path):
+    """Blob files have no shard names: llama.cpp's own lookup fails on them, the shard list in order loads,
+    and a list out of order is refused by llama.cpp (it checks each shard's split.no)."""
+    import shutil
+
+    from modelpkg.core.errors import RunnerError
+    from modelpkg.runtime.runner import Runner, effective_parameters, load_options
+
+    blobs = []
+    for path in gemma_split:
+        blob = tmp_path / hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, blob)
+        blobs.append(blob)
+    params = effective_parameters({"num_ctx": 256})
+    with pytest.raises(RunnerError, match="cannot load"):
+        Runner.load(load_options(params, blobs[0]))
+    with pytest.raises(RunnerError, match="cannot load"):
+        Runner.load(load_options(params, blobs[0], shard_paths=[blobs[0], blobs[2], blobs[1]]))
+    runner = Runner.load(load_options(params, blobs[0], shard_paths=blobs))
+    try:
+        assert runner.n_ctx == 256 and runner.tokenize("hello")
+    finally:
+        runner.close()
