@@ -537,3 +537,26 @@ def test_shards_under_digest_names_load_only_through_the_splits_loader(gemma_spl
         assert runner.n_ctx == 256 and runner.tokenize("hello")
     finally:
         runner.close()
+
+
+@pytest.mark.registry
+def test_a_split_model_pushes_as_modelpack_or_docker_with_its_shards_and_not_as_ollama(registry, home, split3,
+                                                                                       tmp_path):
+    assert create("tiny-split", tmp_path, str(split3[0])).exit_code == 0
+    for fmt, repo in (("docker", "ai/split-out"), ("modelpack", "acme/split-out")):
+        name = f"{registry.host}/{repo}:v1"
+        assert run("cp", "tiny-split", name).exit_code == 0
+        result = run("push", "--format", fmt, name)
+        assert result.exit_code == 0, result.stderr
+        raw = requests.get(f"{registry.url}/v2/{repo}/manifests/v1", timeout=10,
+                           headers={"Accept": mt.OCI_MANIFEST}).json()
+        titles = [layer.get("annotations", {}).get(mt.MODELPACK_FILEPATH) for layer in raw["layers"]]
+        assert titles[:3] == [p.name for p in split3], (fmt, titles)
+        assert run("rm", name).exit_code == 0
+        assert run("pull", name).exit_code == 0
+        assert [s["title"] for s in show(name)["shards"]] == [p.name for p in split3]
+    name = f"{registry.host}/library/split-out:v1"
+    assert run("cp", "tiny-split", name).exit_code == 0
+    result = run("push", "--format", "ollama", name)
+    assert result.exit_code == 3
+    assert "Ollama's format has no place for a split GGUF (3 shards)" in one_line(result)
