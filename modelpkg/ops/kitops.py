@@ -49,8 +49,9 @@ def derive_blobs(store: Store, manifest: Manifest, pins: Pins,
         else:
             (progress or NullProgress()).message(f"extracting the GGUF from {layer.digest.short}")
             made = extract_gguf(store, layer, pins)
-        if made is not None:  # None: the tar holds safetensors, no GGUF
-            out.append((layer.digest, made))
+        # None: the tar holds safetensors, no GGUF. Recorded as derived from itself, so a pull of the unchanged
+        # model knows the tar was read and does not read it again (show still finds no GGUF: see describe)
+        out.append((layer.digest, made if made is not None else layer.digest))
     return tuple(out)
 
 

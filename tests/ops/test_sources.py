@@ -411,6 +411,10 @@ def test_safetensors_models_are_kept_shown_and_run_says_what_to_do(registry, hom
         assert GGUF_ONLY in line and "safetensors" in line
         assert "convert_hf_to_gguf.py" in result.stderr
     assert show(ollama)["architecture"] == "qwen3" and show(pack)["architecture"] == "qwen3"
+    # the KitOps tar was read once: recorded as its own derived blob, so an unchanged pull does not read it again
+    (tar_layer, made), = store().resolve(config.reference(kit)).derived
+    assert made == tar_layer
+    assert run("pull", kit).exit_code == 0 and show(kit)["format"] == "safetensors"
     listed = run("list").stdout
     assert all(n.split("/", 1)[1] in listed for n in (ollama, pack, kit))
 
