@@ -23,10 +23,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "modelpkg"
 LEVEL = {"core": 0, "base": 1, "store": 2, "registry": 2, "runtime": 2, "ops": 3, "server": 4, "cli": 5}
 TOP = {"__init__": None, "__main__": "cli"}  # the package docstring and ``python -m modelpkg``
 # what a room may not import even from the Python world: the core does no I/O, only the CLI draws with click,
-# only the runner and the quantizer load llama.cpp
+# only the runner (and its split-GGUF loader) and the quantizer load llama.cpp
 IO_MODULES = {"os", "pathlib", "io", "requests", "socket", "subprocess", "shutil", "filelock", "platformdirs",
               "llama_cpp", "gguf", "numpy", "click", "urllib3", "http", "threading", "time", "tempfile"}
-ONLY_IN = {"click": {"cli"}, "llama_cpp": {"runtime.runner", "runtime.quantize"}}
+ONLY_IN = {"click": {"cli"}, "llama_cpp": {"runtime.runner", "runtime.quantize", "runtime.splits"}}
 LAZY_NAME = re.compile(r"^modelpkg(\.\w+)+(:\w+)?$")
 
 

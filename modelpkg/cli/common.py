@@ -51,11 +51,17 @@ def show_summary(details, signatures: list[dict] = ()) -> None:
                          ("context length", details.context_length), ("quantization", details.quantization)):
         if value:
             click.echo(f"    {label:<20}{value}")
+    if details.weight_format and details.weight_format != "gguf":  # safetensors: kept, llama.cpp cannot run it
+        click.echo(f"    {'format':<20}{details.weight_format}")
+    if details.shards:
+        click.echo(f"    {'split':<20}{len(details.shards)} GGUF files")
     if signatures:
         who = sorted({f"{s['key']} ({s['fingerprint'][:19]})" for s in signatures if s["verified"]})
         unknown = sum(1 for s in signatures if not s["verified"])
         text = ", ".join(who + ([f"{unknown} signature(s) by keys the trust policy does not name"] if unknown else []))
         click.echo(f"    {'signed by':<20}{text}")
+    _files("Shards", details.shards)
+    _files("Projector", details.projectors)
     if details.parameters:
         click.echo("\n  Parameters")
         for key in sorted(details.parameters):
@@ -72,6 +78,16 @@ def show_summary(details, signatures: list[dict] = ()) -> None:
         for line in details.licenses[0].splitlines()[:4]:
             click.echo(f"    {line}")
     click.echo()
+
+
+def _files(title: str, layers) -> None:
+    """A section listing weight files by name (the shards of a split GGUF, projectors) with their sizes."""
+    from modelpkg.cli.progress import human_bytes
+
+    if layers:
+        click.echo(f"\n  {title}")
+        for n, layer in enumerate(layers, 1):
+            click.echo(f"    {(layer.title or f'file {n}'):<40}{human_bytes(layer.size):>10}  {layer.digest.short}")
 
 
 def raise_failures(failed: list, what: str) -> None:

@@ -160,6 +160,9 @@ def to_ollama(view: ModelLayers, facts: ModelFacts, messages: Descriptor | None 
     (the caller stores it); the other blobs are the model's own."""
     if view.model is None:
         raise InvalidInputError("the model has no weights layer, so it has no Ollama form")
+    if view.shards:
+        raise InvalidInputError(f"Ollama's format has no place for a split GGUF ({len(view.shards)} shards)",
+                                "push this model with --format modelpack or --format docker")
     config = ollama_config(facts)
     layers: list[Descriptor] = [_as(view.model, mt.OLLAMA_MODEL)]
     layers += [_as(a, mt.OLLAMA_ADAPTER) for a in view.adapters]
@@ -242,7 +245,8 @@ def to_docker(view: ModelLayers, facts: ModelFacts, *, params: Mapping[str, Any]
     if view.adapters:
         raise InvalidInputError("Docker Model Runner's format has no place for a LoRA adapter",
                                 "push this model with --format modelpack or --format ollama")
-    layers = [_as(view.model, mt.DMR_GGUF, {mt.MODELPACK_FILEPATH: "model.gguf"})]
+    layers = [_as(w, mt.DMR_GGUF, {mt.MODELPACK_FILEPATH: w.title if view.shards and w.title else "model.gguf"})
+              for w in view.weights]  # a split GGUF: each shard, under its own name (as docker model package)
     layers += [_as(p, mt.DMR_MMPROJ, {mt.MODELPACK_FILEPATH: f"mmproj-{i}.gguf" if i else "mmproj.gguf"})
                for i, p in enumerate(view.projectors)]
     layers += [_as(lic, mt.DMR_LICENSE, {mt.MODELPACK_FILEPATH: f"LICENSE-{i}" if i else "LICENSE"})
@@ -274,9 +278,12 @@ def to_modelpack(view: ModelLayers, facts: ModelFacts, name: str = "") -> Conver
     """modelpkg's ModelPack form of a model, in ``create``'s layer order; every layer is the same blob."""
     if view.model is None:
         raise InvalidInputError("the model has no weights layer, so it has no ModelPack form")
-    layers = [modelpack_layer("model", view.model.digest, view.model.size, facts.context_length)]
+    layers = [modelpack_layer("model", w.digest, w.size, facts.context_length if n == 0 else None,
+                              title=w.title if view.shards else None) for n, w in enumerate(view.weights)]
     layers += [modelpack_layer("adapter", d.digest, d.size) for d in view.adapters]
-    layers += [modelpack_layer("projector", d.digest, d.size) for d in view.projectors]
+    layers += [modelpack_layer("projector", d.digest, d.size,
+                               title=d.title.rsplit("/", 1)[-1] if d.title and d.title.endswith(".gguf") else None)
+               for d in view.projectors]
     for role in ("template", "system", "params", "messages"):
         d = getattr(view, role)
         if d is not None:

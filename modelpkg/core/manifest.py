@@ -8,7 +8,10 @@ same inputs always give the same digest.
 ``model_layers`` classifies the layers of any supported format (modelpkg's ModelPack shape, Ollama's
 ``vnd.ollama.image.*`` layers, Docker Model Runner's ``vnd.docker.ai.*`` layers, KitOps ModelKits,
 title-annotated ORAS artifacts) into roles: model, adapter, projector, template, system, params, messages,
-license, chat_template (Jinja).
+license, chat_template (Jinja), tensor (safetensors weights: kept and shown, never run by llama.cpp). A GGUF
+split into shards (``name-00001-of-00003.gguf``, llama.cpp's ``llama_split_path`` naming) is one model whose
+weights are several layers, in shard order (``ModelLayers.shards``); the shards are told from projectors by
+their titles (or, untitled, by all being Docker Model Runner GGUF layers).
 
 Pure module: imports only ``modelpkg.core.errors``, ``modelpkg.core.digest`` and ``modelpkg.core.mediatypes``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,7 +34,12 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # OCI distribution-spec: registries SHOULD
 MAX_LAYERS = 1000
 MAX_BLOB_SIZE = 1 << 50  # 1 PiB: a declared size above this is a lie, not a model
 
-ROLES = ("model", "adapter", "projector", "template", "system", "params", "messages", "license", "chat_template")
+ROLES = ("model", "adapter", "projector", "template", "system", "params", "messages", "license", "chat_template",
+         "tensor")
+GGUF = "gguf"
+SAFETENSORS = "safetensors"
+# llama.cpp's split naming (llama.cpp src/llama.cpp llama_split_path: "%s-%05d-of-%05d.gguf")
+_SPLIT_FILE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 # Role -> (media type, file name) in modelpkg's ModelPack shape.
 _MODELPACK_LAYER = {
@@ -66,6 +75,20 @@ _OLLAMA_ROLES = {
 }
 
 
+def split_name(name: str | None) -> tuple[str, int, int] | None:
+    """``x/model-00002-of-00003.gguf`` -> ("model", 2, 3) (shard number from 1); None for any other name."""
+    found = _SPLIT_FILE.match((name or "").rsplit("/", 1)[-1])
+    if found is None:
+        return None
+    no, count = int(found["no"]), int(found["count"])
+    return (found["prefix"], no, count) if 1 <= no <= count and count > 1 else None
+
+
+def _base_type(media_type: str) -> str:
+    """The media type without parameters (Ollama's tensor layers carry ``; name=...; dtype=...``)."""
+    return media_type.split(";", 1)[0].strip()
+
+
 def _kitops_kind(media_type: str) -> str | None:
     """``application/vnd.kitops.modelkit.model.v1.tar+gzip`` -> ``model`` (None for other media types)."""
     if not media_type.startswith(mt.KITOPS_PREFIX):
@@ -76,6 +99,12 @@ def _kitops_kind(media_type: str) -> str | None:
 def is_kitops_tar(layer: Descriptor) -> bool:
     """A KitOps layer that may hold the GGUF (a tar, maybe gzipped): pull extracts it into its own blob."""
     return _kitops_kind(layer.media_type) in mt.KITOPS_MODEL_KINDS and ".tar" in layer.media_type
+
+
+def is_weight_tar(layer: Descriptor) -> bool:
+    """A layer whose weights are inside a tar (KitOps's model tar, ModelPack's ``weight.v1.tar[+gzip|+zstd]``):
+    pull streams the GGUF out of it into a blob of its own."""
+    return is_kitops_tar(layer) or _base_type(layer.media_type).startswith(mt.MODELPACK_WEIGHT_TAR)
 
 
 def _bad(what: str) -> InvalidInputError:
@@ -288,6 +317,21 @@ class ModelLayers:
     licenses: tuple[Descriptor, ...] = ()
     other: tuple[Descriptor, ...] = ()
     chat_template: Descriptor | None = None  # a Jinja chat template layer (DMR's), preferred to the GGUF's own
+    # a split GGUF: every shard in order, ``model`` first; () for a model in one file
+    shards: tuple[Descriptor, ...] = ()
+    tensors: tuple[Descriptor, ...] = ()  # safetensors weights (Ollama's tensor layers, *.safetensors files)
+
+    @property
+    def weights(self) -> tuple[Descriptor, ...]:
+        """The GGUF files llama.cpp loads, in order: the shards, or the one model layer."""
+        return self.shards or ((self.model,) if self.model is not None else ())
+
+    @property
+    def format(self) -> str:
+        """``gguf``, ``safetensors`` (weights llama.cpp cannot run), or "" for a model without weights."""
+        if self.model is not None:
+            return GGUF
+        return SAFETENSORS if self.tensors else ""
 
 
 def layer_role(layer: Descriptor) -> str | None:
@@ -297,12 +341,16 @@ def layer_role(layer: Descriptor) -> str | None:
         return role
     if layer.media_type in _OLLAMA_ROLES:
         return _OLLAMA_ROLES[layer.media_type]
+    title = (layer.title or "").rsplit("/", 1)[-1].lower()
+    if _base_type(layer.media_type) == mt.OLLAMA_TENSOR or title.endswith(".safetensors"):
+        return "tensor"
     if _kitops_kind(layer.media_type) is not None:  # only the model tar has a role; pull derives its GGUF
         return "model" if _kitops_kind(layer.media_type) == "model" else None
-    title = (layer.title or "").rsplit("/", 1)[-1].lower()
     if title in _FILE_ROLES:
         return _FILE_ROLES[title]
-    if title.endswith(".gguf") or layer.media_type == mt.MODELPACK_WEIGHT:
+    if title.endswith(".gguf") and "mmproj" in title:  # llama.cpp's mmproj-*.gguf, as HF repositories name them
+        return "projector"
+    if title.endswith(".gguf") or layer.media_type == mt.MODELPACK_WEIGHT or is_weight_tar(layer):
         return "model"
     return None
 
@@ -315,9 +363,12 @@ def model_layers(manifest: Manifest) -> ModelLayers:
     for layer in manifest.layers:
         role = layer_role(layer)
         (by_role[role] if role else other).append(layer)
-    models = by_role["model"]
+    shards, rest = _split_shards(by_role["model"])
+    models = [*shards[:1], *rest]
     return ModelLayers(
         model=models[0] if models else None,
+        shards=tuple(shards) if len(shards) > 1 or (shards and split_name(shards[0].title)) else (),
+        tensors=tuple(by_role["tensor"]),
         adapters=tuple(by_role["adapter"]),
         projectors=tuple(by_role["projector"]) + tuple(models[1:]),
         template=(by_role["template"] or [None])[-1],
@@ -330,16 +381,53 @@ def model_layers(manifest: Manifest) -> ModelLayers:
     )
 
 
+def _split_shards(models: list[Descriptor]) -> tuple[list[Descriptor], list[Descriptor]]:
+    """(the shards of a split GGUF in shard order, the other model-role layers). The first model layer
+    decides: titled as a shard, its shards are the layers titled with its prefix and count, ordered by number;
+    untitled Docker Model Runner GGUF layers (DMR has a media type of its own for projectors) are shards in
+    manifest order. Anything else is a projector, as before."""
+    if len(models) < 2:
+        return models, []
+    first = split_name(models[0].title)
+    if first is not None:
+        same = [m for m in models if (split_name(m.title) or ("", 0, 0))[::2] == first[::2]]
+        same.sort(key=lambda m: split_name(m.title)[1])
+        return same, [m for m in models if m not in same]
+    if all(m.media_type == mt.DMR_GGUF and m.title is None for m in models):
+        return models, []
+    return models[:1], models[1:]
+
+
+def split_problem(view: ModelLayers) -> str | None:
+    """What is wrong with a split model's shards (one missing, one twice, one of another set), or None."""
+    if not view.shards:
+        return None
+    names = [split_name(s.title) for s in view.shards]
+    if any(n is None for n in names):
+        return None  # untitled shards: llama.cpp checks split.no and split.count when it loads them
+    count = names[0][2]
+    numbers = [n[1] for n in names]
+    missing = sorted(set(range(1, count + 1)) - set(numbers))
+    if missing:
+        return f"shard {missing[0]} of {count} ({names[0][0]}-{missing[0]:05d}-of-{count:05d}.gguf) is missing"
+    if len(numbers) != count:
+        return f"it lists {len(numbers)} shards for a split of {count}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Building modelpkg's own manifests (ModelPack shape).
 
 
-def modelpack_layer(role: str, digest: Digest, size: int, context_length: int | None = None) -> Descriptor:
+def modelpack_layer(role: str, digest: Digest, size: int, context_length: int | None = None,
+                    title: str | None = None) -> Descriptor:
     """A layer descriptor for ``role`` in modelpkg's ModelPack shape, with title, filepath and role.
 
     The weights layer also records the GGUF's context length (ModelPack's config has no field for it), so
-    ``show`` and ``run`` need not open the GGUF to learn it."""
+    ``show`` and ``run`` need not open the GGUF to learn it. ``title`` replaces the role's file name (a
+    shard's ``model-00001-of-00002.gguf``, a projector's own name)."""
     media_type, filename = _MODELPACK_LAYER[role]
+    filename = title or filename
     annotations = {mt.TITLE: filename, mt.MODELPACK_FILEPATH: filename, mt.ROLE: role}
     if context_length:
         annotations[mt.CONTEXT_LENGTH] = str(context_length)

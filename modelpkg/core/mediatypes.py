@@ -22,6 +22,8 @@ MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MODELPACK_WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
 MODELPACK_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
 MODELPACK_DOC = "application/vnd.cncf.model.doc.v1.raw"
+# weights packed as a tar (modctl --raw=false, KitOps --use-model-pack): ".tar", ".tar+gzip", ".tar+zstd"
+MODELPACK_WEIGHT_TAR = "application/vnd.cncf.model.weight.v1.tar"
 
 # Ollama (manifest/layer.go); "prompt" is the legacy name of "template" and is still read
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
@@ -33,6 +35,8 @@ OLLAMA_SYSTEM = "application/vnd.ollama.image.system"
 OLLAMA_PARAMS = "application/vnd.ollama.image.params"
 OLLAMA_MESSAGES = "application/vnd.ollama.image.messages"
 OLLAMA_LICENSE = "application/vnd.ollama.image.license"
+# Ollama's safetensors models: one layer per tensor (server/internal/manifest: "...tensor; name=...")
+OLLAMA_TENSOR = "application/vnd.ollama.image.tensor"
 
 # Annotations
 TITLE = "org.opencontainers.image.title"

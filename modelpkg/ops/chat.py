@@ -52,7 +52,7 @@ from modelpkg.core.errors import (
     RunnerError,
     UsageError,
 )
-from modelpkg.core.manifest import model_layers
+from modelpkg.core.manifest import SAFETENSORS, model_layers, split_problem
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.ops.models import ModelDetails, describe
@@ -89,8 +89,16 @@ def open_model(store: Store, ref: Reference, *, progress: Progress | None = None
             raise
         _pull(store, ref, progress, insecure)
     details = describe(store, ref)
+    if details.model_path is None and details.weight_format == SAFETENSORS:
+        raise RunnerError(f"{ref.short()} has safetensors weights, and llama.cpp runs GGUF only",
+                          "convert them with llama.cpp's convert_hf_to_gguf.py, then 'modelpkg create NAME' with "
+                          "FROM the .gguf it writes")
     if details.model_path is None:
         raise RunnerError(f"{ref.short()} has no model weights layer", "create it FROM a GGUF file")
+    problem = split_problem(model_layers(details.manifest))
+    if problem is not None:
+        raise RunnerError(f"{ref.short()} is a split GGUF whose {problem}",
+                          "pull the model again, or create it again FROM the first shard with every shard beside it")
     verify_weights(store, details, progress)
     return details
 
@@ -119,7 +127,7 @@ def verify_weights(store: Store, details: ModelDetails, progress: Progress | Non
     unchanged since (same size, mtime and inode: a marker in ``ingest/verified/``). A 4 GB model is then
     hashed once, not at every run; hashing 240 MB takes about 0.2 s."""
     layers = model_layers(details.manifest)
-    for layer in (layers.model, *layers.adapters):
+    for layer in (layers.model, *layers.shards[1:], *layers.adapters):
         if layer is not None:
             digest = layer.digest
             if layer is layers.model and details.model_path is not None and details.model_path.name != digest.hex:
@@ -355,7 +363,7 @@ class Session:
         """The loaded model, (re)loaded when the load-time options in force differ from the loaded ones."""
         params = self.parameters(extra)
         wanted = load_options(params, self.details.model_path, self.details.adapter_paths,
-                              self.details.context_length)
+                              self.details.context_length, self.details.shard_paths)
         if self._runner is not None and self._runner.options != wanted:
             self._runner.close()
             self._runner = None

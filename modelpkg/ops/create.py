@@ -6,6 +6,10 @@ store; ADAPTER files), ingests files in one pass, and writes the manifest and it
 any point leaves the store as it was (blobs already written are unreferenced and go at the next gc). The
 Modelfile kept in the manifest names files by digest, never by local path (``published_modelfile``).
 
+A split GGUF (``name-00001-of-00003.gguf``...: llama.cpp's gguf-split naming) is taken whole from its first
+shard or the folder holding it: every shard is checked (its name, and ``split.no``/``split.count`` in its
+header) before any is stored, then each becomes a weights layer titled with its file name, in order.
+
 Two modes. The CLI's (``base_dir`` is the Modelfile's folder) reads local files, as Ollama's CLI does. The
 API's (``base_dir=None``, what ``/api/create`` uses) never touches a path: FROM, ADAPTER and DRAFT may only
 name a blob already in the store by digest (``sha256:<hex>``, or ``@sha256:<hex>`` as older ollama CLIs
@@ -45,6 +49,7 @@ from modelpkg.core.manifest import (
     modelpack_config,
     modelpack_layer,
     modelpack_manifest,
+    split_name,
 )
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, parse_reference
@@ -87,7 +92,11 @@ def create(store: Store, ref: Reference, text: str, base_dir: Path | None, *, li
     store.init()
     with store.session() as pins:
         base, info, from_file = _resolve_from(store, parsed, base_dir, pins, link, progress, resolve_name, want)
-        base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size, info.context_length))
+        if base.shards:  # a split GGUF: every shard a weights layer under its own file name, in order
+            base = _shard_layers(base, info)
+        else:
+            base = replace(base, model=modelpack_layer("model", base.model.digest, base.model.size,
+                                                       info.context_length))
         layers = _layers(store, parsed, params, base, base_dir, pins, progress)
         adapter = next((layer.digest for layer in layers if layer.annotations.get(mt.ROLE) == "adapter"), None)
         published = published_modelfile(parsed, base_dir, base.model.digest if from_file else None,
@@ -186,6 +195,9 @@ def expand_path(value: str, base_dir: Path) -> Path:
 def _find_gguf(path: Path) -> Path:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        first = _first_shard(found)
+        if first is not None:  # a folder of one split GGUF's shards: FROM its first one
+            return first
         if len(found) != 1:
             raise InvalidInputError(
                 f"{path} holds {len(found)} .gguf files; FROM a folder needs exactly one",
@@ -207,6 +219,12 @@ def _resolve_from(store: Store, parsed: mf.Modelfile, base_dir: Path | None, pin
     if path is not None and path.exists():
         gguf = _find_gguf(path)
         ggufmeta.check_magic(gguf)
+        shards = split_set(gguf)
+        if shards is not None:
+            if quantize is not None:
+                raise ModelfileError(f"FROM {value} is a split GGUF, which --quantize does not take", line,
+                                     "merge it with llama.cpp's llama-gguf-split --merge, or quantize it there")
+            return _from_shards(store, shards, pins, link, progress, value, line)
         if quantize is not None:
             quantized = _quantized(store, gguf.resolve(), ggufmeta.read_info(gguf), quantize, f"FROM {value}", line,
                                    pins, progress)
@@ -290,6 +308,77 @@ def _from_model(store: Store, value: str, line: int | None, pins: Pins, resolve_
     return base, ggufmeta.read_info(store.blob_path(weights)), False
 
 
+def _first_shard(found: list[Path]) -> Path | None:
+    """The lowest-numbered file of a folder holding only the shards of one split GGUF (else None)."""
+    names = [split_name(p.name) for p in found]
+    if len(found) < 2 or any(n is None for n in names) or len({(n[0], n[2]) for n in names}) != 1:
+        return None
+    return min(zip(names, found, strict=True))[1]
+
+
+def split_set(first: Path) -> list[Path] | None:
+    """Every shard of the split GGUF whose first shard is ``first``, in order; None when ``first`` is not named
+    as a shard. A shard that is not there, or FROM a shard other than the first, is one line."""
+    name = split_name(first.name)
+    if name is None:
+        return None
+    prefix, no, count = name
+    def shard(n: int) -> Path:
+        return first.parent / f"{prefix}-{n:05d}-of-{count:05d}{first.name[-5:]}"
+    if no != 1:
+        raise InvalidInputError(f"{first.name} is shard {no} of {count} of a split GGUF; FROM takes the first one",
+                                f"FROM {shard(1)} (or the folder holding the shards)")
+    paths = [shard(n) for n in range(1, count + 1)]
+    for n, path in enumerate(paths, 1):
+        if not path.is_file():
+            raise InvalidInputError(f"shard {n} of {count} of the split GGUF {prefix} is missing: no {path.name} "
+                                    f"in {first.parent}", "put every shard of the split in one folder, named "
+                                    "as llama.cpp's gguf-split names them (NAME-0000i-of-0000N.gguf)")
+    return paths
+
+
+def _from_shards(store: Store, paths: list[Path], pins: Pins, link: bool, progress: Progress, value: str,
+                 line: int | None) -> tuple[ModelLayers, ggufmeta.GGUFInfo, bool]:
+    """FROM a split GGUF: each shard's header checked (it is shard n of this set), then each one stored."""
+    infos = [check_shard(path, n, len(paths)) for n, path in enumerate(paths)]
+    tensors = {info.metadata.get("split.tensors.count") for info in infos}
+    if len(tensors) > 1:
+        raise InvalidInputError(f"the shards of {paths[0].name} are not one split: their headers give different "
+                                f"tensor counts ({', '.join(str(t) for t in sorted(tensors, key=str))})",
+                                "put the shards of one gguf-split run together; a shard of another split "
+                                "set has the same name pattern but other contents")
+    info = infos[0]
+    if info.model_type == "adapter":
+        raise ModelfileError(f"FROM {value} is a LoRA adapter, not a model", line, "use ADAPTER for it")
+    layers = tuple(replace(_ingest(store, path, "model", pins, link, progress), annotations={mt.TITLE: path.name})
+                   for path in paths)  # titled with the file name; create() makes each a ModelPack layer
+    info = replace(info, param_count=sum(i.param_count for i in infos))  # each shard counts its own tensors
+    return ModelLayers(model=layers[0], shards=layers), info, True
+
+
+def check_shard(path: Path, index: int, count: int) -> ggufmeta.GGUFInfo:
+    """``path``'s metadata, or one line saying it is not shard ``index`` (from 0) of a ``count``-file split."""
+    ggufmeta.check_magic(path)
+    info = ggufmeta.read_info(path)
+    said = (info.metadata.get("split.no"), info.metadata.get("split.count"))
+    if said != (index, count):
+        header = (f"its header says shard {said[0] + 1} of {said[1]}" if all(isinstance(v, int) for v in said)
+                  else "its header has no split.no/split.count")
+        raise InvalidInputError(f"{path.name} is not shard {index + 1} of {count}: {header}",
+                                "it belongs to another split set, or was renamed; split the model again "
+                                "with llama.cpp's gguf-split, or gather the shards of one set")
+    return info
+
+
+def _shard_layers(base: ModelLayers, info: ggufmeta.GGUFInfo) -> ModelLayers:
+    """Each shard as a ModelPack weights layer titled with its file name (the first records the context)."""
+    count = len(base.shards)
+    shards = tuple(modelpack_layer("model", s.digest, s.size, info.context_length if n == 0 else None,
+                                   title=s.title if split_name(s.title) else f"model-{n + 1:05d}-of-{count:05d}.gguf")
+                   for n, s in enumerate(base.shards))
+    return replace(base, model=shards[0], shards=shards)
+
+
 def _stored_gguf(store: Store, digest: Digest, pins: Pins, keyword: str, line: int | None) -> Path:
     """The GGUF blob ``digest`` in the store, pinned (FROM/ADAPTER ``sha256:<hex>``)."""
     pins.add(digest)
@@ -351,7 +440,7 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
     """The new model's layers, in a fixed order: model, adapters, projectors, template, system, params,
     messages, licenses. What the Modelfile sets replaces the base model's layer of that role."""
     assert base.model is not None
-    layers: list[Descriptor] = [base.model]
+    layers: list[Descriptor] = list(base.weights)  # the shards of a split GGUF, in order; else the one file
     if parsed.adapter is not None:
         layers.append(_adapter_layer(store, parsed, base_dir, pins, progress))
     else:
@@ -387,7 +476,9 @@ def _layers(store: Store, parsed: mf.Modelfile, params: dict, base: ModelLayers,
 def _as_role(layer: Descriptor | None, role: str) -> Descriptor:
     """A base model's layer re-described in modelpkg's shape (same blob, whatever format it came from)."""
     assert layer is not None
-    return modelpack_layer(role, layer.digest, layer.size)
+    title = layer.title.rsplit("/", 1)[-1] if role == "projector" and layer.title else None  # mmproj-x.gguf kept
+    return modelpack_layer(role, layer.digest, layer.size, title=title if title and title.lower().endswith(".gguf")
+                           else None)
 
 
 def _merge_params(store: Store, base: Descriptor | None, new: dict) -> dict:

@@ -27,7 +27,15 @@ from modelpkg.base import fsutil
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import IntegrityError, InvalidInputError, InvalidReferenceError, StoreError, UsageError
-from modelpkg.core.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, layer_role, parse_manifest
+from modelpkg.core.manifest import (
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    Index,
+    Manifest,
+    is_weight_tar,
+    layer_role,
+    parse_manifest,
+)
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference, is_huggingface, parse_reference
 from modelpkg.ops.convert import convert
@@ -412,7 +420,7 @@ def load(store: Store, inp: BinaryIO, *, resolve_name: Callable[[str], Reference
 _DEFAULT_FILES = {"model": "model.gguf", "adapter": "adapter.gguf", "projector": "projector.gguf",
                   "template": "template", "system": "system.txt", "params": "params.json",
                   "messages": "messages.json", "license": "LICENSE", "chat_template": "chat_template.jinja"}
-_WEIGHTS = {"model", "adapter", "projector"}
+_WEIGHTS = {"model", "adapter", "projector", "tensor"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -467,6 +475,9 @@ def _file_plan(entry: RefEntry, manifest: Manifest,
         title = layer.title
         path = safe_relpath(title)
         local = entry.local(layer.digest)
+        if local == layer.digest and is_weight_tar(layer):  # a tar no GGUF came out of (safetensors)
+            notes.append(f"layer {layer.digest.short}: a tar of weights that are not GGUF; skipped")
+            continue
         if local != layer.digest:
             path, title = None, None
             layer = Descriptor(layer.media_type, local, size_of(local))

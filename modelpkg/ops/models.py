@@ -1,5 +1,9 @@
 """Reading and managing the models in a store: list, describe (show), remove, copy.
 
+``describe`` says what the weights are whatever their layout: one GGUF, a split GGUF (``shard_paths``, in
+order), a GGUF inside a tar (its derived blob), or safetensors (``weight_format``; no ``model_path``: llama.cpp
+runs GGUF only); projectors are listed with their file names.
+
 Orchestration over the store: imports the core and ``store``.
 """
 
@@ -13,7 +17,7 @@ from modelpkg.core import mediatypes as mt
 from modelpkg.core import modelfile as mf
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, NotFoundError
-from modelpkg.core.manifest import Descriptor, Manifest, load_json, model_layers
+from modelpkg.core.manifest import GGUF, SAFETENSORS, Descriptor, Manifest, is_weight_tar, load_json, model_layers
 from modelpkg.core.reference import Reference
 from modelpkg.store import GCPlan, RefEntry, Store
 
@@ -47,6 +51,16 @@ class ModelDetails:
     adapter_paths: tuple[Path, ...] = field(default_factory=tuple)
     modelfile_text: str | None = None
     chat_template: str | None = None  # a Jinja chat template layer (Docker Model Runner's); run prefers it
+    weight_format: str = GGUF  # "gguf", "safetensors" (kept and shown; llama.cpp cannot run it) or ""
+    shard_paths: tuple[Path, ...] = ()  # a split GGUF: every shard's blob in order (model_path is the first)
+
+    @property
+    def shards(self) -> tuple[Descriptor, ...]:
+        return model_layers(self.manifest).shards
+
+    @property
+    def projectors(self) -> tuple[Descriptor, ...]:
+        return model_layers(self.manifest).projectors
 
     @property
     def size(self) -> int:
@@ -71,7 +85,14 @@ class ModelDetails:
             "messages": list(self.messages),
             "model_path": str(self.model_path) if self.model_path else None,
             "chat_template": self.chat_template,
+            "format": self.weight_format,
+            "shards": [_file_json(d) for d in self.shards],
+            "projectors": [_file_json(d) for d in self.projectors],
         }
+
+
+def _file_json(d: Descriptor) -> dict[str, Any]:
+    return {"title": d.title, "digest": str(d.digest), "size": d.size}
 
 
 def list_models(store: Store, short) -> list[ModelSummary]:
@@ -102,6 +123,11 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
     messages = _json_blob(store, layers.messages, "messages") if layers.messages else []
     info = _config_info(config)
     weights = entry.local(layers.model.digest) if layers.model else None  # a KitOps tar's GGUF, say
+    weight_format = layers.format
+    if layers.model is not None and weights == layers.model.digest and is_weight_tar(layers.model):
+        weights, weight_format = None, SAFETENSORS  # a tar pull found no GGUF in: it held safetensors
+    if not weight_format and _config_format(config) == SAFETENSORS:
+        weight_format = SAFETENSORS
     context = info.get("context_length") or _annotated_int(layers.model, mt.CONTEXT_LENGTH)
     if (not context or not info.get("architecture")) and weights is not None and store.has_blob(weights):
         # a model pulled from elsewhere (ORAS, KitOps) whose config says nothing about the weights
@@ -126,7 +152,18 @@ def describe(store: Store, ref: Reference) -> ModelDetails:
         adapter_paths=tuple(store.blob_path(a.digest) for a in layers.adapters),
         modelfile_text=manifest.annotations.get(mt.MODELFILE),
         chat_template=_text_blob(store, layers.chat_template),
+        weight_format=weight_format,
+        shard_paths=tuple(store.blob_path(s.digest) for s in layers.shards),
     )
+
+
+def _config_format(config: Any) -> str:
+    """The weights' format as the config gives it: ModelPack's ``config.format``, Ollama's ``model_format``."""
+    if not isinstance(config, dict):
+        return ""
+    inner = config.get("config")
+    value = inner.get("format") if isinstance(inner, dict) else config.get("model_format")
+    return value.lower() if isinstance(value, str) else ""
 
 
 def _json_blob(store: Store, desc: Descriptor | None, what: str) -> Any:

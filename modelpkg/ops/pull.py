@@ -35,7 +35,7 @@ from modelpkg.base import config
 from modelpkg.core import mediatypes as mt
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, NotFoundError, RegistryError
-from modelpkg.core.manifest import Descriptor, Index, Manifest, parse_manifest
+from modelpkg.core.manifest import Descriptor, Index, Manifest, model_layers, parse_manifest, split_problem
 from modelpkg.core.progress import NullProgress, Progress
 from modelpkg.core.reference import Reference
 from modelpkg.core.units import parse_rate
@@ -88,6 +88,10 @@ def pull(store: Store, ref: Reference, *, progress: Progress | None = None, inse
             if not isinstance(manifest, Manifest):
                 raise RegistryError(f"the index of {ref} points at another index; nested indexes are not supported")
         media_type = manifest.media_type
+        problem = split_problem(model_layers(manifest))
+        if problem is not None:  # refused before any blob is fetched: the model could never load
+            raise InvalidInputError(f"{ref}: the manifest lists a split GGUF whose {problem}",
+                                    "ask the publisher to push every shard of the split")
         store.init()
         if not store.writable():
             # A read-only store still answers a pull with nothing to write. No pin: a pin guards blobs a pull

@@ -357,4 +357,5 @@ def _close_quietly(stream: Any) -> None:
 
 def _jsonable(options: LoadOptions) -> dict[str, Any]:
     value = dataclasses.asdict(options)
-    return {k: str(v) if isinstance(v, Path) else v for k, v in value.items()}
+    return {k: str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, tuple) else v
+            for k, v in value.items()}

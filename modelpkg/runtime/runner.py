@@ -99,6 +99,7 @@ class LoadOptions:
     use_mmap: bool = True
     last_n_tokens_size: int = 64
     lora_path: Path | None = None
+    shard_paths: tuple[Path, ...] = ()  # a split GGUF: every shard in order (model_path is the first)
 
     def llama_kwargs(self) -> dict[str, Any]:
         return {
@@ -150,7 +151,7 @@ def effective_parameters(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Sequence[Path] = (),
-                 context_length: int | None = None) -> LoadOptions:
+                 context_length: int | None = None, shard_paths: Sequence[Path] = ()) -> LoadOptions:
     """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file."""
     if len(adapter_paths) > 1:
         raise RunnerError(f"this model has {len(adapter_paths)} ADAPTER layers; llama.cpp here applies one",
@@ -174,6 +175,7 @@ def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Seq
         use_mmap=True if mmap is None else bool(mmap),
         last_n_tokens_size=int(params.get("repeat_last_n", DEFAULTS["repeat_last_n"])),
         lora_path=Path(adapter_paths[0]) if adapter_paths else None,
+        shard_paths=tuple(Path(p) for p in shard_paths),
     )
 
 
@@ -273,9 +275,12 @@ class Runner:
         started = time.perf_counter()
         check_memory(options)
         extra = {"embedding": True} if embedding else {}
+        from modelpkg.runtime.splits import loading
+
         with _native_output_captured() as captured:
             try:
-                llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
+                with loading(options.shard_paths):  # a split GGUF: its shards, straight from the blobs
+                    llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
                 detail = _last_line(captured.text()) or str(e)
                 raise RunnerError(f"llama.cpp cannot load {options.model_path}: {detail}",

@@ -43,6 +43,7 @@ def load_options_from(value: dict[str, Any]) -> LoadOptions:
     args["model_path"] = Path(args["model_path"])
     if args.get("lora_path"):
         args["lora_path"] = Path(args["lora_path"])
+    args["shard_paths"] = tuple(Path(p) for p in args.get("shard_paths") or ())
     return LoadOptions(**args)
 
 

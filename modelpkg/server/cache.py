@@ -132,7 +132,8 @@ class Loaded:
         return self.runner
 
     def embedding_runner(self, params: Mapping[str, Any]) -> Runner:
-        wanted = load_options(params, self.details.model_path, self.details.adapter_paths, self.details.context_length)
+        wanted = load_options(params, self.details.model_path, self.details.adapter_paths, self.details.context_length,
+                              self.details.shard_paths)
         if self.embedder is not None and not _usable(self.embedder, wanted):
             self.embedder.close()
             self.embedder = None

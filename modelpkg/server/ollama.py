@@ -481,7 +481,7 @@ class OllamaApi:
         else:
             with self.cache.use(details, keep_alive) as loaded:
                 loaded.load(load_options(Session(details).parameters(), details.model_path,
-                                         details.adapter_paths, details.context_length))
+                                         details.adapter_paths, details.context_length, details.shard_paths))
             reason = "load"
         answer = {"model": model, "created_at": iso_time(), "done": True, "done_reason": reason}
         if chat:
