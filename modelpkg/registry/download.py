@@ -217,7 +217,7 @@ def append_hashing(body: BodyReader, dest: Path, hasher, progress: Progress, tas
     try:
         # the hot loop: one receive per buffer, everything else is the workers'
         while not failure:
-            buffer = free.get()
+            buffer = free.get() if probe is None else probe.wait(free)
             n = body.readinto(memoryview(buffer))
             if not n:
                 break
@@ -301,13 +301,26 @@ class Probe:
     One stream is the fastest way to move a blob when the link is fast (loopback, LAN: the CPU and the
     disk are the limit, and more connections only add work); ranged parts win when each connection is
     capped (CDNs, long fat links). The probe tells the two apart on the real transfer.
+
+    Only the link's time counts: time the receiver spent waiting for a free buffer (``wait``), because
+    hashing or the disk fell behind, is not the connection's, and more connections would only add work.
     """
 
     def __init__(self, below: float, after_bytes: int = PROBE_BYTES, after_seconds: float = PROBE_SECONDS):
         self.below, self.after_bytes, self.after_seconds = below, after_bytes, after_seconds
         self.started: float | None = None
         self.received = 0
+        self.waited = 0.0
         self.decided = False
+
+    def wait(self, free: queue.Queue):
+        """The next free buffer from ``free``; the time spent waiting for it is not the link's."""
+        if self.decided or self.started is None:
+            return free.get()
+        began = time.monotonic()
+        buffer = free.get()
+        self.waited += time.monotonic() - began
+        return buffer
 
     def too_slow(self, n: int) -> bool:
         if self.decided:
@@ -317,7 +330,7 @@ class Probe:
             self.started = now  # the first buffer: time from here on (connection set-up is not the link)
             return False
         self.received += n
-        elapsed = now - self.started
+        elapsed = now - self.started - self.waited
         if self.received < self.after_bytes and elapsed < self.after_seconds:
             return False
         self.decided = True

@@ -1,7 +1,7 @@
 """The real Ollama (``.peers/bin/ollama``, v0.34.0, the newest release served) against what modelpkg writes
 and reads: registry pushes both ways, ``ollama create``'s blob digests, and Ollama's models folder both ways.
-It cannot run a model here (since v0.30 it runs them through a llama-server its CMake build downloads, and
-v0.24.0 does not build from the module proxy: .ci/peers), so nothing here asks Ollama to generate.
+It cannot run a model here (since v0.30 it runs them through a llama-server its CMake build downloads), so
+nothing here asks it to generate: test_ollama_run.py does that with v0.24.0 (``.peers/bin/ollama-0.24``).
 
 Ollama pulls through ``RedirectFront`` (ollama_env.py): it downloads a blob only after a redirect.
 """

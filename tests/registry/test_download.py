@@ -213,3 +213,26 @@ def test_the_probe_splits_a_slow_stream_once_and_keeps_a_fast_one(monkeypatch):
     assert slow.too_slow(mib)  # 2 MiB in 1.1 s
     clock.now += 10
     assert not slow.too_slow(mib)  # judged once
+
+
+def test_the_probe_does_not_count_waits_for_a_free_buffer_as_the_links_time(monkeypatch):
+    # hashing or the disk behind (a loaded machine): the receiver waits for buffers, the link is idle
+    clock = FakeClock()
+    monkeypatch.setattr(download, "time", clock)
+    mib = 1024 * 1024
+
+    class BehindRing:  # a ring whose next buffer comes back 50 ms late
+        def get(self):
+            clock.now += 0.05
+            return bytearray(1)
+
+    probe = Probe(below=200e6, after_bytes=64 * mib, after_seconds=1.0)
+    ring = BehindRing()
+    probe.wait(ring)
+    assert not probe.too_slow(mib)  # the first buffer starts the clock
+    for _ in range(64):
+        probe.wait(ring)  # 3.2 s of waiting in all: by the wall clock 20 MB/s
+        clock.now += 0.001  # the receive itself: 1 GB/s
+        if probe.too_slow(mib):
+            pytest.fail("a stream that only waited for buffers was judged slow")
+    assert probe.decided and probe.waited == pytest.approx(3.2)
