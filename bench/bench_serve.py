@@ -26,7 +26,7 @@ per-model runner and Ollama's runner included: the sum of the tree's VmRSS sampl
 sum of each process's own VmHWM at the end.
 
     .venv/bin/python bench/bench_serve.py [--runs 3] [--clients 8] [--requests 4] [--tokens 64] [--stream]
-        [--servers modelpkg,llama-server] [--gguf PATH] [--ollama PATH]
+        [--servers modelpkg,llama-server] [--gguf PATH] [--ollama PATH] [--tree DIR]
 
 Writes bench/results/serve-<time>.json (every round, every flag).
 """
@@ -108,7 +108,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -136,13 +136,14 @@ class TreeMemory(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.05):
-            self.peak = max(self.peak, sum(status(p, "VmRSS") for p in tree(self.pid)))
+            self.peak = max(self.peak, sum(status(p, "VmRSS") for p in process_tree(self.pid)))
 
     def stop(self) -> dict[str, int]:
-        hwm = sum(status(p, "VmHWM") for p in tree(self.pid))
+        pids = process_tree(self.pid)
+        hwm = sum(status(p, "VmHWM") for p in pids)
         self.done.set()
         self.join()
-        return {"tree_peak_rss_bytes": self.peak, "tree_sum_vmhwm_bytes": hwm, "processes": len(tree(self.pid))}
+        return {"tree_peak_rss_bytes": self.peak, "tree_sum_vmhwm_bytes": hwm, "processes": len(pids)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -247,8 +248,9 @@ def has_parallel_flag(env: dict) -> bool:
     return "--parallel" in shown.stdout
 
 
-def modelpkg_servers(work: Path, parallel: int, names: set[str]) -> list[Server]:
-    env = {**os.environ, "MODELPKG_HOME": str(work / "home"), "MODELPKG_CONFIG_DIR": str(work / "config")}
+def modelpkg_servers(work: Path, parallel: int, names: set[str], tree: Path) -> list[Server]:
+    env = {**os.environ, "MODELPKG_HOME": str(work / "home"), "MODELPKG_CONFIG_DIR": str(work / "config"),
+           "PYTHONPATH": str(tree)}
     for key in ("MODELPKG_REGISTRY", "MODELPKG_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL", "MODELPKG_HOST"):
         env.pop(key, None)
     subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(work / "src" / "Modelfile")],
@@ -265,8 +267,14 @@ def modelpkg_servers(work: Path, parallel: int, names: set[str]) -> list[Server]
             command += ["--parallel", str(n)]
         servers.append(Server(name, "ollama-api", command, env, port, work / f"{name}.log",
                               {"parallel": n if n is not None else "none: serve has no --parallel (one at a time)",
-                               "modelfile": MODELFILE, "command": command}))
+                               "modelfile": MODELFILE, "command": command, "tree": str(tree),
+                               "commit": git_commit(tree)}))
     return servers
+
+
+def git_commit(tree: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
 
 
 def llama_server(work: Path, gguf: Path, parallel: int) -> Server:
@@ -388,6 +396,8 @@ def main() -> None:
     parser.add_argument("--servers", default="modelpkg,modelpkg-1,llama-server,ollama",
                         help="comma-separated: modelpkg, modelpkg-1, llama-server, ollama (both), ollama-N, ollama-1")
     parser.add_argument("--gguf")
+    parser.add_argument("--tree", type=Path, default=REPO,
+                        help="the modelpkg source tree to serve from (default: this one; e.g. a branch's worktree)")
     parser.add_argument("--ollama", type=Path, default=REPO / ".peers" / "bin" / "ollama-0.24")
     args = parser.parse_args()
     names = set(args.servers.split(","))
@@ -397,7 +407,7 @@ def main() -> None:
     (work / "src").mkdir()
     os.symlink(gguf, work / "src" / "gemma3-270m-q4_k_m.gguf")
     (work / "src" / "Modelfile").write_text(MODELFILE)
-    servers = modelpkg_servers(work, args.clients, names)
+    servers = modelpkg_servers(work, args.clients, names, args.tree.resolve())
     if "llama-server" in names:
         servers.append(llama_server(work, gguf, args.clients))
     skipped = {}
