@@ -299,8 +299,9 @@ def run_batch(session: Session, source: Path, output: Path | None, model: str) -
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            previous = last_runner
             record, runner = _answer_line(session, line, number, model,
-                                          lambda r: r.load_duration if r is not last_runner else 0.0)
+                                          lambda r, p=previous: r.load_duration if r is not p else 0.0)
             last_runner = runner or last_runner
             errors += "error" in record
             _emit(out, record)

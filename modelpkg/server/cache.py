@@ -35,8 +35,8 @@ from modelpkg.core.digest import Digest
 from modelpkg.core.errors import BusyError, InvalidInputError, ModelpkgError
 from modelpkg.core.limits import kv_cache_bytes
 from modelpkg.ops.models import ModelDetails
-from modelpkg.runtime.remote import RemoteRunner
 from modelpkg.runtime.ggufshape import available_memory, model_shape
+from modelpkg.runtime.remote import RemoteRunner
 from modelpkg.runtime.runner import DEFAULTS, LoadOptions, Runner, load_options
 
 DEFAULT_KEEP_ALIVE = 300.0   # seconds: Ollama's OLLAMA_KEEP_ALIVE default, 5m

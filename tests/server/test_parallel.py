@@ -211,7 +211,7 @@ def test_many_inputs_embed_as_each_does_alone(wide):
     client = ollama.Client(host=wide.url, timeout=300)
     texts = ["hello world", "the sky is blue", "a third one", "and a fourth"]
     together = client.embed(BASE, texts).embeddings
-    for text, vector in zip(texts, together):
+    for text, vector in zip(texts, together, strict=True):
         assert client.embed(BASE, text).embeddings[0] == pytest.approx(vector, abs=1e-4)
     openai = require_module("openai")
     listed = openai.OpenAI(base_url=f"{wide.url}/v1", api_key="x").embeddings.create(model=BASE, input=texts)
