@@ -141,8 +141,8 @@ def parse_keep_alive(value: Any, default: float | None = DEFAULT_KEEP_ALIVE) -> 
 class RunnerView:
     """One request's handle on a shared runner: what it asked for (``options``: the session compares them) and
     its own ``last_prompt`` / ``last_prompt_tokens``, taken as its generation starts, so a request running
-    beside others reads its own prompt, never the one another request sent after it. Closing it is the
-    cache's business, not the request's: ``close`` does nothing."""
+    beside others reads its own prompt, never the one another request sent after it; a ``reset`` goes with
+    the generation it is for. Closing it is the cache's business, not the request's: ``close`` does nothing."""
 
     def __init__(self, runner: Any, options: LoadOptions, start_lock: threading.Lock):
         self._runner = runner
@@ -150,12 +150,21 @@ class RunnerView:
         self._start_lock = start_lock
         self.last_prompt: str | None = None
         self.last_prompt_tokens: list[int] = []
+        self._fresh = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)
 
+    def reset(self) -> None:
+        """Start the next generation from a clean cache: done with it, in one step, so another request's
+        generation cannot come between this reset and this generation (its prompt would stay cached)."""
+        self._fresh = True
+
     def generate(self, prompt: str, sampling: Any, **kwargs: Any):
         with self._start_lock:  # the runner's last_prompt* are the last started generation's
+            if self._fresh:
+                self._fresh = False
+                self._runner.reset()
             generation = self._runner.generate(prompt, sampling, **kwargs)
             self.last_prompt = self._runner.last_prompt
             self.last_prompt_tokens = list(self._runner.last_prompt_tokens)
