@@ -45,7 +45,7 @@ def batch(env, source: Path, *args: str):
 
 @pytest.mark.model
 def test_parallel_batch_answers_in_input_order_as_the_serial_one_does(env, tmp_path):
-    lines = [json.dumps({"id": i, "prompt": p, "options": {"num_predict": 12 + i}}) for i, p in enumerate(PROMPTS)]
+    lines = [json.dumps({"id": i, "prompt": p, "options": {"num_predict": 6 + i}}) for i, p in enumerate(PROMPTS)]
     lines.insert(3, "not JSON")
     source = tmp_path / "prompts.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -54,7 +54,7 @@ def test_parallel_batch_answers_in_input_order_as_the_serial_one_does(env, tmp_p
     assert [r["line"] for r in parallel] == list(range(1, len(lines) + 1))  # input order
     strip = [{k: v for k, v in r.items() if k not in TIMES} for r in serial]
     assert [{k: v for k, v in r.items() if k not in TIMES} for r in parallel] == strip
-    assert [r.get("eval_count") for r in parallel if "id" in r] == [12 + i for i in range(len(PROMPTS))]
+    assert [r.get("eval_count") for r in parallel if "id" in r] == [6 + i for i in range(len(PROMPTS))]
     assert "error" in parallel[3] and "9 request(s), 8 answered, 1 failed" in stderr
     assert sum(r["load_duration"] > 0 for r in parallel if "id" in r) == 1  # one runner, loaded once
 
