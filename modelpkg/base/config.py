@@ -26,6 +26,9 @@ The one module of modelpkg that reads the environment (``tests/test_layers.py`` 
 - ``MODELPKG_RUNNER_MEMORY_MB``: the data-memory limit of each model runner process (default: what is
   available when it starts); ``MODELPKG_GRAMMAR_MAX_REPEAT``, ``MODELPKG_GRAMMAR_MAX_BYTES``: bounds on the
   grammar a request's ``format`` may build (``core.limits``; 0 switches one off)
+- ``MODELPKG_NUM_PARALLEL`` (else Ollama's ``OLLAMA_NUM_PARALLEL``): how many requests ``serve`` decodes at once
+  per loaded model (``serve --parallel``); ``MODELPKG_MAX_QUEUE`` (else ``OLLAMA_MAX_QUEUE``): how many more may
+  wait for a slot before ``serve`` answers 503
 - ``MODELPKG_TEST_RUNNER_FAULT``: tests only, read in the runner process: ``segv``, ``abort`` or ``oom``,
   optionally ``:<tokens>``, makes it crash after that many generated tokens
 - ``MODELPKG_TEST_QUANTIZE_FAULT``: tests only, read in the quantizer process (``runtime.quantize``): ``segv``,
@@ -233,6 +236,33 @@ def _int_setting(name: str) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+def _positive_setting(names: tuple[str, ...], minimum: int) -> int | None:
+    """The first of ``names`` that is set, as an int of at least ``minimum`` (a bad value is one clear error)."""
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise UsageError(f"{name}={value!r} is not a whole number of at least {minimum}",
+                             f"set {name} to {minimum} or more, or unset it")
+        return number
+    return None
+
+
+def num_parallel() -> int | None:
+    """``MODELPKG_NUM_PARALLEL``, else ``OLLAMA_NUM_PARALLEL``: requests decoded together per loaded model."""
+    return _positive_setting(("MODELPKG_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL"), 1)
+
+
+def max_queue() -> int | None:
+    """``MODELPKG_MAX_QUEUE``, else ``OLLAMA_MAX_QUEUE``: requests that may wait for a slot (0: none wait)."""
+    return _positive_setting(("MODELPKG_MAX_QUEUE", "OLLAMA_MAX_QUEUE"), 0)
 
 
 def runner_memory_mb() -> int | None:

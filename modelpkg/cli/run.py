@@ -11,10 +11,12 @@ CLI layer: imports click, ``modelpkg.cli.common``, ``chat`` and the runner's opt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,6 +59,9 @@ from modelpkg.runtime.runner import Generation, Result
                    "optional \"options\"); '-' reads stdin.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="With --batch: write the results to this file instead of stdout.")
+@click.option("--parallel", "parallel", type=click.IntRange(1), default=1, show_default=True, metavar="N",
+              help="With --batch: answer N lines at once, decoded together by one runner (results stay in "
+                   "input order; each line gets num_ctx of context).")
 @click.option("--insecure", is_flag=True, help="Allow plain http when the model has to be pulled first.")
 @click.option("--think", "think", is_flag=False, flag_value="true", default=None,
               metavar="[true|false|high|medium|low]",
@@ -67,7 +72,7 @@ from modelpkg.runtime.runner import Generation, Result
 def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | None, seed: int | None,
         temperature: float | None, num_predict: int | None, system: str | None, fmt: str, verbose: bool,
         batch: Path | None, output: Path | None, insecure: bool, think: str | None = None,
-        hidethinking: bool = False, local: bool = False) -> None:
+        hidethinking: bool = False, local: bool = False, parallel: int = 1) -> None:
     """Run a model: chat on a terminal, answer a prompt, or answer a batch.
 
     Pulls the model first if it is not in the store. Options override the model's parameters.
@@ -85,12 +90,15 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
       modelpkg run gemma3-base "Once upon a time" --temperature 0 --seed 1 --num-predict 32
       modelpkg run gemma3-base "2 + 2 =" --param stop=. --format json | jq -r .response
       modelpkg run gemma3-chat --batch prompts.jsonl -o answers.jsonl
+      modelpkg run gemma3-chat --batch prompts.jsonl --parallel 4 -o answers.jsonl
       modelpkg run gemma3-chat --local "Hello"
     """
     from modelpkg.cli.progress import for_terminal
 
     if output is not None and batch is None:
         raise UsageError("-o/--output is for --batch", "redirect stdout to save a single answer")
+    if parallel > 1 and batch is None:
+        raise UsageError("--parallel is for --batch", "answer a file of prompts: --batch FILE --parallel N")
     overrides = parse_assignments(params)
     for key, value in (("num_ctx", ctx), ("seed", seed), ("temperature", temperature), ("num_predict", num_predict)):
         if value is not None:
@@ -101,6 +109,13 @@ def run(name: str, prompt: tuple[str, ...], params: tuple[str, ...], ctx: int | 
     text = None if batch is not None or interactive else _prompt_text(prompt)
     store = open_store()
     details = open_model(store, config.reference(name), progress=for_terminal(), insecure=insecure)
+    if batch is not None and parallel > 1:
+        try:
+            run_parallel_batch(_SessionMaker(store, details, overrides, system, local, verbose, think, name),
+                               batch, output, short(details.name), parallel)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     session = _session(store, details, overrides, system, local, verbose)
     try:
         session.runner()  # load now: a model that does not load fails before any input is read
@@ -284,7 +299,9 @@ def run_batch(session: Session, source: Path, output: Path | None, model: str) -
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            record, runner = _answer_line(session, line, number, model, last_runner)
+            previous = last_runner
+            record, runner = _answer_line(session, line, number, model,
+                                          lambda r, p=previous: r.load_duration if r is not p else 0.0)
             last_runner = runner or last_runner
             errors += "error" in record
             _emit(out, record)
@@ -298,7 +315,9 @@ def run_batch(session: Session, source: Path, output: Path | None, model: str) -
     click.echo(f"{total} request(s), {total - errors} answered, {errors} failed", err=True)
 
 
-def _answer_line(session: Session, line: str, number: int, model: str, last_runner) -> tuple[dict, Any]:
+def _answer_line(session: Session, line: str, number: int, model: str,
+                 load_of: Callable[[Any], float]) -> tuple[dict, Any]:
+    """One line's record and the runner that answered it; ``load_of(runner)``: the load time to report."""
     record: dict[str, Any] = {"line": number}
     try:
         try:
@@ -318,9 +337,99 @@ def _answer_line(session: Session, line: str, number: int, model: str, last_runn
         record["error"] = e.message + (f" ({e.hint})" if e.hint else "")
         return record, None
     runner = session.loaded
-    load = runner.load_duration if runner is not last_runner else 0.0
-    record.update(result_json(generation.result, model, load, _now()))
+    record.update(result_json(generation.result, model, load_of(runner), _now()))
     return record, runner
+
+
+class _SessionMaker:
+    """Sessions for ``--batch --parallel``: each line gets a session of its own. Local ones share one runner
+    process loaded with ``n_parallel`` sequences (the model cache of ``serve``: slots, reloads when a line's
+    options need other load-time options); with a running serve of this store, each line is a request to it."""
+
+    def __init__(self, store, details, overrides: dict[str, Any], system: str | None, local: bool, verbose: bool,
+                 think: str | None, name: str):
+        from modelpkg.cli.remote import find_serve
+
+        self.details, self.overrides, self.system = details, overrides, system
+        self.think, self.name = think, name
+        self.client = None if local else find_serve(store)
+        if self.client is not None and verbose:
+            click.echo(f"using modelpkg serve at {self.client.url}", err=True)
+        self.cache = None
+
+    def start(self, parallel: int) -> float:
+        """Load the model now (a model that does not load fails before any line is read); the seconds it took."""
+        if self.client is None:
+            from modelpkg.server.cache import FOREVER, ModelCache
+
+            self.cache = ModelCache(FOREVER, parallel=parallel, max_queue=1 << 30, max_loaded=1)
+        with self.session() as (session, load_of):
+            return load_of(session.runner())
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[tuple[Session, Callable[[Any], float]]]:
+        """A session for one line, and how to tell the load time it caused."""
+        if self.client is not None:
+            from modelpkg.cli.remote import RemoteSession
+
+            session = RemoteSession(self.details, self.client, self.overrides, system=self.system)
+            set_think(session, self.think, self.name)
+            yield session, lambda runner: runner.load_duration
+            return
+        assert self.cache is not None
+        with self.cache.use(self.details, -1) as slot:
+            session = Session(self.details, self.overrides, system=self.system, load=slot.load)
+            set_think(session, self.think, self.name)
+            yield session, lambda runner: slot.load_duration
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def run_parallel_batch(maker: _SessionMaker, source: Path, output: Path | None, model: str, parallel: int) -> None:
+    """``run_batch`` with ``parallel`` lines in flight at once (threads, each line in a session of its own);
+    the records are written in input order, each as soon as it and every line before it are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lines = [(number, line) for number, line in enumerate(_read_lines(source), 1) if line.strip()]
+    loading = maker.start(parallel)  # reported by the first line answered, as run_batch reports it
+    out, close = (_open_output(output), True) if output is not None else (sys.stdout, False)
+    progress = _BatchProgress(len(lines)) if _is_terminal(sys.stderr) else None
+    errors = 0
+
+    def answer(number: int, line: str) -> dict[str, Any]:
+        try:
+            with maker.session() as (session, load_of):
+                return _answer_line(session, line, number, model, load_of)[0]
+        except ModelpkgError as e:
+            return {"line": number, "error": e.message + (f" ({e.hint})" if e.hint else "")}
+
+    try:
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="modelpkg-batch") as pool:
+            futures = [pool.submit(answer, number, line) for number, line in lines]
+            try:
+                for future in futures:
+                    record = future.result()
+                    if loading and "error" not in record:
+                        ns = int(loading * 1_000_000_000)
+                        record["load_duration"] += ns
+                        record["total_duration"] += ns
+                        loading = 0.0
+                    errors += "error" in record
+                    _emit(out, record)
+                    if progress:
+                        progress.advance(errors)
+            finally:
+                for future in futures:
+                    future.cancel()  # a failed write (| head): the lines not started yet are dropped
+    finally:
+        maker.close()
+        if progress:
+            progress.done()
+        if close:
+            out.close()
+    click.echo(f"{len(lines)} request(s), {len(lines) - errors} answered, {errors} failed", err=True)
 
 
 def _read_lines(source: Path) -> list[str]:

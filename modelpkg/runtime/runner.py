@@ -100,6 +100,9 @@ class LoadOptions:
     last_n_tokens_size: int = 64
     lora_path: Path | None = None
     shard_paths: tuple[Path, ...] = ()  # a split GGUF: every shard in order (model_path is the first)
+    # sequences decoded together (issue 14): the engine gives each its own n_ctx of KV cache
+    # (n_ctx * n_parallel in all, as Ollama's OLLAMA_NUM_PARALLEL); not a Llama(...) argument
+    n_parallel: int = 1
 
     def llama_kwargs(self) -> dict[str, Any]:
         return {

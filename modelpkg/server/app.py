@@ -9,7 +9,9 @@ on the standard library's ``ThreadingHTTPServer`` (one thread per connection):
   and the runner's loop (stop strings, token counts, timings): the same answers ``modelpkg run`` gives.
 - **Loaded models** (``ModelCache``) stay in memory for ``keep_alive`` (default 5 minutes; Go durations
   or seconds; 0 unloads after the request; negative keeps it forever); a reaper thread unloads expired
-  ones. One lock per loaded model queues its requests, so two generations never share a context.
+  ones. Each loaded model has ``parallel`` slots (``serve --parallel``, ``MODELPKG_NUM_PARALLEL``,
+  ``OLLAMA_NUM_PARALLEL``; default 4): that many requests decode together, each in a sequence of its own;
+  the rest wait in a bounded queue (``MODELPKG_MAX_QUEUE``/``OLLAMA_MAX_QUEUE``, 512), beyond which 503.
 - **Reproducible answers.** Each request starts from a clean KV cache (as ``run --batch`` does), so a
   request gives the same answer streamed or not, alone or in a queue. Ollama reuses a cached prompt
   prefix instead: faster on long chats, but llama.cpp's numbers then differ slightly and a greedy answer
@@ -41,7 +43,7 @@ from modelpkg.core.errors import ModelpkgError
 from modelpkg.server import anthropic
 from modelpkg.server.anthropic import AnthropicApi
 from modelpkg.server.backend import Backend, Event
-from modelpkg.server.cache import DEFAULT_KEEP_ALIVE, MAX_LOADED, ModelCache
+from modelpkg.server.cache import DEFAULT_KEEP_ALIVE, DEFAULT_MAX_QUEUE, MAX_LOADED, ModelCache
 from modelpkg.server.http import (
     DEFAULT_ORIGINS,
     ApiError,
@@ -71,12 +73,14 @@ class App:
 
     def __init__(self, store: Store, *, token: str | None = None, keep_alive: float | None = DEFAULT_KEEP_ALIVE,
                  max_loaded: int = MAX_LOADED, log: Callable[[str], None] | None = None,
-                 origins: tuple[str, ...] = (), loopback_only: bool = False):
+                 origins: tuple[str, ...] = (), loopback_only: bool = False, parallel: int | None = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE):
         self.token = token or None
         self.origins = DEFAULT_ORIGINS + tuple(origins)
         self.loopback_only = loopback_only  # bound to a loopback address: check Host (DNS rebinding)
         self.log = log or (lambda line: None)
-        self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded))
+        self.backend = Backend(store, ModelCache(keep_alive, max_loaded=max_loaded, parallel=parallel,
+                                                 max_queue=max_queue))
         self.ollama = OllamaApi(self.backend)
         self.openai = OpenAIApi(self.backend)
         self.routes: dict[tuple[str, str], Callable[[Request], None]] = {
@@ -156,14 +160,21 @@ class App:
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 11434, *, token: str | None = None,
                 keep_alive: float | None = DEFAULT_KEEP_ALIVE, max_loaded: int = MAX_LOADED,
                 log: Callable[[str], None] | None = None, origins: tuple[str, ...] = (),
-                limits: Limits | None = None) -> ApiServer:
+                limits: Limits | None = None, parallel: int | None = None,
+                max_queue: int | None = None) -> ApiServer:
     """Bind the API (``serve_forever`` runs it; ``shutdown`` then ``close`` stop it). ``limits``: what one
-    client may cost (default: ``Limits`` with the ``MODELPKG_SERVE_*`` settings)."""
+    client may cost (default: ``Limits`` with the ``MODELPKG_SERVE_*`` settings). ``parallel``: slots per
+    loaded model (default ``MODELPKG_NUM_PARALLEL``/``OLLAMA_NUM_PARALLEL``, else chosen per model);
+    ``max_queue``: requests that may wait for a slot (default ``MODELPKG_MAX_QUEUE``/``OLLAMA_MAX_QUEUE``,
+    else 512)."""
     from modelpkg.registry.client import is_loopback
 
     limits = limits or Limits(**config.serve_limits())
+    parallel = parallel if parallel is not None else config.num_parallel()
+    max_queue = max_queue if max_queue is not None else config.max_queue()
     app = App(store, token=token, keep_alive=keep_alive, max_loaded=max_loaded, log=log, origins=origins,
-              loopback_only=is_loopback(host))
+              loopback_only=is_loopback(host), parallel=parallel,
+              max_queue=DEFAULT_MAX_QUEUE if max_queue is None else max_queue)
     try:
         return (ApiServerV6 if ":" in host else ApiServer)((host, port), app, limits)
     except OSError:

@@ -38,7 +38,7 @@ from modelpkg.ops.chat import (
 )
 from modelpkg.ops.models import ModelDetails
 from modelpkg.runtime.runner import LOGPROBS, MAX_TOP_LOGPROBS, Result, TokenLogprob
-from modelpkg.server.cache import Loaded, ModelCache
+from modelpkg.server.cache import ModelCache, Slot
 from modelpkg.server.http import ApiError, ClientGone, Request, api_error
 from modelpkg.store import Store
 
@@ -133,7 +133,7 @@ def with_tool_names(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def answer_splitter(details: ModelDetails, loaded: Loaded, generation: Any, tools: Any, think: Any) -> AnswerSplitter:
+def answer_splitter(details: ModelDetails, loaded: Slot, generation: Any, tools: Any, think: Any) -> AnswerSplitter:
     """The splitter of a chat generation's answer (thinking, content, calls) by the template it rendered."""
     prompt = generation.prompt
     jinja = None
@@ -216,7 +216,7 @@ class Backend:
         return generation.result
 
     @staticmethod
-    def chat_generation(details: ModelDetails, loaded: Loaded, messages: list[dict[str, Any]],
+    def chat_generation(details: ModelDetails, loaded: Slot, messages: list[dict[str, Any]],
                         options: Mapping[str, Any], fmt: Any, **values: Any):
         """Ollama's ChatHandler: the model's MESSAGEs and SYSTEM, then the request's messages; ``values``
         (``tools``, ``think``) go to the template. The session's ``last_prompt`` is the generation's

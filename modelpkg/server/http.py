@@ -33,7 +33,15 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from modelpkg.core.errors import AuthError, InvalidInputError, ModelpkgError, NotFoundError, RegistryError, UsageError
+from modelpkg.core.errors import (
+    AuthError,
+    BusyError,
+    InvalidInputError,
+    ModelpkgError,
+    NotFoundError,
+    RegistryError,
+    UsageError,
+)
 
 MiB = 1024 * 1024
 # Browser origins allowed to call the API (Ollama's defaults): the machine itself, and the schemes of
@@ -85,6 +93,8 @@ def api_error(e: Exception) -> ApiError:
         return ApiError(400, e.message)
     if isinstance(e, AuthError):
         return ApiError(401, e.message, "authentication_error")
+    if isinstance(e, BusyError):  # every slot taken and the queue full: Ollama's 503, its text alone
+        return ApiError(503, e.message, "api_error", "server_busy")
     if isinstance(e, RegistryError):
         return ApiError(e.status if e.status in (401, 403, 404) else 500, e.message, "api_error")
     if isinstance(e, ModelpkgError):

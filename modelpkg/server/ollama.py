@@ -49,7 +49,7 @@ from modelpkg.server.backend import (
     options_from,
     with_logprobs,
 )
-from modelpkg.server.cache import parse_keep_alive
+from modelpkg.server.cache import kv_bytes, parse_keep_alive
 from modelpkg.server.http import ApiError, Request, iso_time
 from modelpkg.store import ingest
 
@@ -281,10 +281,13 @@ class OllamaApi:
         models = []
         for entry, expires in self.cache.loaded():
             details, short = entry.details, display_name(entry.name)
-            models.append({"name": short, "model": short, "size": details.size, "digest": details.digest.hex,
+            # as Ollama: the context of all the slots together, and the memory with their KV cache (on a CPU:
+            # none of it in VRAM)
+            kv = kv_bytes(details, entry.n_ctx, entry.parallel)
+            models.append({"name": short, "model": short, "size": details.size + kv, "digest": details.digest.hex,
                            "details": self._model_details_json(details),
                            "expires_at": iso_time(expires) if expires is not None else "2318-11-25T00:00:00Z",
-                           "size_vram": 0, "context_length": entry.n_ctx})
+                           "size_vram": 0, "context_length": entry.context_length})
         req.send_json({"models": models})
 
     def show(self, req: Request) -> None:

@@ -34,7 +34,7 @@ from modelpkg.server.backend import (
     options_from,
     with_logprobs,
 )
-from modelpkg.server.cache import Loaded
+from modelpkg.server.cache import Slot
 from modelpkg.server.http import ApiError, Request
 from modelpkg.store import RefEntry
 
@@ -242,7 +242,7 @@ class OpenAIApi:
         single = body.get("parallel_tool_calls") is False
         options = chat_logprobs_options(body, openai_options(body))
 
-        def start(loaded: Loaded):
+        def start(loaded: Slot):
             generation = self.backend.chat_generation(details, loaded, messages, options, plan.format,
                                                       tools=tools, think=think)
             return generation, answer_splitter(details, loaded, generation, tools, think), single
@@ -265,7 +265,7 @@ class OpenAIApi:
 
         options = completion_logprobs_options(body, openai_options(body))
 
-        def start(loaded: Loaded):
+        def start(loaded: Slot):
             session = Session(details, options, load=loaded.load)
             if not suffix:
                 return session.request(prompt=prompt, format=openai_format(body))
@@ -277,7 +277,7 @@ class OpenAIApi:
         self._complete(req, body, model, details, "text_completion", start, prompt)
 
     def _complete(self, req: Request, body: Mapping[str, Any], model: str, details: ModelDetails, kind: str,
-                  start: Callable[[Loaded], Any], prompt: str = "") -> None:
+                  start: Callable[[Slot], Any], prompt: str = "") -> None:
         """Run ``start``'s generation in the loaded model; answer it whole, or as a stream of chunks. For a
         chat, ``start`` also gives the splitter of thinking and tool calls (and whether one call only)."""
         chat = kind == "chat.completion"

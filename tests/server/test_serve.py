@@ -220,7 +220,8 @@ def test_embed(client):
 def test_ps_and_keep_alive(client, served):
     client.generate(BASE, "Hi", options=FAST, keep_alive="10m")
     loaded = {m.model: m for m in client.ps().models}
-    assert f"{BASE}:latest" in loaded and loaded[f"{BASE}:latest"].context_length == 4096
+    slots = served.app.cache.loaded()[0][0].parallel  # num_ctx 4096 for each of the loaded model's slots
+    assert f"{BASE}:latest" in loaded and loaded[f"{BASE}:latest"].context_length == 4096 * slots
     client.generate(BASE, "Hi", options=FAST, keep_alive=0)
     assert f"{BASE}:latest" not in {m.model for m in client.ps().models}
     assert client.generate(BASE, "", keep_alive="1m").done_reason == "load"
