@@ -35,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,9 @@ class LoadOptions:
     use_mmap: bool = True
     last_n_tokens_size: int = 64
     lora_path: Path | None = None
+    # sequences decoded together (issue 14; serve --parallel): 1 is one request at a time (``Runner``), more
+    # is ``batch.BatchRunner``'s continuous batching with ``n_ctx`` tokens per sequence, N x n_ctx in all
+    n_parallel: int = 1
 
     def llama_kwargs(self) -> dict[str, Any]:
         return {
@@ -150,8 +153,9 @@ def effective_parameters(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Sequence[Path] = (),
-                 context_length: int | None = None) -> LoadOptions:
-    """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file."""
+                 context_length: int | None = None, n_parallel: int = 1) -> LoadOptions:
+    """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file;
+    ``n_parallel`` is the server's setting (``--parallel``), not a Modelfile parameter."""
     if len(adapter_paths) > 1:
         raise RunnerError(f"this model has {len(adapter_paths)} ADAPTER layers; llama.cpp here applies one",
                           "merge the adapters into one, or create a model with a single ADAPTER")
@@ -174,6 +178,7 @@ def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Seq
         use_mmap=True if mmap is None else bool(mmap),
         last_n_tokens_size=int(params.get("repeat_last_n", DEFAULTS["repeat_last_n"])),
         lora_path=Path(adapter_paths[0]) if adapter_paths else None,
+        n_parallel=max(int(n_parallel), 1),
     )
 
 
@@ -271,16 +276,29 @@ class Runner:
         Ollama's server runs embedding requests)."""
         llama_cpp = import_llama_cpp()
         started = time.perf_counter()
-        check_memory(options)
+        check_memory(options, cls.sequences(options, embedding))
         extra = {"embedding": True} if embedding else {}
-        with _native_output_captured() as captured:
+        with native_output_captured() as captured:
             try:
-                llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
+                llm = llama_cpp.Llama(**cls.llama_kwargs(options, embedding), **extra, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
-                detail = _last_line(captured.text()) or str(e)
+                detail = last_error_line(captured.text()) or str(e)
                 raise RunnerError(f"llama.cpp cannot load {options.model_path}: {detail}",
                                   _load_hint(options)) from e
-        return cls(llm, options, time.perf_counter() - started)
+        try:
+            return cls(llm, options, time.perf_counter() - started)
+        except BaseException:
+            llm.close()
+            raise
+
+    @classmethod
+    def sequences(cls, options: LoadOptions, embedding: bool) -> int:
+        """How many sequences of ``options.n_ctx`` tokens the KV cache holds (one: a request at a time)."""
+        return 1
+
+    @classmethod
+    def llama_kwargs(cls, options: LoadOptions, embedding: bool) -> dict[str, Any]:
+        return options.llama_kwargs()
 
     # ----- facts about the model
 
@@ -426,37 +444,13 @@ class Runner:
         except (RuntimeError, ValueError, OSError) as e:
             raise RunnerError(f"llama.cpp failed while generating: {e}", "try a smaller num_ctx or num_batch") from e
         finally:
-            end = time.perf_counter()
-            result.text = "".join(pieces)
-            result.stop_sequence = stops.matched
-            if result.logprobs and stops.matched is not None:
-                result.logprobs = _within(result.logprobs, len(result.text.encode()))
-            result.eval_count = len(result.tokens)
-            result.prompt_eval_duration = (first or end) - started
-            result.eval_duration = end - first if first is not None else 0.0
-            result.total_duration = end - started
+            finish_result(result, pieces, stops, started, first)
 
     def _logprob(self, token: int, top: int) -> TokenLogprob:
         """``token``'s log probability under the logits it was just sampled from (the last evaluated
-        position; raw logits, before the sampler's temperature, top-k or grammar), with the ``top`` likeliest."""
-        import numpy as np
-
+        position), with the ``top`` likeliest."""
         llm = self._llm
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-        peak = float(logits.max())
-        logprobs = logits - (peak + math.log(float(np.exp(logits - peak).sum())))
-        best: tuple[TokenLogprob, ...] = ()
-        top = min(top, len(logprobs) - 1)
-        if top > 0:
-            ids = np.argpartition(-logprobs, top)[:top]
-            best = tuple(self._token_logprob(int(i), float(logprobs[i]))
-                         for i in sorted(ids, key=lambda i: -logprobs[i]))
-        chosen = self._token_logprob(token, float(logprobs[token]))
-        return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best)
-
-    def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
-        data = self._llm.detokenize([token])
-        return TokenLogprob(data.decode("utf-8", errors="replace"), logprob, tuple(data))
+        return token_logprob(llm._ctx.get_logits_ith(-1), llm.n_vocab(), token, top, llm.detokenize)
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama-cpp-python will reuse from its KV cache (it re-evaluates at
@@ -490,6 +484,45 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def finish_result(result: Result, pieces: list[str], stops: StopMatcher, started: float,
+                  first: float | None) -> None:
+    """A generation's counters once it has ended (its tokens are in ``result.tokens``): text, the stop string,
+    log probabilities cut where a stop string cut the text, and the durations (``started``: before its prompt
+    was evaluated; ``first``: when its first token was sampled)."""
+    end = time.perf_counter()
+    result.text = "".join(pieces)
+    result.stop_sequence = stops.matched
+    if result.logprobs and stops.matched is not None:
+        result.logprobs = _within(result.logprobs, len(result.text.encode()))
+    result.eval_count = len(result.tokens)
+    result.prompt_eval_duration = (first or end) - started
+    result.eval_duration = end - first if first is not None else 0.0
+    result.total_duration = end - started
+
+
+def token_logprob(logits_pointer: Any, n_vocab: int, token: int, top: int,
+                  detokenize: Callable[[list[int]], bytes]) -> TokenLogprob:
+    """``token``'s log probability under the logits at ``logits_pointer`` (raw logits, before the sampler's
+    temperature, top-k or grammar), with the ``top`` likeliest tokens at that position."""
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(logits_pointer, shape=(n_vocab,))
+    peak = float(logits.max())
+    logprobs = logits - (peak + math.log(float(np.exp(logits - peak).sum())))
+
+    def entry(i: int) -> TokenLogprob:
+        data = detokenize([i])
+        return TokenLogprob(data.decode("utf-8", errors="replace"), float(logprobs[i]), tuple(data))
+
+    best: tuple[TokenLogprob, ...] = ()
+    top = min(top, len(logprobs) - 1)
+    if top > 0:
+        ids = np.argpartition(-logprobs, top)[:top]
+        best = tuple(entry(int(i)) for i in sorted(ids, key=lambda i: -logprobs[i]))
+    chosen = entry(token)
+    return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best)
 
 
 def _within(entries: list[TokenLogprob], size: int) -> list[TokenLogprob]:
@@ -629,7 +662,7 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def _native_output_captured() -> Iterator[_Captured]:
+def native_output_captured() -> Iterator[_Captured]:
     """Keep llama.cpp's chatter (written straight to file descriptor 2, or through its Python log hook to
     ``sys.stderr``) off the user's terminal while loading; the text is kept for the error message."""
     python = io.StringIO()
@@ -651,7 +684,7 @@ def _native_output_captured() -> Iterator[_Captured]:
                 os.close(saved)
 
 
-def _last_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
     return (errors or lines or [""])[-1][:300]
