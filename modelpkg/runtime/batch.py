@@ -178,6 +178,10 @@ class Scheduler:
             self._pending.extend(seqs)
             self._cond.notify()
 
+    def discard(self, seq: Sequence) -> None:
+        """Free a prepared sequence that will not be started."""
+        self._free_sampler(seq)
+
     def cancel(self, seq: Sequence) -> None:
         """End ``seq`` at the next step (its slot is free for the step after); its result says interrupted."""
         with self._cond:
@@ -445,11 +449,23 @@ class BatchRunner(Runner):
         self.scheduler.start(seq, stream)
         return BatchGeneration(self.scheduler, seq, stream)
 
-    def generate_all(self, prompts: list[str], sampling: SamplingOptions, *, add_bos: bool = True,
-                     format: Any = None) -> list[Generation]:
+    def generate_all(self, prompts: list[str], sampling: SamplingOptions | list[SamplingOptions], *,
+                     add_bos: bool = True, format: Any = None) -> list[Generation]:
         """``generate`` for each prompt, queued at once so that those with a slot start in the same step
-        (``run --batch``; tests that need the same batch every time)."""
-        seqs = [self.prepare(prompt, sampling, add_bos=add_bos, format=format) for prompt in prompts]
+        (``run --batch``; tests that need the same batch every time). ``sampling`` and ``format`` are one for
+        all, or a list with one per prompt."""
+        samplings = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        formats = format if isinstance(format, list) else [format] * len(prompts)
+        if not len(samplings) == len(formats) == len(prompts):
+            raise InvalidInputError("one sampling and one format per prompt, or one for all")
+        seqs = []
+        try:
+            for prompt, one, form in zip(prompts, samplings, formats, strict=True):
+                seqs.append(self.prepare(prompt, one, add_bos=add_bos, format=form))
+        except BaseException:
+            for seq in seqs:
+                self.scheduler.discard(seq)
+            raise
         streams = [_Stream() for _ in seqs]
         for seq, stream in zip(seqs, streams, strict=True):
             seq.sink = stream

@@ -385,19 +385,72 @@ class Runner:
         """One vector per text and the number of tokens read; L2-normalised, as Ollama's /api/embed gives
         them. A model without pooling of its own (a decoder such as Gemma) gets the mean of its token
         vectors. Needs a runner loaded with ``embedding=True``."""
+        llm = self._llm
         try:
-            vectors, count = self._llm.embed(list(texts), truncate=truncate, return_count=True)
-        except ValueError as e:
-            raise RunnerError(f"cannot embed the input: {e}", "shorten it, or pass truncate=true") from e
+            groups, count = self._embedding_groups(texts, truncate)
+            out = []
+            for group in groups:  # each group is one decode, one sequence id per text
+                out += self._embed_group(group)
         except RuntimeError as e:
             raise RunnerError(f"llama.cpp failed while embedding: {e}") from e
+        finally:
+            if llm is not None:
+                llm._ctx.kv_cache_clear()
+                llm.reset()
+        return out, count
+
+    def _embedding_groups(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[list[int]]], int]:
+        """The texts' tokens (as llama-cpp-python's ``Llama.embed`` reads them), in groups that fit one batch."""
+        llm = self._llm
+        n_batch, n_seq = llm.n_batch, max(int(llm.context_params.n_seq_max), 1)
+        groups: list[list[list[int]]] = [[]]
+        size = count = 0
+        for text in texts:
+            tokens = llm.tokenize(str(text).encode("utf-8"))
+            if truncate:
+                tokens = tokens[:n_batch]
+            if len(tokens) > n_batch:
+                raise RunnerError(f"cannot embed the input: it is {len(tokens)} tokens; a batch holds {n_batch}",
+                                  "shorten it, or pass truncate=true")
+            if groups[-1] and (size + len(tokens) > n_batch or len(groups[-1]) >= n_seq):
+                groups.append([])
+                size = 0
+            groups[-1].append(tokens)
+            size += len(tokens)
+            count += len(tokens)
+        return [g for g in groups if g], count
+
+    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
+        """One decode of several sequences; L2-normalised vectors (the mean of the token vectors when the
+        model does not pool). Llama.embed (0.3.36) reads the second text's token vectors from the wrong
+        offset when it does not pool, so this reads them itself."""
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        llm._ctx.kv_cache_clear()
+        llm._batch.reset()
+        for seq, tokens in enumerate(group):
+            llm._batch.add_sequence(tokens, seq, True)
+        llm._ctx.decode(llm._batch)
+        n_embd = llm.n_embd()
+        vectors = []
+        if llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm.ctx),
+                                         shape=(sum(map(len, group)), n_embd))
+            start = 0
+            for tokens in group:
+                vectors.append(rows[start:start + len(tokens)].astype(np.float64).mean(axis=0))
+                start += len(tokens)
+        else:
+            for seq in range(len(group)):
+                pointer = llama_cpp.llama_get_embeddings_seq(llm.ctx, seq)
+                vectors.append(np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(np.float64))
         out = []
         for vector in vectors:
-            if vector and isinstance(vector[0], list):  # one vector per token: mean-pool them
-                vector = [sum(column) / len(vector) for column in zip(*vector, strict=True)]
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            out.append([x / norm for x in vector])
-        return out, int(count)
+            norm = float(np.sqrt((vector * vector).sum())) or 1.0
+            out.append((vector / norm).tolist())
+        return out
 
     def _stream(self, tokens: list[int], sampling: SamplingOptions, result: Result,
                 grammar: Any = None) -> Iterator[str]:

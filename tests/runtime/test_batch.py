@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -67,19 +68,55 @@ def test_n_parallel_is_a_load_option_and_one_keeps_the_old_runner(options):
     assert load_options({}, options.model_path, n_parallel=4).n_parallel == 4
 
 
-def test_eight_concurrent_greedy_answers_equal_their_solo_answers(batched, solo_answers):
+def same_or_near_tie(tokens: list[int], logprobs, expected: list[int], runner) -> int | None:
+    """None when ``tokens`` equal ``expected``; else the index of the first difference, checked to be a near
+    tie (the expected token is the runner-up within 0.5 nats), as llama.cpp's batched kernels may swap one."""
+    if tokens == expected:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b), None)
+    assert at is not None, "one answer is a prefix of the other"
+    wanted = runner.detokenize([expected[at]])
+    alternatives = {t.token: t.logprob for t in logprobs[at].top}
+    assert wanted in alternatives, (at, wanted, alternatives)
+    assert logprobs[at].logprob - alternatives[wanted] < 0.5, (at, wanted, alternatives)
+    return at
+
+
+def test_eight_concurrent_greedy_answers_equal_their_solo_answers_or_differ_at_a_near_tie(batched, solo_answers):
     steps = batched.scheduler.steps
-    generations = [batched.generate(prompt, GREEDY) for prompt in PROMPTS]  # all in the batch at once
+    sampling = SamplingOptions(temperature=0, max_tokens=TOKENS, logprobs=2)
+    generations = batched.generate_all(PROMPTS, sampling)  # all in the same steps
     texts = [g.text() for g in generations]
+    differing = {}
     for prompt, generation, text in zip(PROMPTS, generations, texts, strict=True):
         result = generation.result
-        assert result.tokens == solo_answers[prompt], prompt
         assert text == result.text and text
         assert result.eval_count == TOKENS and result.done_reason == "length"
         assert result.prompt_eval_count == result.prompt_tokens == len(batched.tokenize(prompt))
         assert 0 < result.time_to_first_token <= result.total_duration and result.eval_duration > 0
-    # decoded together: one step per token for all eight (plus the prompts' step), not eight times as many
-    assert batched.scheduler.steps - steps <= TOKENS + 2
+        at = same_or_near_tie(result.tokens, result.logprobs, solo_answers[prompt], batched)
+        if at is not None:
+            differing[prompt] = at
+    assert len(differing) <= len(PROMPTS) // 2, differing
+    # decoded together: one step per token for all eight (the prompts in the first), not eight times as many
+    assert batched.scheduler.steps - steps == TOKENS
+
+
+def test_sequences_never_mix_an_answer_does_not_depend_on_what_the_others_say(batched):
+    """The same batch shape with other content beside it: bit-for-bit the same answer and log probabilities."""
+    sampling = SamplingOptions(temperature=0, max_tokens=8, logprobs=1)
+    ours = "Once upon a time,"
+    answers = []
+    for others in (["The capital of France is", "The colour of grass is", "My favourite food is"],
+                   ["The capital of Spain is", "The colour of snow is", "My favourite drink is"]):
+        assert [len(batched.tokenize(p)) for p in others] == [6, 6, 5]  # the same shape both times
+        generations = batched.generate_all([ours, *others], sampling)
+        for generation in generations:
+            generation.text()
+        result = generations[0].result
+        answers.append((result.tokens, [(lp.token, lp.logprob) for lp in result.logprobs]))
+        assert generations[1].result.tokens != generations[0].result.tokens
+    assert answers[0] == answers[1]
 
 
 def test_alone_in_the_batch_answers_as_the_one_at_a_time_runner(batched, solo_answers):
@@ -89,34 +126,38 @@ def test_alone_in_the_batch_answers_as_the_one_at_a_time_runner(batched, solo_an
         assert generation.result.tokens == solo_answers[prompt]
 
 
-def test_a_stop_string_or_num_predict_ends_one_sequence_while_the_others_go_on(batched, solo, solo_answers):
-    full = solo.detokenize(solo_answers[PROMPTS[1]])
-    stop = full.strip().split()[1]  # a word inside the solo answer
-    short = batched.generate(PROMPTS[0], SamplingOptions(temperature=0, max_tokens=3))
-    stopped = batched.generate(PROMPTS[1], SamplingOptions(temperature=0, max_tokens=TOKENS, stop=(stop,)))
-    longest = batched.generate(PROMPTS[2], GREEDY)
+def test_a_stop_string_or_num_predict_ends_one_sequence_while_the_others_go_on(batched):
+    prompts = PROMPTS[:3]
+    reference = batched.generate_all(prompts, GREEDY)
+    texts = [g.text() for g in reference]
+    stop = texts[1].split()[1]  # the answer's second word: within the steps all three share
+    short, stopped, longest = batched.generate_all(prompts, [
+        SamplingOptions(temperature=0, max_tokens=3),
+        SamplingOptions(temperature=0, max_tokens=TOKENS, stop=(stop,)),
+        GREEDY])
     assert short.text() and short.result.eval_count == 3 and short.result.done_reason == "length"
-    assert short.result.tokens == solo_answers[PROMPTS[0]][:3]
+    assert short.result.tokens == reference[0].result.tokens[:3]
     text = stopped.text()
     assert stopped.result.done_reason == "stop" and stopped.result.stop_sequence == stop
-    assert text == full[:full.index(stop)]
+    assert text == texts[1][:texts[1].index(stop)] and stopped.result.eval_count < 4
     longest.text()
-    assert longest.result.tokens == solo_answers[PROMPTS[2]] and longest.result.done_reason == "length"
+    assert longest.result.done_reason == "length" and longest.result.eval_count == TOKENS
+    assert longest.result.tokens[:3] == reference[2].result.tokens[:3]
 
 
-def test_each_sequence_keeps_its_own_format_grammar(batched, solo, solo_answers):
+def test_each_sequence_keeps_its_own_format_grammar(batched, solo):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     sampling = SamplingOptions(temperature=0, max_tokens=24)
-    solo.reset()
-    alone = solo.generate(PROMPTS[4], sampling, format=schema)
-    expected = alone.text()
-    constrained = batched.generate(PROMPTS[4], sampling, format=schema)
-    free = batched.generate(PROMPTS[1], GREEDY)
-    as_json = batched.generate(PROMPTS[3], sampling, format="json")
-    assert constrained.text() == expected and constrained.result.tokens == alone.result.tokens
-    assert json.loads(expected)["ok"] in (True, False)
-    assert free.text() and free.result.tokens == solo_answers[PROMPTS[1]]  # no grammar leaked into it
+    prompts = [PROMPTS[4], PROMPTS[1], PROMPTS[3]]
+    plain = [g.text() for g in batched.generate_all(prompts, sampling)]
+    constrained, free, as_json = batched.generate_all(prompts, sampling, format=[schema, None, "json"])
+    assert json.loads(constrained.text())["ok"] in (True, False)
     assert as_json.text().lstrip().startswith(("{", "["))
+    assert free.text() == plain[1]  # no grammar leaked into it: the same tokens as without the others'
+    solo.reset()
+    expected = solo.generate(PROMPTS[4], sampling, format=schema).text()
+    alone = batched.generate(PROMPTS[4], sampling, format=schema)
+    assert alone.text() == expected
 
 
 def test_a_cancelled_sequence_frees_its_slot_for_the_next_request(options):
@@ -159,15 +200,15 @@ def test_the_runner_process_answers_concurrent_requests_from_threads(options, so
     remote_options = LoadOptions(options.model_path, n_ctx=512, n_threads=2, n_parallel=4)
     with RemoteRunner.load(remote_options, label="gemma") as remote:
         assert remote.n_ctx == 512  # per sequence
-        answers: dict[str, list[int]] = {}
+        answers: dict[str, Any] = {}
         errors: list[BaseException] = []
 
         def ask(prompt: str) -> None:
             try:
-                generation = remote.generate(prompt, GREEDY)
+                generation = remote.generate(prompt, SamplingOptions(temperature=0, max_tokens=TOKENS, logprobs=2))
                 pieces = list(generation)
                 assert "".join(pieces) == generation.result.text and generation.result.eval_count == TOKENS
-                answers[prompt] = generation.result.tokens
+                answers[prompt] = generation.result
             except BaseException as e:  # noqa: BLE001 - reported by the main thread
                 errors.append(e)
 
@@ -176,7 +217,9 @@ def test_the_runner_process_answers_concurrent_requests_from_threads(options, so
             thread.start()
         for thread in threads:
             thread.join(120)
-        assert not errors and answers == {p: solo_answers[p] for p in PROMPTS[:6]}
+        assert not errors and sorted(answers) == sorted(PROMPTS[:6])
+        for prompt, result in answers.items():  # which others shared its steps depends on the threads' timing
+            same_or_near_tie(result.tokens, result.logprobs, solo_answers[prompt], remote)
         # a client that goes away mid-stream: its slot is free for the next request at once
         going = remote.generate(PROMPTS[3], SamplingOptions(temperature=0, max_tokens=400))
         next(iter(going))
