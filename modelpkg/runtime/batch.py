@@ -11,7 +11,8 @@ share what is left of ``n_batch`` in admission order, so a long prompt is read i
 tokens instead of stalling them for its whole length. Each sequence that has logits in the step samples with
 its own sampler chain (``llama_sampler_sample`` at its index in the batch), built exactly as llama-cpp-python's
 ``Llama.generate`` builds it (penalties, grammar, then greedy or top-k/typical/top-p/min-p/temperature/dist with
-the request's seed), and keeps its own stop strings (``runner.StopMatcher``), ``num_predict``, UTF-8 decoder and
+the request's seed; a plain greedy request takes the argmax of its logits, the same token without llama.cpp
+filling a 262144-entry candidate array for it), and keeps its own stop strings (``runner.StopMatcher``), ``num_predict``, UTF-8 decoder and
 counters (``runner.Result``). New requests join between steps; a finished or cancelled one leaves, its KV cells
 freed with ``llama_memory_seq_rm``, and its slot is free for the next step. Nothing is cached across requests:
 every prompt is read from the start (``prompt_eval_count`` is the whole prompt).
@@ -72,6 +73,7 @@ class Sequence:
                  "result", "sampler", "sampling", "sink", "slot", "started", "stops", "tokens")
 
     def __init__(self, tokens: list[int], sampling: SamplingOptions, limit: int, sampler: Any):
+        # sampler: a llama.cpp sampler chain, or None for plain greedy (the argmax of the logits)
         self.tokens = tokens
         self.sampling = sampling
         self.result = Result(prompt_tokens=len(tokens), prompt_eval_count=len(tokens), done_reason="interrupted")
@@ -301,8 +303,12 @@ class Scheduler:
             raise RunnerError(f"llama.cpp could not decode a batch of {n} tokens (status {code})",
                               "ask for fewer parallel sequences or a smaller num_batch")
         sample, is_eog, vocab = lib.llama_sampler_sample, lib.llama_vocab_is_eog, self._vocab
+        logits_at, as_array, n_vocab = lib.llama_get_logits_ith, np.ctypeslib.as_array, (self._n_vocab,)
         for seq in ready:
-            chosen = sample(seq.sampler, ctx, seq.idx)
+            if seq.sampler is None:  # plain greedy: the argmax, as llama.cpp's greedy sampler picks it
+                chosen = int(as_array(logits_at(ctx, seq.idx), shape=n_vocab).argmax())
+            else:
+                chosen = sample(seq.sampler, ctx, seq.idx)
             if seq.first is None:
                 seq.first = time.perf_counter()
                 seq.result.time_to_first_token = seq.first - seq.started
@@ -367,6 +373,12 @@ class Scheduler:
     def _sampler(self, sampling: SamplingOptions, grammar: Any) -> Any:
         """A sampler chain in the order ``Llama._init_sampler`` builds it, so one request samples the same
         tokens here as alone (for greedy requests: the same argmax)."""
+        if (grammar is None and sampling.temperature == 0 and sampling.repeat_penalty == 1
+                and sampling.frequency_penalty == 0 and sampling.presence_penalty == 0):
+            # the chain would be neutral penalties, then greedy: llama.cpp fills 262144 candidates for it
+            # (about 1 ms a token for Gemma on this machine); numpy's argmax over the logits picks the same
+            # token (the first of the largest) in a tenth of that
+            return None
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lib.llama_sampler_chain_add
