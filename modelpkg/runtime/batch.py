@@ -12,15 +12,19 @@ tokens instead of stalling them for its whole length. Each sequence that has log
 its own sampler chain (``llama_sampler_sample`` at its index in the batch), built exactly as llama-cpp-python's
 ``Llama.generate`` builds it (penalties, grammar, then greedy or top-k/typical/top-p/min-p/temperature/dist with
 the request's seed; a plain greedy request takes the argmax of its logits, the same token without llama.cpp
-filling a 262144-entry candidate array for it), and keeps its own stop strings (``runner.StopMatcher``), ``num_predict``, UTF-8 decoder and
-counters (``runner.Result``). New requests join between steps; a finished or cancelled one leaves, its KV cells
-freed with ``llama_memory_seq_rm``, and its slot is free for the next step. Nothing is cached across requests:
-every prompt is read from the start (``prompt_eval_count`` is the whole prompt).
+filling a 262144-entry candidate array for it), and keeps its own stop strings (``runner.StopMatcher``),
+``num_predict``, UTF-8 decoder and counters (``runner.Result``). New requests join between steps; a finished or
+cancelled one leaves, its KV cells freed with ``llama_memory_seq_rm``, and its slot is free for the next step;
+an empty batch clears the cache, so the next one starts at cell 0. Nothing is cached across requests: every
+prompt is read from the start (``prompt_eval_count`` is the whole prompt).
 
-Greedy answers can differ from the one-at-a-time path in rare cases: llama.cpp computes a batch of several
-rows with other kernels (and another order of additions) than one row, so two nearly equal logits can swap.
-``bench/bench_batch.py --compare`` measures how often; sequences never mix (each has its own KV range, mask
-and sampler).
+Greedy answers are not always those of the one-at-a-time path. Alone in the batch a request gets exactly its
+solo answer; beside others, llama.cpp computes several rows with other kernels and another order of additions,
+which moves log probabilities by up to ~0.1 here, so two nearly equal candidates can swap and the answers part
+from there (``bench/bench_batch.py --compare``: 56 of 100 Gemma 270M answers of 32 tokens part somewhere). The
+answer depends on the batch's shape, never on what the other sequences say: the same shape with other content
+beside it gives the same bits (tests/runtime/test_batch.py), since each sequence has its own KV cells, mask and
+sampler.
 
 I/O adapter: imports the runner (its values and helpers), the core's errors and ``llama_cpp``.
 """
