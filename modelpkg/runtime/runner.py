@@ -35,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,8 @@ class LoadOptions:
     last_n_tokens_size: int = 64
     lora_path: Path | None = None
     shard_paths: tuple[Path, ...] = ()  # a split GGUF: every shard in order (model_path is the first)
-    # sequences decoded together (issue 14): the engine gives each its own n_ctx of KV cache
-    # (n_ctx * n_parallel in all, as Ollama's OLLAMA_NUM_PARALLEL); not a Llama(...) argument
+    # sequences decoded together (issue 14; serve --parallel): 1 is one request at a time (``Runner``), more
+    # is ``batch.BatchRunner``'s continuous batching with ``n_ctx`` tokens per sequence, N x n_ctx in all
     n_parallel: int = 1
 
     def llama_kwargs(self) -> dict[str, Any]:
@@ -154,8 +154,10 @@ def effective_parameters(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Sequence[Path] = (),
-                 context_length: int | None = None, shard_paths: Sequence[Path] = ()) -> LoadOptions:
-    """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file."""
+                 context_length: int | None = None, shard_paths: Sequence[Path] = (),
+                 n_parallel: int = 1) -> LoadOptions:
+    """The load-time half of ``params`` (merged with ``effective_parameters``) for one model file;
+    ``n_parallel`` is the server's setting (``--parallel``), not a Modelfile parameter."""
     if len(adapter_paths) > 1:
         raise RunnerError(f"this model has {len(adapter_paths)} ADAPTER layers; llama.cpp here applies one",
                           "merge the adapters into one, or create a model with a single ADAPTER")
@@ -179,6 +181,7 @@ def load_options(params: Mapping[str, Any], model_path: Path, adapter_paths: Seq
         last_n_tokens_size=int(params.get("repeat_last_n", DEFAULTS["repeat_last_n"])),
         lora_path=Path(adapter_paths[0]) if adapter_paths else None,
         shard_paths=tuple(Path(p) for p in shard_paths),
+        n_parallel=max(int(n_parallel), 1),
     )
 
 
@@ -276,19 +279,32 @@ class Runner:
         Ollama's server runs embedding requests)."""
         llama_cpp = import_llama_cpp()
         started = time.perf_counter()
-        check_memory(options)
+        check_memory(options, cls.sequences(options, embedding))
         extra = {"embedding": True} if embedding else {}
         from modelpkg.runtime.splits import loading
 
-        with _native_output_captured() as captured:
+        with native_output_captured() as captured:
             try:
                 with loading(options.shard_paths):  # a split GGUF: its shards, straight from the blobs
-                    llm = llama_cpp.Llama(**options.llama_kwargs(), **extra, verbose=False)
+                    llm = llama_cpp.Llama(**cls.llama_kwargs(options, embedding), **extra, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
-                detail = _last_line(captured.text()) or str(e)
+                detail = last_error_line(captured.text()) or str(e)
                 raise RunnerError(f"llama.cpp cannot load {options.model_path}: {detail}",
                                   _load_hint(options)) from e
-        return cls(llm, options, time.perf_counter() - started)
+        try:
+            return cls(llm, options, time.perf_counter() - started)
+        except BaseException:
+            llm.close()
+            raise
+
+    @classmethod
+    def sequences(cls, options: LoadOptions, embedding: bool) -> int:
+        """How many sequences of ``options.n_ctx`` tokens the KV cache holds (one: a request at a time)."""
+        return 1
+
+    @classmethod
+    def llama_kwargs(cls, options: LoadOptions, embedding: bool) -> dict[str, Any]:
+        return options.llama_kwargs()
 
     # ----- facts about the model
 
@@ -375,19 +391,72 @@ class Runner:
         """One vector per text and the number of tokens read; L2-normalised, as Ollama's /api/embed gives
         them. A model without pooling of its own (a decoder such as Gemma) gets the mean of its token
         vectors. Needs a runner loaded with ``embedding=True``."""
+        llm = self._llm
         try:
-            vectors, count = self._llm.embed(list(texts), truncate=truncate, return_count=True)
-        except ValueError as e:
-            raise RunnerError(f"cannot embed the input: {e}", "shorten it, or pass truncate=true") from e
+            groups, count = self._embedding_groups(texts, truncate)
+            out = []
+            for group in groups:  # each group is one decode, one sequence id per text
+                out += self._embed_group(group)
         except RuntimeError as e:
             raise RunnerError(f"llama.cpp failed while embedding: {e}") from e
+        finally:
+            if llm is not None:
+                llm._ctx.kv_cache_clear()
+                llm.reset()
+        return out, count
+
+    def _embedding_groups(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[list[int]]], int]:
+        """The texts' tokens (as llama-cpp-python's ``Llama.embed`` reads them), in groups that fit one batch."""
+        llm = self._llm
+        n_batch, n_seq = llm.n_batch, max(int(llm.context_params.n_seq_max), 1)
+        groups: list[list[list[int]]] = [[]]
+        size = count = 0
+        for text in texts:
+            tokens = llm.tokenize(str(text).encode("utf-8"))
+            if truncate:
+                tokens = tokens[:n_batch]
+            if len(tokens) > n_batch:
+                raise RunnerError(f"cannot embed the input: it is {len(tokens)} tokens; a batch holds {n_batch}",
+                                  "shorten it, or pass truncate=true")
+            if groups[-1] and (size + len(tokens) > n_batch or len(groups[-1]) >= n_seq):
+                groups.append([])
+                size = 0
+            groups[-1].append(tokens)
+            size += len(tokens)
+            count += len(tokens)
+        return [g for g in groups if g], count
+
+    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
+        """One decode of several sequences; L2-normalised vectors (the mean of the token vectors when the
+        model does not pool). Llama.embed (0.3.36) reads the second text's token vectors from the wrong
+        offset when it does not pool, so this reads them itself."""
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        llm._ctx.kv_cache_clear()
+        llm._batch.reset()
+        for seq, tokens in enumerate(group):
+            llm._batch.add_sequence(tokens, seq, True)
+        llm._ctx.decode(llm._batch)
+        n_embd = llm.n_embd()
+        vectors = []
+        if llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm.ctx),
+                                         shape=(sum(map(len, group)), n_embd))
+            start = 0
+            for tokens in group:
+                vectors.append(rows[start:start + len(tokens)].astype(np.float64).mean(axis=0))
+                start += len(tokens)
+        else:
+            for seq in range(len(group)):
+                pointer = llama_cpp.llama_get_embeddings_seq(llm.ctx, seq)
+                vectors.append(np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(np.float64))
         out = []
         for vector in vectors:
-            if vector and isinstance(vector[0], list):  # one vector per token: mean-pool them
-                vector = [sum(column) / len(vector) for column in zip(*vector, strict=True)]
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            out.append([x / norm for x in vector])
-        return out, int(count)
+            norm = float(np.sqrt((vector * vector).sum())) or 1.0
+            out.append((vector / norm).tolist())
+        return out
 
     def _stream(self, tokens: list[int], sampling: SamplingOptions, result: Result,
                 grammar: Any = None) -> Iterator[str]:
@@ -434,37 +503,13 @@ class Runner:
         except (RuntimeError, ValueError, OSError) as e:
             raise RunnerError(f"llama.cpp failed while generating: {e}", "try a smaller num_ctx or num_batch") from e
         finally:
-            end = time.perf_counter()
-            result.text = "".join(pieces)
-            result.stop_sequence = stops.matched
-            if result.logprobs and stops.matched is not None:
-                result.logprobs = _within(result.logprobs, len(result.text.encode()))
-            result.eval_count = len(result.tokens)
-            result.prompt_eval_duration = (first or end) - started
-            result.eval_duration = end - first if first is not None else 0.0
-            result.total_duration = end - started
+            finish_result(result, pieces, stops, started, first)
 
     def _logprob(self, token: int, top: int) -> TokenLogprob:
         """``token``'s log probability under the logits it was just sampled from (the last evaluated
-        position; raw logits, before the sampler's temperature, top-k or grammar), with the ``top`` likeliest."""
-        import numpy as np
-
+        position), with the ``top`` likeliest."""
         llm = self._llm
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-        peak = float(logits.max())
-        logprobs = logits - (peak + math.log(float(np.exp(logits - peak).sum())))
-        best: tuple[TokenLogprob, ...] = ()
-        top = min(top, len(logprobs) - 1)
-        if top > 0:
-            ids = np.argpartition(-logprobs, top)[:top]
-            best = tuple(self._token_logprob(int(i), float(logprobs[i]))
-                         for i in sorted(ids, key=lambda i: -logprobs[i]))
-        chosen = self._token_logprob(token, float(logprobs[token]))
-        return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best)
-
-    def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
-        data = self._llm.detokenize([token])
-        return TokenLogprob(data.decode("utf-8", errors="replace"), logprob, tuple(data))
+        return token_logprob(llm._ctx.get_logits_ith(-1), llm.n_vocab(), token, top, llm.detokenize)
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama-cpp-python will reuse from its KV cache (it re-evaluates at
@@ -498,6 +543,45 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def finish_result(result: Result, pieces: list[str], stops: StopMatcher, started: float,
+                  first: float | None) -> None:
+    """A generation's counters once it has ended (its tokens are in ``result.tokens``): text, the stop string,
+    log probabilities cut where a stop string cut the text, and the durations (``started``: before its prompt
+    was evaluated; ``first``: when its first token was sampled)."""
+    end = time.perf_counter()
+    result.text = "".join(pieces)
+    result.stop_sequence = stops.matched
+    if result.logprobs and stops.matched is not None:
+        result.logprobs = _within(result.logprobs, len(result.text.encode()))
+    result.eval_count = len(result.tokens)
+    result.prompt_eval_duration = (first or end) - started
+    result.eval_duration = end - first if first is not None else 0.0
+    result.total_duration = end - started
+
+
+def token_logprob(logits_pointer: Any, n_vocab: int, token: int, top: int,
+                  detokenize: Callable[[list[int]], bytes]) -> TokenLogprob:
+    """``token``'s log probability under the logits at ``logits_pointer`` (raw logits, before the sampler's
+    temperature, top-k or grammar), with the ``top`` likeliest tokens at that position."""
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(logits_pointer, shape=(n_vocab,))
+    peak = float(logits.max())
+    logprobs = logits - (peak + math.log(float(np.exp(logits - peak).sum())))
+
+    def entry(i: int) -> TokenLogprob:
+        data = detokenize([i])
+        return TokenLogprob(data.decode("utf-8", errors="replace"), float(logprobs[i]), tuple(data))
+
+    best: tuple[TokenLogprob, ...] = ()
+    top = min(top, len(logprobs) - 1)
+    if top > 0:
+        ids = np.argpartition(-logprobs, top)[:top]
+        best = tuple(entry(int(i)) for i in sorted(ids, key=lambda i: -logprobs[i]))
+    chosen = entry(token)
+    return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best)
 
 
 def _within(entries: list[TokenLogprob], size: int) -> list[TokenLogprob]:
@@ -637,7 +721,7 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def _native_output_captured() -> Iterator[_Captured]:
+def native_output_captured() -> Iterator[_Captured]:
     """Keep llama.cpp's chatter (written straight to file descriptor 2, or through its Python log hook to
     ``sys.stderr``) off the user's terminal while loading; the text is kept for the error message."""
     python = io.StringIO()
@@ -659,7 +743,7 @@ def _native_output_captured() -> Iterator[_Captured]:
                 os.close(saved)
 
 
-def _last_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
     return (errors or lines or [""])[-1][:300]

@@ -8,9 +8,12 @@ makes a runaway allocation fail here: a native ``std::bad_alloc`` aborts this pr
 ``MemoryError`` exits it with ``EXIT_OUT_OF_MEMORY``, and either way the server only loses this runner.
 
 Two threads: the main one reads frames (a ``cancel`` is noted at once; any other request is queued) and
-the engine thread answers queued requests one after another with a ``runner.Runner`` (one context, one
-sequence at a time). A generation streams a frame per piece and checks for its cancellation between
-pieces. Issue 14's batching scheduler replaces the engine thread; the frames stay the same.
+the engine thread answers queued requests one after another. With ``n_parallel`` 1 (the default) it holds a
+``runner.Runner`` (one context, one sequence at a time): a generation streams a frame per piece on the engine
+thread and checks for its cancellation between pieces. With ``n_parallel`` N > 1 it holds a
+``batch.BatchRunner``: the engine thread checks a generation, answers ``started`` and hands it to the
+scheduler, whose own thread decodes up to N together and sends each one's pieces and ``done`` under its id;
+a ``cancel`` frees the sequence's slot at the next step. The frames are the same either way.
 
 ``MODELPKG_TEST_RUNNER_FAULT`` (``base.config.runner_fault``; tests only) is read here, in this process.
 
@@ -33,6 +36,7 @@ from typing import Any, BinaryIO
 
 from modelpkg.base import config
 from modelpkg.core.errors import ModelpkgError, RunnerError
+from modelpkg.runtime.batch import BatchRunner, Sequence
 from modelpkg.runtime.runner import LoadOptions, Runner, SamplingOptions
 from modelpkg.runtime.wire import EXIT_OUT_OF_MEMORY, WireError, error_value, read_frame, write_frame
 
@@ -60,6 +64,7 @@ class Worker:
         self._write = threading.Lock()
         self._jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self._cancelled: set[Any] = set()
+        self._live: dict[Any, Sequence] = {}  # generations in the batch scheduler, by request id
         self._fault = fault
         self.runner: Runner | None = None
 
@@ -80,7 +85,11 @@ class Worker:
             except WireError:
                 os._exit(0)  # the server closed the pipe (or died): nothing is left to answer
             if message.get("op") == "cancel":
-                self._cancelled.add(message.get("target"))
+                target = message.get("target")
+                self._cancelled.add(target)
+                seq = self._live.get(target)
+                if seq is not None and isinstance(self.runner, BatchRunner):
+                    self.runner.scheduler.cancel(seq)
             else:
                 self._jobs.put(message)
 
@@ -103,7 +112,12 @@ class Worker:
     def _handle(self, m: dict[str, Any]) -> None:
         op, rid = m.get("op"), m.get("id")
         if op == "load":
-            self.runner = Runner.load(load_options_from(m["options"]), embedding=bool(m.get("embedding")))
+            options, embedding = load_options_from(m["options"]), bool(m.get("embedding"))
+            if options.n_parallel > 1 and not embedding:
+                self.runner = BatchRunner.load(options)
+                self.runner.scheduler.fatal = _fatal
+            else:
+                self.runner = Runner.load(options, embedding=embedding)
             self.send({"id": rid, "ok": {"n_ctx": self.runner.n_ctx, "chat_template": self.runner.chat_template,
                                          "load_duration": self.runner.load_duration, "pid": os.getpid()}})
             return
@@ -130,6 +144,9 @@ class Worker:
         self.send({"id": rid, "ok": value})
 
     def _generate(self, rid: Any, runner: Runner, m: dict[str, Any]) -> None:
+        if isinstance(runner, BatchRunner):
+            self._start_in_batch(rid, runner, m)
+            return
         generation = runner.generate(str(m["prompt"]), sampling_from(m["sampling"]),
                                      add_bos=bool(m.get("add_bos", True)), format=m.get("format"))
         self.send({"id": rid, "started": {"prompt_tokens": runner.last_prompt_tokens}})
@@ -150,6 +167,51 @@ class Worker:
             generation.close()
             self._cancelled.discard(rid)
         self.send({"id": rid, "done": dataclasses.asdict(generation.result)})
+
+    def _start_in_batch(self, rid: Any, runner: BatchRunner, m: dict[str, Any]) -> None:
+        seq = runner.prepare(str(m["prompt"]), sampling_from(m["sampling"]), add_bos=bool(m.get("add_bos", True)),
+                             format=m.get("format"))
+        self.send({"id": rid, "started": {"prompt_tokens": runner.last_prompt_tokens}})
+        self._live[rid] = seq
+        runner.scheduler.start(seq, _WireSink(self), rid)
+        if rid in self._cancelled:  # a cancel that came before the sequence was known
+            runner.scheduler.cancel(seq)
+
+    def ended(self, rid: Any) -> None:
+        self._live.pop(rid, None)
+        self._cancelled.discard(rid)
+
+
+class _WireSink:
+    """Sends a batched generation's pieces and its end as frames, from the scheduler's thread."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+        self._sent = 0  # log probabilities sent so far
+
+    def piece(self, seq: Sequence, text: str) -> None:
+        message: dict[str, Any] = {"id": seq.key, "piece": text}
+        logprobs = seq.result.logprobs
+        if logprobs is not None:  # log probabilities go with the piece that brings their tokens
+            message["logprobs"] = [dataclasses.asdict(lp) for lp in logprobs[self._sent:]]
+            self._sent = len(logprobs)
+        self._worker.send(message)
+        fault = self._worker._fault
+        if fault and len(seq.result.tokens) >= fault[1]:
+            cause_fault(fault[0])
+
+    def end(self, seq: Sequence, error: ModelpkgError | None) -> None:
+        self._worker.ended(seq.key)
+        if error is not None:
+            self._worker.send({"id": seq.key, "error": error_value(error)})
+        else:
+            self._worker.send({"id": seq.key, "done": dataclasses.asdict(seq.result)})
+
+
+def _fatal(error: BaseException) -> None:
+    """The scheduler's thread died: this process cannot answer any more (the server loads the model again)."""
+    sys.stderr.flush()
+    os._exit(EXIT_OUT_OF_MEMORY if isinstance(error, MemoryError) else 70)
 
 
 def cause_fault(kind: str) -> None:
