@@ -168,7 +168,7 @@ def test_base_model_answer_is_what_plain_llama_cpp_gives(env, plain):
     assert result.exit_code == 0, result.output
     expected = plain(PRIMARY, temperature=0.0, seed=42, max_tokens=64)
     assert result.stdout == expected + "\n"
-    assert expected.startswith(" Red\n2. Yellow\n3. Blue")
+    assert expected.startswith(" Red\n2. ")  # the list goes on (its colours vary with the CPU llama.cpp is built for)
 
 
 @pytest.mark.model
@@ -202,7 +202,9 @@ def test_stop_strings_end_the_answer(env, plain):
 
     # --param stop replaces the model's list
     result = invoke(env, "gemma3-base", PRIMARY, "--param", "stop=Blue")
-    assert result.stdout == " Red\n2. Yellow\n3. \n"
+    listed = plain(PRIMARY, temperature=0.0, seed=42, max_tokens=64)
+    assert "Blue" in listed
+    assert result.stdout == listed[:listed.index("Blue")] + "\n"
 
 
 @pytest.mark.model
