@@ -1,6 +1,6 @@
 """``modelpkg run --batch FILE --parallel N``: the lines answered N at a time by one runner process loaded with
-``n_parallel = N``, the records in input order and, with greedy options, the very answers ``--parallel 1``
-gives. Real model, real files."""
+``n_parallel = N``, the records in input order and, but for the texts (a greedy answer decoded beside others
+may tip at a near tie), the very records ``--parallel 1`` gives. Real model, real files."""
 
 from __future__ import annotations
 
@@ -52,8 +52,11 @@ def test_parallel_batch_answers_in_input_order_as_the_serial_one_does(env, tmp_p
     serial, _ = batch(env, source)
     parallel, stderr = batch(env, source, "--parallel", "4")
     assert [r["line"] for r in parallel] == list(range(1, len(lines) + 1))  # input order
-    strip = [{k: v for k, v in r.items() if k not in TIMES} for r in serial]
-    assert [{k: v for k, v in r.items() if k not in TIMES} for r in parallel] == strip
+    # the same records but for the texts: decoded beside others, a greedy answer may tip at a near tie
+    # (README, "Serving many requests at once"; tests/runtime/test_batch.py checks each such difference)
+    strip = [{k: v for k, v in r.items() if k not in (*TIMES, "response")} for r in serial]
+    assert [{k: v for k, v in r.items() if k not in (*TIMES, "response")} for r in parallel] == strip
+    assert all(r["response"] for r in parallel if "id" in r)
     assert [r.get("eval_count") for r in parallel if "id" in r] == [6 + i for i in range(len(PROMPTS))]
     assert "error" in parallel[3] and "9 request(s), 8 answered, 1 failed" in stderr
     assert sum(r["load_duration"] > 0 for r in parallel if "id" in r) == 1  # one runner, loaded once

@@ -2,10 +2,9 @@
 queue and its 503, a disconnect freeing its slot, unloading with sequences in flight, ``/api/ps`` reporting
 ``parallel x num_ctx``, and the settings that choose N. Real model, real HTTP, the official ``ollama`` client.
 
-Whether the 8 requests also *decode* together is the engine's part (``runtime/batch.py``, issue 14's other
-half): ``test_eight_concurrent_greedy_answers_equal_their_solo_answers`` asserts that their streams overlap
-(the last first token before the first answer ends) once that module is there; before it, the runner answers
-one sequence after another and only the answers and the slots held at once are checked.
+The 8 concurrent requests decode together (``runtime/batch.py``): their streams overlap (the last first
+token comes before the first answer ends), and each greedy answer equals its solo one or parts from it at a
+near tie (``same_or_near_tie``).
 """
 
 from __future__ import annotations
@@ -80,24 +79,46 @@ class SlotWatch:
         self._thread.join()
 
 
+def same_or_near_tie(solo: list[dict], batched: list[dict], margin: float = 0.5) -> int | None:
+    """None when the two token lists (Ollama's ``logprobs`` entries) are the same; else the index of the first
+    difference, checked to be a near tie: up to it the tokens agree, and there the solo answer's token is in
+    the batched one's ``top_logprobs`` within ``margin`` nats of the token taken. llama.cpp's kernels for a
+    batch of several rows sum in another order than for one, so Gemma 3 270M's many near ties can tip
+    (README, "Serving many requests at once"); a mixed-up sequence would not pass this."""
+    taken, alone = [e["token"] for e in batched], [e["token"] for e in solo]
+    if taken == alone:
+        return None
+    at = next(i for i, (a, b) in enumerate(zip(taken, alone, strict=False)) if a != b)
+    choice = batched[at]
+    runner_up = [t["logprob"] for t in choice["top_logprobs"] if t["token"] == alone[at]]
+    assert runner_up and runner_up[0] >= choice["logprob"] - margin, (at, choice, solo[at])
+    return at
+
+
 @pytest.mark.model
-def test_eight_concurrent_greedy_answers_equal_their_solo_answers(wide):
-    client = ollama.Client(host=wide.url, timeout=300)
+def test_eight_concurrent_greedy_answers_equal_their_solo_answers_or_part_at_a_near_tie(wide):
     options = {**GREEDY, "num_predict": 12}
-    solo = [client.generate(BASE, p, options=options, keep_alive="10m").response for p in PROMPTS]
+    ask = {"logprobs": True, "top_logprobs": 5, "keep_alive": "10m"}
+    solo = []
+    for prompt in PROMPTS:
+        answer = requests.post(f"{wide.url}/api/generate", json={"model": BASE, "prompt": prompt,
+                                                                 "options": options, "stream": False, **ask},
+                               timeout=300)
+        answer.raise_for_status()
+        solo.append(answer.json()["logprobs"])
     timings: dict[int, tuple[float, float]] = {}
-    answers: dict[int, str] = {}
+    answers: dict[int, list[dict]] = {}
 
     def one(i: int) -> None:
-        parts, first = [], None
-        with stream(wide.url, PROMPTS[i], options) as answer:
+        entries, first = [], None
+        with stream(wide.url, PROMPTS[i], options, **ask) as answer:
             for line in answer.iter_lines():
                 chunk = json.loads(line)
                 if chunk.get("response") and first is None:
                     first = time.monotonic()
-                parts.append(chunk.get("response", ""))
+                entries += chunk.get("logprobs") or []
         timings[i] = (first or time.monotonic(), time.monotonic())
-        answers[i] = "".join(parts)
+        answers[i] = entries
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
     with SlotWatch(wide) as watch:
@@ -105,7 +126,10 @@ def test_eight_concurrent_greedy_answers_equal_their_solo_answers(wide):
             t.start()
         for t in threads:
             t.join(timeout=300)
-    assert [answers.get(i) for i in range(len(PROMPTS))] == solo  # never a mixed sequence
+    assert sorted(answers) == list(range(len(PROMPTS)))
+    for i in range(len(PROMPTS)):
+        assert len(answers[i]) == len(solo[i]) == 12
+        same_or_near_tie(solo[i], answers[i])
     assert watch.most == 8  # all 8 held a slot at once: none waited in the server's queue
     if ENGINE_BATCHES:  # decoded together: every stream started before the first one ended
         assert max(first for first, _ in timings.values()) < min(end for _, end in timings.values())
