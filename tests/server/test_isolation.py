@@ -147,8 +147,13 @@ def test_with_the_bounds_off_the_crash_stays_in_the_runner(served, monkeypatch, 
     assert generate(served, BASE).status_code == 200
     pids = runner_pids(served)
     crashed = generate(served, BASE, format=SCHEMAS[keyword])
-    assert crashed.status_code == 500, crashed.text
-    assert crashed.json()["error"].startswith(CRASHED + f"{BASE}:latest' stopped (")
+    # one-request runners crash in llama.cpp's grammar sampler; the batching runner (serve's default of 4
+    # slots) builds its sampler with llama_sampler_init_grammar itself, which may refuse the grammar instead
+    if crashed.status_code == 400:
+        assert crashed.json()["error"] == "llama.cpp cannot read the grammar made from this format"
+    else:
+        assert crashed.status_code == 500, crashed.text
+        assert crashed.json()["error"].startswith(CRASHED + f"{BASE}:latest' stopped (")
     assert httpx.get(served.url + "/api/tags", timeout=30).status_code == 200
     again = generate(served, BASE)
     assert again.status_code == 200
