@@ -290,6 +290,10 @@ class OpenAIApi:
 
         legacy = LegacyLogprobs(prompt)
 
+        def with_shaped(shaped: dict | None) -> dict[str, Any]:
+            # a choice has "logprobs" only when they were asked for, as Ollama's (omitempty) choices do
+            return {} if shaped is None else {"logprobs": shaped}
+
         def choice(text: str, reason: str | None, thinking: str = "", calls: list | None = None,
                    logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
             if chat:
@@ -300,10 +304,10 @@ class OpenAIApi:
                     message["tool_calls"] = openai_calls(calls, streamed=stream)
                 shaped = None if logprobs is None else {"content": [logprob_json(e) for e in logprobs],
                                                         "refusal": None}
-                return {"index": 0, "delta" if stream else "message": message, "logprobs": shaped,
+                return {"index": 0, "delta" if stream else "message": message, **with_shaped(shaped),
                         "finish_reason": reason}
             shaped = None if logprobs is None else legacy.shape(logprobs)
-            return {"index": 0, "text": text, "logprobs": shaped, "finish_reason": reason}
+            return {"index": 0, "text": text, **with_shaped(shaped), "finish_reason": reason}
 
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             started = start(loaded)
