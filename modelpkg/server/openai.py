@@ -289,6 +289,10 @@ class OpenAIApi:
                 "model": model, "system_fingerprint": "fp_modelpkg"}
 
         legacy = LegacyLogprobs(prompt)
+        # Ollama's /v1/completions (v0.24 to v0.34) puts a zero usage on every chunk when usage is asked for, and
+        # the real usage on a last chunk without choices; its chat puts usage on that last chunk only
+        zero_usage = ({"usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                      if include_usage and not chat else {})
 
         def with_shaped(shaped: dict | None) -> dict[str, Any]:
             # a choice has "logprobs" only when they were asked for, as Ollama's (omitempty) choices do
@@ -322,7 +326,8 @@ class OpenAIApi:
                     pending.extend(cursor.take(piece))
                 if thinking or text:
                     req.write_event({**head, "choices": [choice(text, None, thinking,
-                                                                logprobs=list(pending) if wanted else None)]})
+                                                                logprobs=list(pending) if wanted else None)],
+                                     **zero_usage})
                     pending.clear()
 
             if stream:
@@ -344,8 +349,9 @@ class OpenAIApi:
             return
         if thinking or text or calls or pending:
             req.write_event({**head, "choices": [choice(text, None, thinking, calls,
-                                                        list(pending) if result.logprobs is not None else None)]})
-        final = {**head, "choices": [choice("", reason)]}
+                                                        list(pending) if result.logprobs is not None else None)],
+                             **zero_usage})
+        final = {**head, "choices": [choice("", reason)], **zero_usage}
         if chat:
             final["choices"][0]["delta"] = {}
         req.write_event(final)
