@@ -1,14 +1,16 @@
-"""A differential test of the API: the same requests to the real ``ollama serve`` (v0.34.0) and to
-``modelpkg serve``, over the same GGUF under the same name; every response compared by shape: status code,
-field names and JSON types, error bodies.
+"""A differential test of the API: the same requests to the real ``ollama serve`` and to ``modelpkg serve``,
+over the same GGUF under the same name; every response compared by shape: status code, field names and JSON
+types, error bodies, stream framing (NDJSON lines, SSE events and ``[DONE]``). Texts are not compared: the
+engines differ near ties.
 
-Only the requests that need no generation run: Ollama cannot run a model here (v0.34 needs the llama-server
-its CMake build downloads; v0.24.0, the last with an in-process engine, does not build from the module
-proxy: .ci/peers). The generating cases (``GENERATING``) are written but not run.
+Requests that need no generation go to v0.34.0, the newest (it runs models only through a llama-server its
+CMake build downloads, so it cannot generate here); the generating ones (``GENERATING``) go to v0.24.0
+(``.peers/bin/ollama-0.24``), the last release with its in-process engine. Both pulled MODEL from modelpkg's
+push.
 
 Where Ollama's behaviour is one we choose not to copy, the case is listed in ``NOT_COPIED`` with the reason
-(and in the README); where the difference belongs to the API issue, the case is an expected failure naming it.
-"""
+(and in the README); where v0.24.0 is older than the v0.34 behaviour modelpkg follows, in ``OLD_0_24``; where
+the difference belongs to the API issue, the case is an expected failure naming it."""
 
 from __future__ import annotations
 
@@ -188,6 +190,14 @@ CASES = {
     "v1-completions-unknown-model": ("POST", "/v1/completions", openai_completion(model="no-such-model:latest")),
     "v1-chat-wrong-type": ("POST", "/v1/chat/completions", openai_chat(temperature="hot")),
     "v1-chat-no-messages": ("POST", "/v1/chat/completions", {"model": MODEL}),
+    "chat-json": ("POST", "/api/chat", chat(stream=False, format="json")),
+    "chat-schema-stream": ("POST", "/api/chat", chat(format={
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})),
+    "generate-raw": ("POST", "/api/generate", generate(stream=False, raw=True)),
+    "v1-chat-json": ("POST", "/v1/chat/completions", openai_chat(response_format={"type": "json_object"})),
+    "v1-completions-stream-usage": ("POST", "/v1/completions",
+                                    openai_completion(stream=True, stream_options={"include_usage": True})),
+    "chat-wrong-messages": ("POST", "/api/chat", {"model": MODEL, "messages": "hi", "stream": False}),
 }
 BAD_JSON = {"bad-json-generate": "/api/generate", "bad-json-chat": "/api/chat", "bad-json-show": "/api/show"}
 
@@ -251,7 +261,9 @@ def _mark(case: str):
 GENERATING = {"generate", "generate-stream", "generate-json", "generate-schema", "chat", "chat-stream", "embed",
               "embed-one", "wrong-type-options", "chat-options-wrong-type", "v1-chat", "v1-chat-stream",
               "v1-chat-stream-usage", "v1-completions", "v1-completions-stream", "v1-chat-unknown-model",
-              "v1-completions-unknown-model", "v1-chat-wrong-type", "v1-chat-no-messages"}
+              "v1-completions-unknown-model", "v1-chat-wrong-type", "v1-chat-no-messages", "chat-json",
+              "chat-schema-stream", "generate-raw", "v1-chat-json", "v1-completions-stream-usage",
+              "chat-wrong-messages"}
 
 
 def _compare(servers, case):
