@@ -289,6 +289,14 @@ class OpenAIApi:
                 "model": model, "system_fingerprint": "fp_modelpkg"}
 
         legacy = LegacyLogprobs(prompt)
+        # Ollama's /v1/completions (v0.24 to v0.34) puts a zero usage on every chunk when usage is asked for, and
+        # the real usage on a last chunk without choices; its chat puts usage on that last chunk only
+        zero_usage = ({"usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                      if include_usage and not chat else {})
+
+        def with_shaped(shaped: dict | None) -> dict[str, Any]:
+            # a choice has "logprobs" only when they were asked for, as Ollama's (omitempty) choices do
+            return {} if shaped is None else {"logprobs": shaped}
 
         def choice(text: str, reason: str | None, thinking: str = "", calls: list | None = None,
                    logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
@@ -300,10 +308,10 @@ class OpenAIApi:
                     message["tool_calls"] = openai_calls(calls, streamed=stream)
                 shaped = None if logprobs is None else {"content": [logprob_json(e) for e in logprobs],
                                                         "refusal": None}
-                return {"index": 0, "delta" if stream else "message": message, "logprobs": shaped,
+                return {"index": 0, "delta" if stream else "message": message, **with_shaped(shaped),
                         "finish_reason": reason}
             shaped = None if logprobs is None else legacy.shape(logprobs)
-            return {"index": 0, "text": text, "logprobs": shaped, "finish_reason": reason}
+            return {"index": 0, "text": text, **with_shaped(shaped), "finish_reason": reason}
 
         with self.cache.use(details, body.get("keep_alive")) as loaded:
             started = start(loaded)
@@ -318,7 +326,8 @@ class OpenAIApi:
                     pending.extend(cursor.take(piece))
                 if thinking or text:
                     req.write_event({**head, "choices": [choice(text, None, thinking,
-                                                                logprobs=list(pending) if wanted else None)]})
+                                                                logprobs=list(pending) if wanted else None)],
+                                     **zero_usage})
                     pending.clear()
 
             if stream:
@@ -340,8 +349,9 @@ class OpenAIApi:
             return
         if thinking or text or calls or pending:
             req.write_event({**head, "choices": [choice(text, None, thinking, calls,
-                                                        list(pending) if result.logprobs is not None else None)]})
-        final = {**head, "choices": [choice("", reason)]}
+                                                        list(pending) if result.logprobs is not None else None)],
+                             **zero_usage})
+        final = {**head, "choices": [choice("", reason)], **zero_usage}
         if chat:
             final["choices"][0]["delta"] = {}
         req.write_event(final)
