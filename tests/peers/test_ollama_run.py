@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from ollama_env import Ollama, RedirectFront
+from ollama_env import Ollama, RedirectFront, check, write_modelfile
 
 from capabilities import require_module
 
@@ -43,17 +43,7 @@ def ollama(tmp_path_factory):
 
 @pytest.fixture
 def modelfile(tmp_path, gemma_gguf) -> Path:
-    folder = tmp_path / "mf"
-    folder.mkdir()
-    path = folder / "Modelfile"
-    path.write_text(modelfile_text(gemma_gguf))
-    return path
-
-
-def check(result, what: str) -> str:
-    assert result.returncode == 0, f"{what} exited {result.returncode}: {result.stdout.decode(errors='replace')}" \
-                                   f"\n{result.stderr.decode(errors='replace')}"
-    return result.stdout.decode()
+    return write_modelfile(tmp_path, modelfile_text(gemma_gguf))
 
 
 def answer_of(ollama: Ollama, model: str, prompt: str = PROMPT) -> str:
