@@ -243,7 +243,7 @@ def http_call(port: int, method: str, path: str, body: dict | None, timeout: flo
 
 
 def has_parallel_flag(env: dict) -> bool:
-    shown = subprocess.run([sys.executable, "-m", "modelpkg", "serve", "--help"], env=env, capture_output=True,
+    shown = subprocess.run([sys.executable, "-P", "-m", "modelpkg", "serve", "--help"], env=env, capture_output=True,
                            text=True, check=True)
     return "--parallel" in shown.stdout
 
@@ -253,7 +253,7 @@ def modelpkg_servers(work: Path, parallel: int, names: set[str], tree: Path) -> 
            "PYTHONPATH": str(tree)}
     for key in ("MODELPKG_REGISTRY", "MODELPKG_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL", "MODELPKG_HOST"):
         env.pop(key, None)
-    subprocess.run([sys.executable, "-m", "modelpkg", "create", "bench", "-f", str(work / "src" / "Modelfile")],
+    subprocess.run([sys.executable, "-P", "-m", "modelpkg", "create", "bench", "-f", str(work / "src" / "Modelfile")],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     flag = has_parallel_flag(env)
     variants = [("modelpkg", parallel), ("modelpkg-1", 1)] if flag else [("modelpkg", None)]
@@ -262,7 +262,7 @@ def modelpkg_servers(work: Path, parallel: int, names: set[str], tree: Path) -> 
         if name not in names:
             continue
         port = free_port()
-        command = [sys.executable, "-m", "modelpkg", "serve", "--port", str(port)]
+        command = [sys.executable, "-P", "-m", "modelpkg", "serve", "--port", str(port)]
         if n is not None:
             command += ["--parallel", str(n)]
         servers.append(Server(name, "ollama-api", command, env, port, work / f"{name}.log",
