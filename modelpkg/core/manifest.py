@@ -85,8 +85,12 @@ def split_name(name: str | None) -> tuple[str, int, int] | None:
 
 
 def _base_type(media_type: str) -> str:
-    """The media type without parameters (Ollama's tensor layers carry ``; name=...; dtype=...``)."""
-    return media_type.split(";", 1)[0].strip()
+    """The media type without parameters (Ollama's tensor layers carry ``; name=...; dtype=...``), ModelPack's
+    legacy ``vnd.cnai.model.`` names (modctl 0.2's) spelled as their ``vnd.cncf.model.`` equivalents."""
+    base = media_type.split(";", 1)[0].strip()
+    if base.startswith(mt.MODELPACK_LEGACY_PREFIX):
+        return mt.MODELPACK_PREFIX + base[len(mt.MODELPACK_LEGACY_PREFIX):]
+    return base
 
 
 def _kitops_kind(media_type: str) -> str | None:
@@ -179,8 +183,9 @@ class Descriptor:
 
     @property
     def title(self) -> str | None:
-        """The file name this layer carries, from ModelPack's filepath or the OCI title annotation."""
-        return self.annotations.get(mt.MODELPACK_FILEPATH) or self.annotations.get(mt.TITLE)
+        """The file name this layer carries, from ModelPack's filepath (or its legacy key) or the OCI title."""
+        return (self.annotations.get(mt.MODELPACK_FILEPATH) or self.annotations.get(mt.MODELPACK_LEGACY_FILEPATH)
+                or self.annotations.get(mt.TITLE))
 
 
 @dataclass(frozen=True)
@@ -346,11 +351,12 @@ def layer_role(layer: Descriptor) -> str | None:
         return "tensor"
     if _kitops_kind(layer.media_type) is not None:  # only the model tar has a role; pull derives its GGUF
         return "model" if _kitops_kind(layer.media_type) == "model" else None
-    if title in _FILE_ROLES:
-        return _FILE_ROLES[title]
+    kind = _base_type(layer.media_type)
+    if title in _FILE_ROLES and (".tar" not in kind or _FILE_ROLES[title] == "model"):
+        return _FILE_ROLES[title]  # a text file packed in a tar (modctl --raw=false's LICENSE) is not the text
     if title.endswith(".gguf") and "mmproj" in title:  # llama.cpp's mmproj-*.gguf, as HF repositories name them
         return "projector"
-    if title.endswith(".gguf") or layer.media_type == mt.MODELPACK_WEIGHT or is_weight_tar(layer):
+    if title.endswith(".gguf") or kind == mt.MODELPACK_WEIGHT or is_weight_tar(layer):
         return "model"
     return None
 

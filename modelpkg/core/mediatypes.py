@@ -24,6 +24,10 @@ MODELPACK_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
 MODELPACK_DOC = "application/vnd.cncf.model.doc.v1.raw"
 # weights packed as a tar (modctl --raw=false, KitOps --use-model-pack): ".tar", ".tar+gzip", ".tar+zstd"
 MODELPACK_WEIGHT_TAR = "application/vnd.cncf.model.weight.v1.tar"
+MODELPACK_PREFIX = "application/vnd.cncf.model."
+# the spec's names before it moved into the CNCF (dragonflyoss/model-spec), which modctl 0.2 still writes on
+# purpose (its pkg/backend/build/legacy.go): read as the same types; modelpkg writes only the CNCF names
+MODELPACK_LEGACY_PREFIX = "application/vnd.cnai.model."
 
 # Ollama (manifest/layer.go); "prompt" is the legacy name of "template" and is still read
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
@@ -43,6 +47,7 @@ TITLE = "org.opencontainers.image.title"
 REF_NAME = "org.opencontainers.image.ref.name"
 CREATED = "org.opencontainers.image.created"
 MODELPACK_FILEPATH = "org.cncf.model.filepath"
+MODELPACK_LEGACY_FILEPATH = "org.cnai.model.filepath"  # modctl 0.2's (see MODELPACK_LEGACY_PREFIX)
 ROLE = "dev.modelpkg.role"
 CONTEXT_LENGTH = "dev.modelpkg.context_length"  # on the weights layer: the GGUF's trained context
 MODELFILE = "dev.modelpkg.modelfile"

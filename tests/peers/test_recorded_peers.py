@@ -79,3 +79,29 @@ def test_a_kitops_model_pushed_again_by_modelpkg_keeps_every_layer(registry, hom
                           headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize("case", ["raw", "tar"])
+def test_modelpkg_pulls_what_modctl_pushed(registry, home, case):
+    """``modctl build`` (raw layers, and ``--raw=false`` tars) + ``modctl push``: modctl 0.2 writes ModelPack's
+    legacy ``vnd.cnai.model.*`` media types and ``org.cnai.model.filepath`` on purpose; modelpkg reads them as
+    the CNCF names (before, it found no weights in either and pulled a model that could not run)."""
+    name, manifest = republish(registry, RECORDED / "modctl-0.2.2" / case, f"acme/modctl-{case}")
+    assert manifest["artifactType"] == "application/vnd.cnai.model.manifest.v1+json"
+    pulled = run("pull", "--insecure", name)
+    assert pulled.exit_code == 0, pulled.stderr
+    got = show(name)
+    assert (got["format"], got["architecture"], got["quantization"]) == ("gguf", "llama", "Q4_K_M")
+    gguf = Path(got["model_path"])
+    assert gguf.name == TINY_GGUF_SHA256 == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    # the LICENSE file: a raw doc layer is the text; packed in a tar (--raw=false) it is not taken for it
+    assert got["licenses"] == (["MIT\n"] if case == "raw" else [])
+    # and back out as the CNCF names, which modctl pull + extract read (checked live: recorded/README.md)
+    copy = f"{registry.host}/acme/modctl-{case}-copy:v1"
+    assert run("cp", name, copy).exit_code == 0
+    assert run("push", "--insecure", "--format", "modelpack", copy).exit_code == 0
+    answer = requests.get(f"{registry.url}/v2/acme/modctl-{case}-copy/manifests/v1",
+                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10).json()
+    assert answer["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+    weights = [d for d in answer["layers"] if d["mediaType"] == "application/vnd.cncf.model.weight.v1.raw"]
+    assert [d["digest"] for d in weights] == ["sha256:" + TINY_GGUF_SHA256]
