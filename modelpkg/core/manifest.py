@@ -105,6 +105,23 @@ def is_kitops_tar(layer: Descriptor) -> bool:
     return _kitops_kind(layer.media_type) in mt.KITOPS_MODEL_KINDS and ".tar" in layer.media_type
 
 
+def kitops_projectors(manifest: Manifest, kitfile: Mapping[str, Any]) -> tuple[Descriptor, ...]:
+    """A KitOps ModelKit's projector parts: its ``modelpart`` tars that the Kitfile (the config) lists under
+    ``model.parts`` with ``type: projector``, titled with the part's file name (a part's type is in the
+    Kitfile only, so ``layer_role`` cannot tell it)."""
+    model = kitfile.get("model") if manifest.config.media_type == mt.KITOPS_CONFIG else None
+    parts = model.get("parts") if isinstance(model, Mapping) else None
+    named = {part.get("digest"): part.get("path") for part in parts or ()
+             if isinstance(part, Mapping) and str(part.get("type", "")).lower() == "projector"}
+    out = []
+    for layer in manifest.layers:
+        path = named.get(str(layer.digest))
+        if _kitops_kind(layer.media_type) == "modelpart" and isinstance(path, str):
+            out.append(Descriptor(layer.media_type, layer.digest, layer.size,
+                                  {**layer.annotations, mt.TITLE: path.rstrip("/").rsplit("/", 1)[-1]}))
+    return tuple(out)
+
+
 def is_weight_tar(layer: Descriptor) -> bool:
     """A layer whose weights are inside a tar (KitOps's model tar, ModelPack's ``weight.v1.tar[+gzip|+zstd]``):
     pull streams the GGUF out of it into a blob of its own."""

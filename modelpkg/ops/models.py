@@ -17,7 +17,16 @@ from modelpkg.core import mediatypes as mt
 from modelpkg.core import modelfile as mf
 from modelpkg.core.digest import Digest
 from modelpkg.core.errors import InvalidInputError, NotFoundError
-from modelpkg.core.manifest import GGUF, SAFETENSORS, Descriptor, Manifest, is_weight_tar, load_json, model_layers
+from modelpkg.core.manifest import (
+    GGUF,
+    SAFETENSORS,
+    Descriptor,
+    Manifest,
+    is_weight_tar,
+    kitops_projectors,
+    load_json,
+    model_layers,
+)
 from modelpkg.core.reference import Reference
 from modelpkg.store import GCPlan, RefEntry, Store
 
@@ -60,7 +69,7 @@ class ModelDetails:
 
     @property
     def projectors(self) -> tuple[Descriptor, ...]:
-        return model_layers(self.manifest).projectors
+        return model_layers(self.manifest).projectors + kitops_projectors(self.manifest, self.config)
 
     @property
     def size(self) -> int:

@@ -62,6 +62,9 @@ def test_modelpkg_pulls_what_kitops_pushed(registry, home, case):
     assert hashlib.sha256(gguf).hexdigest() == TINY_GGUF_SHA256 == Path(got["model_path"]).name
     assert [layer["digest"] for layer in got["layers"]] == [d["digest"] for d in manifest["layers"]]
     assert got["config"]["model"]["digest"] == manifest["layers"][0]["digest"]  # the Kitfile, as KitOps wrote it
+    # a model part of type projector (its type is in the Kitfile only) is listed as a projector, by its name
+    projectors = [(p["title"], p["digest"]) for p in got["projectors"]]
+    assert projectors == ([("mmproj.gguf", manifest["layers"][1]["digest"])] if case == "full" else [])
     assert run("rm", name).exit_code == 0
 
 
