@@ -364,11 +364,11 @@ def layer_role(layer: Descriptor) -> str | None:
     if layer.media_type in _OLLAMA_ROLES:
         return _OLLAMA_ROLES[layer.media_type]
     title = (layer.title or "").rsplit("/", 1)[-1].lower()
-    if _base_type(layer.media_type) == mt.OLLAMA_TENSOR or title.endswith(".safetensors"):
+    kind = _base_type(layer.media_type)
+    if kind == mt.OLLAMA_TENSOR or title.endswith(".safetensors"):
         return "tensor"
     if _kitops_kind(layer.media_type) is not None:  # only the model tar has a role; pull derives its GGUF
         return "model" if _kitops_kind(layer.media_type) == "model" else None
-    kind = _base_type(layer.media_type)
     if title in _FILE_ROLES and (".tar" not in kind or _FILE_ROLES[title] == "model"):
         return _FILE_ROLES[title]  # a text file packed in a tar (modctl --raw=false's LICENSE) is not the text
     if title.endswith(".gguf") and "mmproj" in title:  # llama.cpp's mmproj-*.gguf, as HF repositories name them
